@@ -1,0 +1,101 @@
+"""The one engine interface every backend implements (torch, onnxruntime, tensorrt).
+
+An engine evaluates the one-step denoiser D on host arrays::
+
+    sr = engine(x_t=x_t, lq=lq, sigma=sigma)
+
+* ``x_t``   float32 (N, 3, 4h, 4w) — noisy upsampled LR, values around [-1, 1] plus noise
+* ``lq``    float32 (N, 3, h, w)   — the LR image in [-1, 1]
+* ``sigma`` float32 (N,)           — noise level per sample (1.0 for one-step inference)
+* ``sr``    float32 (N, 3, 4h, 4w) — D(x_t, sigma, lq), not clamped
+
+Keyword-only arguments on purpose: the authors' module takes ``(x_t, sigma, lq)``, exported
+graphs take ``(x_t, lq, sigma)``; names cannot be confused, positions can.
+Host arrays on purpose: tiles are blended on the host, so image size is bounded by RAM.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+SCALE = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineInfo:
+    """What a caller needs to drive an engine: static shape, batch range, precision, device."""
+
+    backend: str  # "torch" | "onnxruntime" | "tensorrt"
+    device: str  # "cpu", "cuda:0", "CUDAExecutionProvider", ...
+    precision: str  # "fp32" | "fp16"
+    size_multiple: int  # every LR side must be a multiple of this (SPEC §2 size rule)
+    tile_lr: tuple[int, int] | None  # static LR (h, w) the engine was built for; None = any valid shape
+    batch_range: tuple[int, int, int]  # (min, opt, max) batch the engine accepts
+    scale: int = SCALE
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_range[2]
+
+
+class Engine(abc.ABC):
+    """Base class: one lifecycle (construct → call many times → close) and one input check."""
+
+    info: EngineInfo
+
+    def __call__(self, *, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        x_t, lq, sigma = self.check_inputs(x_t=x_t, lq=lq, sigma=sigma)
+        return self._run(x_t, lq, sigma)
+
+    @abc.abstractmethod
+    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """Evaluate D on validated, contiguous float32 arrays."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release device resources. Safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check_inputs(self, *, x_t, lq, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate shapes against this engine; errors name the tensor and compare got vs expected."""
+        info = self.info
+        x_t = np.ascontiguousarray(x_t, dtype=np.float32)
+        lq = np.ascontiguousarray(lq, dtype=np.float32)
+        sigma = np.ascontiguousarray(np.asarray(sigma, dtype=np.float32).reshape(-1))
+        if lq.ndim != 4 or lq.shape[1] != 3:
+            raise InputError(f"{info.backend} engine: input 'lq' must be (N, 3, h, w), got {tuple(lq.shape)}")
+        n, _, h, w = lq.shape
+        expected_x = (n, 3, h * info.scale, w * info.scale)
+        if tuple(x_t.shape) != expected_x:
+            raise InputError(
+                f"{info.backend} engine: input 'x_t' has shape {tuple(x_t.shape)}, expected {expected_x} "
+                f"(4x the 'lq' shape {tuple(lq.shape)})"
+            )
+        if sigma.shape[0] == 1 and n > 1:
+            sigma = np.repeat(sigma, n)
+        if sigma.shape != (n,):
+            raise InputError(f"{info.backend} engine: input 'sigma' has shape {tuple(sigma.shape)}, expected ({n},)")
+        if info.tile_lr is not None and (h, w) != tuple(info.tile_lr):
+            raise InputError(
+                f"{info.backend} engine: input 'lq' is {h}x{w} LR px, but this engine was built for "
+                f"static tiles of {info.tile_lr[0]}x{info.tile_lr[1]}; got shape {tuple(lq.shape)}, "
+                f"expected (N, 3, {info.tile_lr[0]}, {info.tile_lr[1]})"
+            )
+        if h % info.size_multiple or w % info.size_multiple:
+            raise InputError(
+                f"{info.backend} engine: input 'lq' is {h}x{w}; both sides must be multiples of "
+                f"{info.size_multiple} (pad the image first)"
+            )
+        lo, _, hi = info.batch_range
+        if not lo <= n <= hi:
+            raise InputError(f"{info.backend} engine: batch {n} outside the engine's range [{lo}, {hi}]")
+        return x_t, lq, sigma
