@@ -1,0 +1,235 @@
+"""The batch loop of ``gtasr-upscale``: find inputs, plan outputs, shard, and process each file.
+
+The super-resolution itself is injected (``sr_fn``), so everything here runs without a model.
+
+Rules, stated once:
+
+* Inputs: a single file (any name), or a folder searched recursively for ``IMAGE_SUFFIXES``
+  (case-insensitive); hidden files and folders (leading ``.``) are skipped; order is the
+  relative POSIX path, sorted — the same on every machine, which sharding relies on.
+* Outputs mirror the relative structure: ``<out>/<rel dir>/<stem><suffix>.<ext>``.
+  Collisions (``photo.jpg`` and ``photo.png`` both -> ``photo.png``; compared case-insensitively
+  so case-insensitive filesystems are safe too): the input whose own extension already is the
+  output extension keeps the plain name (else the first in sorted order); every other one gets
+  its source extension added, ``photo_jpg.png``, then ``_2``, ``_3``... if that is taken too.
+* Sharding: ``K/N`` with 0-based K (like torchrun's RANK) takes the jobs whose index in the
+  sorted plan is ≡ K mod N; without ``--shard``, RANK/WORLD_SIZE from the environment do the same.
+* Existing outputs are skipped unless ``overwrite``; so a re-run resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import GtasrError, InputError
+from .imageio import DEFAULT_MAX_PIXELS, atomic_write_bytes, format_for_suffix, read_image, upscale_alpha, write_image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
+
+# sr_fn(rgb) -> sr: float32 (H, W, 3) in [0, 1] -> float32 (scale·H, scale·W, 3) in [0, 1].
+# With tile_progress=True it is called as sr_fn(rgb, on_tile=callback), callback(done, total).
+SrFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """One input file and where its result goes."""
+
+    src: Path
+    rel: Path  # src relative to the input root (just the file name for a single-file input)
+    dst: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRecord:
+    """What happened to one job; sizes are (width, height), None when not known."""
+
+    input: str
+    output: str
+    status: str  # "written" | "skipped" | "failed"
+    reason: str | None = None
+    input_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSummary:
+    records: tuple[FileRecord, ...] = field(default_factory=tuple)
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def written(self) -> int:
+        return self.count("written")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no file failed, 1 when some did (usage errors, 2, are the CLI's)."""
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        text = f"{self.written} written, {self.skipped} skipped (exists), {self.failed} failed"
+        return f"interrupted: {text}" if self.interrupted else text
+
+    def to_json(self) -> dict:
+        return {"summary": {"written": self.written, "skipped": self.skipped, "failed": self.failed,
+                            "interrupted": self.interrupted, "exit_code": self.exit_code},
+                "files": [asdict(r) for r in self.records]}
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike | None = None
+                   ) -> list[tuple[Path, Path]]:
+    """[(file, path relative to the input root)] sorted by relative path.
+
+    ``exclude``: a folder to leave out (the output folder when it lies inside the input folder,
+    so a re-run does not upscale its own results). InputError when nothing usable is found.
+    """
+    root = Path(input_path)
+    if root.is_file():
+        return [(root, Path(root.name))]
+    if not root.is_dir():
+        raise InputError(f"input {root} does not exist (expected an image file or a folder)")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append((here / name, (here / name).relative_to(root)))
+    if not found:
+        raise InputError(f"no images found in {root} (looked recursively for "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return sorted(found, key=lambda item: item[1].as_posix())
+
+
+def plan_outputs(inputs: Sequence[tuple[Path, Path]], out_dir: str | os.PathLike, *, fmt: str = "png",
+                 suffix: str = "") -> list[Job]:
+    """Mirror the relative structure under ``out_dir``; resolve collisions (module docstring)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(f"--format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if any(sep in suffix for sep in ("/", "\\", "\0")) or suffix in (".", ".."):
+        raise InputError(f"--suffix {suffix!r} must not contain a path separator")
+    out_dir = Path(out_dir)
+    natural = [_natural_name(rel, fmt, suffix) for _, rel in inputs]
+    groups: dict[str, list[int]] = {}
+    for i, rel_out in enumerate(natural):
+        groups.setdefault(_key(rel_out), []).append(i)
+    names: dict[int, Path] = {}
+    for members in groups.values():
+        own = [i for i in members if inputs[i][1].suffix.lower() == natural[i].suffix.lower()]
+        names[(own or members)[0]] = natural[(own or members)[0]]
+    taken = {_key(p) for p in names.values()}
+    for i, (_, rel) in enumerate(inputs):
+        if i in names:
+            continue
+        base = natural[i].with_name(f"{natural[i].stem}_{rel.suffix.lstrip('.').lower()}")
+        candidate, n = base.with_suffix(natural[i].suffix), 2
+        while _key(candidate) in taken:
+            candidate, n = base.with_name(f"{base.name}_{n}{natural[i].suffix}"), n + 1
+        names[i] = candidate
+        taken.add(_key(candidate))
+    jobs = [Job(src=src, rel=rel, dst=out_dir / names[i]) for i, (src, rel) in enumerate(inputs)]
+    for job in jobs:
+        if job.dst.resolve() == job.src.resolve():
+            raise InputError(f"output {job.dst} would replace its input; choose another output "
+                             "folder, a --suffix or another --format")
+    return jobs
+
+
+def _natural_name(rel: Path, fmt: str, suffix: str) -> Path:
+    ext = rel.suffix if fmt == "same" else "." + fmt
+    return rel.with_name(f"{rel.stem}{suffix}{ext}")
+
+
+def _key(rel: Path) -> str:
+    return rel.as_posix().casefold()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (0-based K) -> (K, N); InputError when malformed or out of range."""
+    try:
+        k_text, n_text = text.split("/")
+        shard = (int(k_text), int(n_text))
+    except ValueError:
+        raise InputError(f"--shard {text!r} is not K/N (0-based, e.g. 0/4)") from None
+    _check_shard(shard, f"--shard {text}")
+    return shard
+
+
+def _check_shard(shard: tuple[int, int], origin: str) -> None:
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise InputError(f"{origin}: expected 0 <= K < N with N >= 1, got K={k}, N={n}")
+
+
+def select_shard(jobs: Sequence[Job], shard: tuple[int, int] | None = None,
+                 env: Mapping[str, str] = os.environ) -> list[Job]:
+    """This process's deterministic share: jobs whose plan index ≡ K (mod N).
+
+    ``shard`` wins; else RANK and WORLD_SIZE from ``env`` (torchrun, or set per job-array task);
+    else everything. Shards are disjoint and together cover the plan.
+    """
+    if shard is None and "WORLD_SIZE" in env:
+        try:
+            shard = (int(env.get("RANK", "0")), int(env["WORLD_SIZE"]))
+        except ValueError:
+            raise InputError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env['WORLD_SIZE']!r} are not "
+                             "integers") from None
+        _check_shard(shard, "RANK/WORLD_SIZE environment")
+    if shard is None:
+        return list(jobs)
+    _check_shard(shard, "shard")
+    k, n = shard
+    return [job for i, job in enumerate(jobs) if i % n == k]
+
+
+def local_device_from_env(env: Mapping[str, str] = os.environ, default: str = "cuda") -> str:
+    """'cuda:<LOCAL_RANK>' under torchrun (one GPU per local process), else ``default``."""
+    local_rank = env.get("LOCAL_RANK")
+    if local_rank is None or local_rank == "":
+        return default
+    if not local_rank.isdigit():
+        raise InputError(f"LOCAL_RANK={local_rank!r} is not a non-negative integer")
+    return f"cuda:{int(local_rank)}"
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed and prove it writable with a probe file — before any work."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / ".gtasr-write-probe", b"")
+        (out_dir / ".gtasr-write-probe").unlink()
+    except OSError as exc:
+        raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
+                         "another folder or fix its permissions") from None
+    return out_dir

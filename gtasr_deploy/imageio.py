@@ -1,0 +1,357 @@
+"""Image decoding and atomic encoding for the upscaler (SPEC §3 steps 1, 5, 6).
+
+Decoding turns every supported file (PNG, JPEG, WebP, BMP, TIFF; 8/16-bit; gray, gray+alpha,
+RGB, RGBA, palette, CMYK) into float32 RGB in [0, 1] plus an optional alpha plane, with EXIF
+orientation applied. Every problem with an input file raises :class:`InputError` whose message
+is ``"<path>: <reason>"`` on one line, so a batch can print it and go on.
+
+Encoding writes gray for gray input, 16-bit PNG/TIFF for 16-bit input, re-attaches alpha where
+the format keeps it (PNG, WebP, TIFF; dropped for JPEG and BMP) and embeds the ICC profile where
+the encoder can (all 8-bit formats and 16-bit PNG; not 16-bit TIFF). Files appear atomically:
+temp file in the destination folder, fsync, ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from .errors import InputError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+# Pillow format names we accept; MPO is what Pillow calls many camera JPEGs.
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "BMP": "bmp", "DIB": "bmp",
+            "TIFF": "tiff"}
+_EXPECTED = "expected PNG, JPEG, WebP, BMP or TIFF"
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF",
+          b"MM\x00*": "TIFF", b"RIFF": "WebP"}
+# Pillow and zlib report corrupt data with any of these; they are input problems, not bugs.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error,
+                  PILImage.DecompressionBombError, cv2.error)
+WRITE_FORMATS = ("png", "jpg", "webp", "bmp", "tiff")
+_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    """A decoded image.
+
+    ``rgb``: float32 (H, W, 3) in [0, 1], RGB order, gray replicated to 3 channels.
+    ``alpha``: float32 (H, W) in [0, 1], or None when the file has no alpha.
+    ``bit_depth``: 8 or 16 (per channel, of the source file).
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    bit_depth: int
+    is_gray: bool
+    icc_profile: bytes | None
+    source_format: str  # "png", "jpeg", "webp", "bmp", "tiff"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
+    """Decode ``path``; the pixel count is checked from the header, before any pixel is decoded.
+
+    ``max_pixels`` None or 0 disables the decompression-bomb guard.
+    Raises InputError("<path>: <reason>") for empty, non-image, unsupported, oversized, truncated
+    or corrupt files.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        with _no_pillow_bomb_check(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd tags; one line per file only
+            with PILImage.open(path) as im:
+                return _decode(path, im, max_pixels)
+    except PILImage.UnidentifiedImageError:
+        raise InputError(f"{path}: {_unidentified_reason(path)}") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"{path}: truncated or corrupt image data ({_one_line(exc)})") from None
+
+
+def _decode(path: Path, im: PILImage.Image, max_pixels: int | None) -> Image:
+    fmt = _FORMATS.get(im.format or "")
+    if fmt is None:
+        raise InputError(f"{path}: unsupported format {im.format} ({_EXPECTED})")
+    width, height = im.size
+    if max_pixels and width * height > max_pixels:
+        raise InputError(
+            f"{path}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)")
+    icc = im.info.get("icc_profile") or None
+    if _is_16bit(im, fmt) and im.mode in ("RGB", "RGBA"):
+        # Pillow has no 16-bit colour modes and would silently truncate to 8 bit; OpenCV decodes
+        # 16-bit colour exactly (but ignores EXIF, so orientation is applied by hand).
+        pixels = _cv2_decode_16bit(path)
+        pixels = _orient(pixels, im.getexif().get(0x0112, 1))
+        return _from_array(pixels, bit_depth=16, is_gray=_header_says_gray(im, fmt), icc=icc, fmt=fmt)
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return _from_array(np.asarray(im).astype(np.uint16), bit_depth=16, is_gray=True, icc=icc, fmt=fmt)
+    if mode == "CMYK":
+        # A CMYK profile does not describe the RGB result, so it must not travel with it.
+        return _from_array(np.asarray(im.convert("RGB")), bit_depth=8, is_gray=False, icc=None, fmt=fmt)
+    converted = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBX": "RGB",
+                 "YCbCr": "RGB", "RGBA": "RGBA", "RGBa": "RGBA", "PA": "RGBA",
+                 "P": "RGBA" if "transparency" in im.info else "RGB"}.get(mode)
+    if converted is None:
+        raise InputError(f"{path}: unsupported pixel mode {mode!r} (expected 8/16-bit gray, gray+alpha, "
+                         "RGB, RGBA, palette or CMYK)")
+    pixels = np.asarray(im.convert(converted) if converted != mode else im)
+    return _from_array(pixels, bit_depth=8, is_gray=converted in ("L", "LA"), icc=icc, fmt=fmt)
+
+
+def _from_array(pixels: np.ndarray, *, bit_depth: int, is_gray: bool, icc: bytes | None, fmt: str) -> Image:
+    """uint8/uint16 (H, W[, C]) with C in 1..4 in RGB(A)/gray(+alpha) order -> Image."""
+    values = pixels.astype(np.float32) / np.float32(2**bit_depth - 1)
+    if values.ndim == 2:
+        values = values[..., None]
+    channels = values.shape[2]
+    color = values[..., :1] if channels in (1, 2) else values[..., :3]
+    alpha = values[..., channels - 1] if channels in (2, 4) else None
+    rgb = np.ascontiguousarray(np.broadcast_to(color, (*color.shape[:2], 3)))
+    return Image(rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha),
+                 bit_depth=bit_depth, is_gray=is_gray, icc_profile=icc, source_format=fmt)
+
+
+def _is_16bit(im: PILImage.Image, fmt: str) -> bool:
+    if fmt == "png":
+        return _png_ihdr(im)[0] == 16
+    if fmt == "tiff":
+        bits = im.tag_v2.get(258, (8,))
+        return max(bits if isinstance(bits, tuple) else (bits,)) == 16
+    return False
+
+
+def _header_says_gray(im: PILImage.Image, fmt: str) -> bool:
+    """Colour type 0/4 (PNG) or photometric 0/1 (TIFF): gray, even where Pillow says RGBA."""
+    if fmt == "png":
+        return _png_ihdr(im)[1] in (0, 4)
+    return im.tag_v2.get(262, 2) in (0, 1)
+
+
+def _png_ihdr(im: PILImage.Image) -> tuple[int, int]:
+    """(bit depth, colour type) read from the PNG header: Pillow does not expose them."""
+    with open(im.filename, "rb") as f:  # own handle: Pillow's file position must not move
+        f.seek(24)
+        depth, color_type = f.read(2)
+    return depth, color_type
+
+
+def _cv2_decode_16bit(path: Path) -> np.ndarray:
+    """uint16 (H, W, 3|4) in RGB(A) order, gray+alpha expanded to RGBA by OpenCV."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # libtiff tag chatter
+    try:
+        pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3:
+        raise InputError(f"{path}: truncated or corrupt 16-bit image data")
+    order = [2, 1, 0, 3][: pixels.shape[2]]
+    return pixels[..., order]
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to (H, W, ...) pixels, as ImageOps.exif_transpose does."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return pixels if op is None else np.ascontiguousarray(op(pixels))
+
+
+@contextlib.contextmanager
+def _no_pillow_bomb_check() -> Iterator[None]:
+    """Let our own --max-pixels guard speak instead of Pillow's fixed 89/179 MP limits.
+
+    Process-global; the upscaler decodes on one thread.
+    """
+    previous = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = previous
+
+
+def _unidentified_reason(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
+            return f"truncated or corrupt {name} header"
+    return f"not an image file ({_EXPECTED})"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def upscale_alpha(alpha: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:
+    """Bicubic upscale of an alpha plane, clamped to [0, 1].
+
+    ``alpha``: float32 (H, W) in [0, 1]; ``size``: an integer scale, or the (height, width) of
+    the result (pass the SR image's shape so both always match). Returns float32.
+    """
+    height, width = alpha.shape
+    out_h, out_w = (height * size, width * size) if isinstance(size, int) else size
+    # OpenCV's bicubic uses a = -0.75, as the model's up() does (SPEC §1).
+    resized = cv2.resize(alpha.astype(np.float32), (out_w, out_h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(resized, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def format_for_suffix(suffix: str) -> str:
+    """'.PNG' -> 'png', '.jpeg' -> 'jpg', '.tif' -> 'tiff'; InputError for other suffixes."""
+    fmt = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".bmp": "bmp",
+           ".tif": "tiff", ".tiff": "tiff"}.get(suffix.lower())
+    if fmt is None:
+        raise InputError(f"cannot write {suffix!r} files (expected one of {', '.join(WRITE_FORMATS)})")
+    return fmt
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
+                is_gray: bool = False, bit_depth: int = 8, icc_profile: bytes | None = None,
+                fmt: str = "png", quality: int = 95) -> None:
+    """Encode and write atomically; a partial file is never visible under ``path``.
+
+    ``rgb``: float32 (H, W, 3) in [0, 1] (clamped here); ``alpha``: float32 (H, W) or None.
+    Gray output (BT.601 luma) when ``is_gray``; 16-bit only for ``png``/``tiff`` with
+    ``bit_depth=16``; alpha kept for png/webp/tiff, dropped for jpg/bmp; ``quality`` (1..100)
+    applies to jpg/webp. The parent folder must exist.
+    """
+    if fmt not in WRITE_FORMATS:
+        raise InputError(f"output format {fmt!r} is not one of {', '.join(WRITE_FORMATS)}")
+    if not 1 <= quality <= 100:
+        raise InputError(f"quality {quality} is out of range (expected 1..100)")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or (alpha is not None and alpha.shape != rgb.shape[:2]):
+        raise ValueError(f"write_image expects rgb (H, W, 3) and alpha (H, W); got {rgb.shape}, "
+                         f"{None if alpha is None else alpha.shape}")
+    planes = [rgb @ _BT601] if is_gray else [rgb[..., i] for i in range(3)]
+    if alpha is not None and fmt in ("png", "webp", "tiff"):
+        planes.append(alpha)
+    values = np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
+    if bit_depth == 16 and fmt in ("png", "tiff"):
+        pixels = np.rint(values * 65535.0).astype(np.uint16)
+        data = _encode_png16(pixels, icc_profile) if fmt == "png" else _encode_tiff16(pixels)
+    else:
+        data = _encode_8bit(np.rint(values * 255.0).astype(np.uint8), fmt, icc_profile, quality)
+    atomic_write_bytes(path, data)
+
+
+def _encode_8bit(pixels: np.ndarray, fmt: str, icc: bytes | None, quality: int) -> bytes:
+    """uint8 (H, W, C) gray/gray+alpha/RGB/RGBA -> encoded file bytes."""
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    im = PILImage.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode)
+    if fmt == "webp" and mode in ("L", "LA"):
+        im = im.convert("RGBA" if mode == "LA" else "RGB")  # WebP has no gray mode
+    options: dict = {"icc_profile": icc} if icc else {}
+    if fmt in ("jpg", "webp"):
+        options["quality"] = quality
+    if fmt == "tiff":
+        options["compression"] = "tiff_adobe_deflate"  # uncompressed x4 outputs are huge
+    buffer = io.BytesIO()
+    im.save(buffer, format={"jpg": "JPEG"}.get(fmt, fmt.upper()), **options)
+    return buffer.getvalue()
+
+
+def _encode_png16(pixels: np.ndarray, icc: bytes | None) -> bytes:
+    """uint16 (H, W, C), C = 1..4 -> 16-bit PNG bytes (PNG spec; OpenCV cannot embed ICC or 2 channels)."""
+    height, width, channels = pixels.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    bpp = 2 * channels
+    # Filter type 1 ("Sub"): each byte minus the byte one pixel to the left, modulo 256.
+    filtered = rows.copy()
+    filtered[:, bpp:] -= rows[:, :-bpp]
+    scanlines = np.concatenate([np.ones((height, 1), np.uint8), filtered], axis=1)
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0))]
+    if icc:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _encode_tiff16(pixels: np.ndarray) -> bytes:
+    """uint16 (H, W, C) -> 16-bit TIFF bytes via OpenCV (no ICC; gray+alpha written as RGBA)."""
+    if pixels.shape[2] == 2:
+        pixels = pixels[..., [0, 0, 0, 1]]
+    order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] > 1 else [0]
+    ok, buffer = cv2.imencode(".tiff", np.ascontiguousarray(pixels[..., order]))
+    if not ok:
+        raise ValueError("OpenCV could not encode the 16-bit TIFF")
+    return buffer.tobytes()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a hidden temp file in the same folder + fsync + rename.
+
+    An interrupt at any point leaves either the old file or the new one, never a partial one;
+    the temp file is removed on any exception (only SIGKILL/power loss can leave a ``.gtasr-*.tmp``).
+    """
+    path = Path(path)
+    while True:
+        temp = path.parent / f".gtasr-{secrets.token_hex(6)}.tmp"
+        try:
+            # 0o666 through the umask, as a normal file (mkstemp's 0o600 would hide outputs).
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; best effort (not every OS/filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
