@@ -39,19 +39,23 @@ class TilePlan:
 
     def __post_init__(self) -> None:
         # A plan made by hand must still satisfy what the weights rely on; these are bugs, not user errors.
-        if not 1 <= self.lr_h <= self.canvas_h or not 1 <= self.lr_w <= self.canvas_w:
-            raise ValueError(f"TilePlan: image {self.lr_h}x{self.lr_w} must fit in canvas {self.canvas_h}x{self.canvas_w}")
+        canvas = f"{self.canvas_h}x{self.canvas_w}"
+        if not (1 <= self.lr_h <= self.canvas_h and 1 <= self.lr_w <= self.canvas_w):
+            raise ValueError(f"TilePlan: image {self.lr_h}x{self.lr_w} must fit in canvas {canvas}")
         if not (1 <= self.tile_h <= self.canvas_h and 1 <= self.tile_w <= self.canvas_w):
-            raise ValueError(f"TilePlan: tile {self.tile_h}x{self.tile_w} must fit in canvas {self.canvas_h}x{self.canvas_w}")
+            raise ValueError(f"TilePlan: tile {self.tile_h}x{self.tile_w} must fit in canvas {canvas}")
         if not self.origins or self.origins != tuple((y, x) for y in self.ys for x in self.xs):
             raise ValueError("TilePlan: origins must be the non-empty row-major grid of the row and column origins")
-        for axis, starts, tile, length in (("y", self.ys, self.tile_h, self.canvas_h), ("x", self.xs, self.tile_w, self.canvas_w)):
-            gaps = np.diff(starts)
-            if starts[0] != 0 or starts[-1] != length - tile or (gaps > tile - self.overlap).any() or (gaps <= 0).any():
-                raise ValueError(
-                    f"TilePlan: {axis} origins {starts} must run from 0 to {length - tile} "
-                    f"in increasing steps of at most {tile - self.overlap}"
-                )
+        self._check_axis("y", self.ys, self.tile_h, self.canvas_h)
+        self._check_axis("x", self.xs, self.tile_w, self.canvas_w)
+
+    def _check_axis(self, axis: str, starts: tuple[int, ...], tile: int, length: int) -> None:
+        gaps = np.diff(starts)
+        if starts[0] != 0 or starts[-1] != length - tile or (gaps <= 0).any() or (gaps > tile - self.overlap).any():
+            raise ValueError(
+                f"TilePlan: {axis} origins {starts} must run from 0 to {length - tile} "
+                f"in increasing steps of at most {tile - self.overlap}"
+            )
 
     @property
     def n_tiles(self) -> int:
@@ -157,7 +161,7 @@ def _ramp(x: np.ndarray, start: float, stop: float) -> np.ndarray:
     if stop <= start:
         return (x >= start).astype(np.float64)
     t = np.clip((x - start) / (stop - start), 0.0, 1.0)
-    return t
+    return 0.5 - 0.5 * np.cos(np.pi * t)
 
 
 def _axis_weights(starts: tuple[int, ...], tile: int, crop: int, scale: int) -> np.ndarray:
@@ -202,8 +206,10 @@ def tile_weights(plan: TilePlan) -> np.ndarray:
 
     Memory grows with the tile count; the :class:`Accumulator` builds one tile's weights at a time.
     """
-    rows, cols = axis_weights(plan)
-    return np.einsum("rh,cw->rchw", rows, cols).reshape(plan.n_tiles, *rows.shape[1:], cols.shape[1]).astype(np.float32)
+    rows, cols = (w.astype(np.float32) for w in axis_weights(plan))
+    out = np.empty((len(rows), len(cols), rows.shape[1], cols.shape[1]), dtype=np.float32)
+    np.multiply(rows[:, None, :, None], cols[None, :, None, :], out=out)  # row-major like plan.origins
+    return out.reshape(plan.n_tiles, rows.shape[1], cols.shape[1])
 
 
 def tile_box(plan: TilePlan, index: int, *, hr: bool = False) -> tuple[slice, slice]:
@@ -233,6 +239,7 @@ class Accumulator:
         self._sum = np.zeros((channels, self._out_h, self._out_w), dtype=np.float32)
         self._weight = np.zeros((self._out_h, self._out_w), dtype=np.float32)
         self._added = np.zeros(plan.n_tiles, dtype=bool)
+        self._n_cols = len(plan.xs)
 
     def add(self, index: int, sr_tile: np.ndarray) -> None:
         """Blend in ``sr_tile``, float32 (C, tile_h·scale, tile_w·scale), the output for tile ``index``."""
@@ -251,7 +258,7 @@ class Accumulator:
         x0, x1 = cols_box.start, min(cols_box.stop, self._out_w)
         if y1 <= y0 or x1 <= x0:
             return
-        row, col = divmod(index, len(plan.xs))
+        row, col = divmod(index, self._n_cols)
         weight = np.outer(self._rows[row, : y1 - y0], self._cols[col, : x1 - x0]).astype(np.float32)
         self._sum[:, y0:y1, x0:x1] += weight * sr_tile[:, : y1 - y0, : x1 - x0].astype(np.float32, copy=False)
         self._weight[y0:y1, x0:x1] += weight
