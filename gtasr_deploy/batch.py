@@ -35,7 +35,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import GtasrError, InputError
-from .imageio import DEFAULT_MAX_PIXELS, atomic_write_bytes, format_for_suffix, read_image, upscale_alpha, write_image
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    atomic_write_bytes,
+    format_for_suffix,
+    read_image,
+    upscale_alpha,
+    write_image,
+)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
@@ -121,7 +128,8 @@ def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike 
     found = []
     for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
         here = Path(folder)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)]
+        dirs[:] = [d for d in dirs
+                   if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)]
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append((here / name, (here / name).relative_to(root)))
@@ -233,3 +241,143 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
         raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
                          "another folder or fix its permissions") from None
     return out_dir
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bool = False,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = 95, progress: bool = True,
+              summary: bool = True, json_report: str | os.PathLike | None = None,
+              err: TextIO | None = None, tile_progress: bool = False,
+              handle_sigterm: bool = True) -> BatchSummary:
+    """Decode -> ``sr_fn`` -> bicubic alpha -> atomic write, for each job in order.
+
+    A file's problem (input, GtasrError from ``sr_fn``, write/encode error) prints ONE line
+    ``error: <file>: <reason>`` on ``err`` and the batch goes on. Ctrl-C (and SIGTERM, turned
+    into KeyboardInterrupt while this runs on the main thread) stops after cleaning the current
+    temp file, still writes the summary and the JSON report, then propagates.
+    ``sr_fn`` returning the wrong shape is a bug and raises ValueError.
+    """
+    err = sys.stderr if err is None else err
+    records: list[FileRecord] = []
+    bar = tqdm(total=len(jobs), file=err, disable=not progress, unit="img", dynamic_ncols=True)
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt(handle_sigterm):
+            for job in jobs:
+                bar.set_postfix_str(job.rel.as_posix(), refresh=False)
+                tiles = _TileBar(err, enabled=progress) if tile_progress else None
+                try:
+                    record = _process(job, sr_fn, scale=scale, overwrite=overwrite,
+                                      max_pixels=max_pixels, quality=quality, on_tile=tiles)
+                finally:
+                    if tiles is not None:
+                        tiles.close()
+                records.append(record)
+                if record.status == "failed":
+                    _emit(f"error: {job.src}: {record.reason}", err, progress)
+                bar.update()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        result = BatchSummary(records=tuple(records), interrupted=interrupted)
+        if json_report is not None:
+            _write_report(Path(json_report), result, err)
+        if summary:
+            print(result.line(), file=err)
+    return result
+
+
+def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: int | None,
+             quality: int, on_tile: Callable[[int, int], None] | None) -> FileRecord:
+    start = time.perf_counter()
+    base = {"input": str(job.src), "output": str(job.dst)}
+
+    def failed(reason: str, **sizes) -> FileRecord:
+        return FileRecord(**base, status="failed", reason=reason, seconds=time.perf_counter() - start,
+                          **sizes)
+
+    if not overwrite and job.dst.exists():
+        return FileRecord(**base, status="skipped", reason="exists")
+    try:
+        image = read_image(job.src, max_pixels=max_pixels)
+    except InputError as exc:
+        return failed(str(exc).removeprefix(f"{job.src}: "))
+    sizes = {"input_size": image.size}
+    try:
+        sr = sr_fn(image.rgb) if on_tile is None else sr_fn(image.rgb, on_tile=on_tile)
+    except GtasrError as exc:
+        return failed(str(exc), **sizes)
+    expected = (image.rgb.shape[0] * scale, image.rgb.shape[1] * scale, 3)
+    if sr.shape != expected:
+        raise ValueError(f"sr_fn returned shape {sr.shape} for {job.src}; expected {expected} (x{scale})")
+    alpha = None if image.alpha is None else upscale_alpha(image.alpha, sr.shape[:2])
+    try:
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+        write_image(job.dst, sr, alpha=alpha, is_gray=image.is_gray, bit_depth=image.bit_depth,
+                    icc_profile=image.icc_profile, fmt=format_for_suffix(job.dst.suffix), quality=quality)
+    except (GtasrError, OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        return failed(f"cannot write {job.dst}: {reason}", **sizes)
+    return FileRecord(**base, status="written", seconds=time.perf_counter() - start,
+                      output_size=(sr.shape[1], sr.shape[0]), **sizes)
+
+
+def _emit(line: str, err: TextIO, progress: bool) -> None:
+    """One line on ``err``, printed above the progress bar when there is one."""
+    if progress:
+        tqdm.write(line, file=err)
+    else:
+        print(line, file=err)
+
+
+def _write_report(path: Path, result: BatchSummary, err: TextIO) -> None:
+    try:
+        data = json.dumps(result.to_json(), indent=1, ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it, keep JSON valid
+        data = json.dumps(result.to_json(), indent=1).encode() + b"\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        print(f"error: cannot write the JSON report {path}: {exc.strerror or exc}", file=err)
+
+
+class _TileBar:
+    """Second progress bar for one image's tiles; shown only when the image has several tiles."""
+
+    def __init__(self, err: TextIO, *, enabled: bool) -> None:
+        self._err, self._enabled, self._bar = err, enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled or total <= 1:
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=total, file=self._err, unit="tile", position=1, leave=False,
+                             dynamic_ncols=True)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """Turn SIGTERM (kill, job schedulers) into KeyboardInterrupt so temp files get cleaned."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

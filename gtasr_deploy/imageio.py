@@ -103,17 +103,22 @@ def _decode(path: Path, im: PILImage.Image, max_pixels: int | None) -> Image:
             f"{path}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)")
     icc = im.info.get("icc_profile") or None
-    if _is_16bit(im, fmt) and im.mode in ("RGB", "RGBA"):
+    is_16bit = _is_16bit(im, fmt)  # before exif_transpose, which returns a copy without the header
+    if is_16bit and im.mode in ("RGB", "RGBA"):
         # Pillow has no 16-bit colour modes and would silently truncate to 8 bit; OpenCV decodes
         # 16-bit colour exactly (but ignores EXIF, so orientation is applied by hand).
+        if fmt == "png":
+            _verify_png(path)  # libpng would print its own stderr line for a truncated file
         pixels = _cv2_decode_16bit(path)
         pixels = _orient(pixels, im.getexif().get(0x0112, 1))
         return _from_array(pixels, bit_depth=16, is_gray=_header_says_gray(im, fmt), icc=icc, fmt=fmt)
     im.load()
     im = ImageOps.exif_transpose(im)
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return _from_array(np.asarray(im).astype(np.uint16), bit_depth=16, is_gray=True, icc=icc, fmt=fmt)
+    # Pillow < 11 opens 16-bit gray PNG as 32-bit "I"; the values still fit 16 bits.
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N") or (mode == "I" and is_16bit):
+        gray = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        return _from_array(gray, bit_depth=16, is_gray=True, icc=icc, fmt=fmt)
     if mode == "CMYK":
         # A CMYK profile does not describe the RGB result, so it must not travel with it.
         return _from_array(np.asarray(im.convert("RGB")), bit_depth=8, is_gray=False, icc=None, fmt=fmt)
@@ -164,10 +169,16 @@ def _png_ihdr(im: PILImage.Image) -> tuple[int, int]:
     return depth, color_type
 
 
+def _verify_png(path: Path) -> None:
+    """Walk every chunk and check its CRC (cheap: no decompression); raises on a broken file."""
+    with PILImage.open(path) as im:
+        im.verify()
+
+
 def _cv2_decode_16bit(path: Path) -> np.ndarray:
     """uint16 (H, W, 3|4) in RGB(A) order, gray+alpha expanded to RGBA by OpenCV."""
     previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # libtiff tag chatter
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # libtiff chatter; we report
     try:
         pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     finally:
@@ -181,8 +192,8 @@ def _cv2_decode_16bit(path: Path) -> np.ndarray:
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to (H, W, ...) pixels, as ImageOps.exif_transpose does."""
     ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
-           8: lambda a: np.rot90(a, 1)}
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
     op = ops.get(orientation)
     return pixels if op is None else np.ascontiguousarray(op(pixels))
 
