@@ -1,0 +1,81 @@
+"""`gtasr-upscale` end to end with the fixture checkpoint (a smoke test of the path, not of quality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from gtasr_deploy.cli.upscale import main
+
+FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
+WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json")]
+
+
+@pytest.fixture()
+def two_images(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 255, (13, 9, 3), dtype=np.uint8)).save(src / "b photo.jpg")
+    return src
+
+
+def test_folder_of_two_images_gives_two_x4_pngs(two_images, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out / "a.png").size == (112, 80)
+    assert Image.open(out / "b photo.png").size == (36, 52)
+    # same seed → same bytes; re-run skips existing outputs
+    first = (out / "a.png").read_bytes()
+    again = CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS])
+    assert again.exit_code == 0 and "0 written, 2 skipped" in again.output
+    (out / "a.png").unlink()
+    CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS])
+    assert (out / "a.png").read_bytes() == first
+
+
+def test_tiled_and_batched_runs_agree(two_images, tmp_path):
+    runs = {}
+    for name, extra in {"b1": ["--tile", "8", "--tile-overlap", "4"],
+                        "b4": ["--tile", "8", "--tile-overlap", "4", "--batch", "4"]}.items():
+        result = CliRunner().invoke(main, [str(two_images), str(tmp_path / name), "-q", *WEIGHTS, *extra])
+        assert result.exit_code == 0, result.output
+        runs[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
+    assert np.abs(runs["b1"] - runs["b4"]).max() <= 1
+
+
+def test_scale_other_than_4_is_a_usage_error(two_images, tmp_path):
+    result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o"), "--scale", "2", *WEIGHTS])
+    assert result.exit_code == 2
+    assert "x4 only" in result.output
+
+
+def test_missing_weights_without_embedded_default(two_images, tmp_path, monkeypatch):
+    import gtasr_deploy.upscaler as upscaler
+
+    monkeypatch.setattr(upscaler, "EMBEDDED_WEIGHTS", tmp_path / "nope.safetensors")
+    result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "no weights given and no embedded default weights" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_weights_file_is_one_line(two_images, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o"), "--weights", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: ") and str(bad) in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_tile_names_both_values(two_images, tmp_path):
+    result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o"), *WEIGHTS, "--tile", "12"])
+    assert result.exit_code == 2
+    assert "tile 12 is not a multiple of the size rule 8" in result.output
