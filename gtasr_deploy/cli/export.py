@@ -1,0 +1,101 @@
+"""`gtasr-export`: write the ONNX graph of D for one static LR tile (fp32, optionally fp16).
+
+    gtasr-export --weights GTASR_final_phase.pth --tile 256 --batch 4 --fp16
+
+writes ``export/GTASR_final_phase_tile256_fp32.onnx`` (+ ``.json`` sidecar) and, with ``--fp16``,
+``export/GTASR_final_phase_tile256_fp16.onnx`` (+ sidecar), then builds a TensorRT engine for the
+fp16 graph when TensorRT and a GPU are present. The default tile is the upscaler's default for the
+preset: 256 LR px for ``paper``, 128 for ``demo`` (other configs: 256 rounded to the size rule).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError, GtasrError
+
+EXIT_USAGE = 2
+RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM weights of the '{name}' network "
+                          "and produces noise, not super-resolution. Use it for testing and benchmarking only.")
+
+
+def _load(weights: Path | None, param_key: str, network_config: Path | None, preset: str | None):
+    """(model, name, preset, weights_sha256)."""
+    from ..model import PRESETS, build_model, load_model
+    from ..model.checkpoint import file_sha256
+
+    if preset is not None and network_config is not None:
+        raise ConfigError(f"gtasr-export: --preset {preset} and --network-config {network_config} both given; "
+                          "pass one of them")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"gtasr-export: unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    config = network_config if network_config is not None else preset
+    if weights is not None:
+        model = load_model(weights, network_config=config, param_key=param_key)
+        return model, weights.stem, preset, file_sha256(weights)
+    spec = config if config is not None else "paper"
+    model = build_model(str(spec))
+    name = network_config.stem if network_config is not None else spec
+    return model, name, (None if network_config is not None else spec), None
+
+
+def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
+    """Build (or reuse) the TensorRT engine when TensorRT and a GPU are here; else one line why not."""
+    try:
+        from ..export import tensorrt_build
+    except ImportError as err:
+        click.echo(f"no TensorRT engine built: the TensorRT builder module is missing ({err})")
+        return
+    reason = tensorrt_build.explain_unavailable()
+    if reason is not None:
+        click.echo(f"no TensorRT engine built: {reason}")
+        return
+    tensorrt_build.get_or_build_engine(onnx_path, cache_dir=cache_dir, log=click.echo)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Official .pth or our .safetensors. Without it the graph holds random weights.")
+@click.option("--param-key", default="params_ema", show_default=True, help="Entry of an official .pth to load.")
+@click.option("--network-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Network JSON (ours or the authors' network_g names).")
+@click.option("--preset", help="Network preset (paper, demo): the config for --weights, or random weights.")
+@click.option("--tile", type=int, default=None,
+              help="Static LR tile in px (a multiple of the size rule). Default: 256 (paper), 128 (demo).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Largest batch the graph is meant for.")
+@click.option("--opset", type=int, default=17, show_default=True, help="Requested ONNX opset (the one written "
+                                                                        "is recorded in the sidecar).")
+@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands) and build a TensorRT engine.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
+              show_default=True, help="Output folder.")
+@click.option("--engine-cache", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"),
+              show_default=True, help="Folder of cached TensorRT engines (with --fp16).")
+def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
+    """Export GTASR's denoiser D to ONNX for one static LR tile and a dynamic batch axis."""
+    try:
+        _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache)
+    except GtasrError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
+    from ..export.onnx import check_tile, export_fp16, export_onnx
+    from ..upscaler import default_tile
+
+    model, name, preset, weights_sha = _load(weights, param_key, network_config, preset)
+    if tile is None:
+        tile = default_tile(model.config.size_multiple, preset)
+    check_tile((tile, tile), model.config.size_multiple)
+    if weights_sha is None:
+        click.echo(RANDOM_WEIGHTS_WARNING.format(name=name), err=True)
+    result = export_onnx(model, out_dir, name=name, tile_lr=(tile, tile), batch_max=batch, opset=opset,
+                         weights_sha256=weights_sha, preset=preset, log=click.echo)
+    click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
+    if fp16:
+        half = export_fp16(result, model, log=click.echo)
+        click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
+        _build_tensorrt(half.onnx_path, engine_cache)

@@ -1,0 +1,202 @@
+"""Engines: TorchEngine (fp32, fp16 islands), OrtEngine (sidecar, input checks), open_engine."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gtasr_deploy.engines.factory import open_engine
+from gtasr_deploy.engines.torch_engine import Fp16Denoiser, Fp32GroupNorm, TorchEngine
+from gtasr_deploy.errors import BackendUnavailableError, ConfigError, InputError
+from gtasr_deploy.model import build_model, from_authors
+from gtasr_deploy.model.network import GroupNorm
+
+TILE = (8, 16)
+SILENT = lambda *_: None  # noqa: E731
+
+
+def randomized(model, seed: int = 0):
+    """Every weight ~N(0, 1/fan_in), GroupNorm weights around 1: all paths carry signal."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith(".weight") else 0.0))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(fixture_dir):
+    return randomized(build_model(from_authors(fixture_dir / "network_g.json")), seed=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(model, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from gtasr_deploy.export.onnx import export_onnx
+
+    return export_onnx(model, tmp_path_factory.mktemp("engines"), name="tiny", tile_lr=TILE, batch_max=2,
+                       log=SILENT).onnx_path
+
+
+def inputs(tile=TILE, batch=1, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w = tile
+    return {"x_t": rng.standard_normal((batch, 3, 4 * h, 4 * w)).astype(np.float32),
+            "lq": rng.uniform(-1, 1, (batch, 3, h, w)).astype(np.float32),
+            "sigma": np.linspace(1.0, 0.3, batch).astype(np.float32)}
+
+
+def reference(model, feeds):
+    with torch.inference_mode():
+        return model(torch.from_numpy(feeds["x_t"]), torch.from_numpy(feeds["sigma"]),
+                     torch.from_numpy(feeds["lq"])).numpy()
+
+
+def test_torch_engine_fp32_is_the_model(model):
+    engine = TorchEngine(model)
+    assert engine.info.backend == "torch" and engine.info.precision == "fp32" and engine.info.tile_lr is None
+    assert engine.info.batch_range[0] == 1 and engine.info.max_batch >= 64
+    assert engine.info.size_multiple == 8
+    for tile in [(8, 8), (16, 24)]:
+        feeds = inputs(tile, batch=2)
+        np.testing.assert_array_equal(engine(**feeds), reference(model, feeds))
+
+
+def test_torch_engine_scalar_sigma_broadcasts(model):
+    feeds = inputs(batch=2)
+    feeds["sigma"] = np.float32(0.5)
+    out = TorchEngine(model)(**feeds)
+    feeds["sigma"] = np.full(2, 0.5, np.float32)
+    np.testing.assert_array_equal(out, reference(model, feeds))
+
+
+def test_torch_engine_rejects_bad_shapes(model):
+    engine = TorchEngine(model, tile_lr=(8, 8))
+    feeds = inputs((8, 8))
+    with pytest.raises(InputError, match=r"'x_t' has shape \(1, 3, 32, 64\), expected \(1, 3, 32, 32\)"):
+        engine(**{**feeds, "x_t": np.zeros((1, 3, 32, 64), np.float32)})
+    with pytest.raises(InputError, match=r"built for static tiles of 8x8.*expected \(N, 3, 8, 8\)"):
+        engine(**inputs((16, 16)))
+    with pytest.raises(InputError, match="multiples of 8"):
+        TorchEngine(model)(**inputs((12, 12)))
+
+
+def test_torch_engine_option_errors(model):
+    with pytest.raises(ConfigError, match="precision 'bf16'"):
+        TorchEngine(model, precision="bf16")
+    with pytest.raises(ConfigError, match="cuda_graph=True needs a CUDA device"):
+        TorchEngine(model, cuda_graph=True)
+
+
+def test_fp16_islands_structure(model):
+    half = Fp16Denoiser(model)
+    backbone = half.model
+    assert backbone.enc["16x16_conv"].weight.dtype == torch.float16
+    assert backbone.conv_last.weight.dtype == torch.float16
+    for name, module in backbone.named_modules():
+        if isinstance(module, GroupNorm):
+            assert type(module) is Fp32GroupNorm and module.weight.dtype == torch.float32, name
+        if name.endswith(".affine") or name.startswith("map_layer"):
+            assert module.weight.dtype == torch.float32, name
+        if name.endswith(".qkv"):
+            assert module.weight.dtype == torch.float16, name
+        if name.endswith(".attn"):
+            assert module.relative_position_bias_table.dtype == torch.float32, name
+    assert set(half.state_dict()) == {k for k in model.state_dict()}  # same keys: weights load unchanged
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
+def test_fp16_torch_engine_runs_on_cpu_close_to_fp32(model):
+    feeds = inputs(batch=2)
+    try:
+        out = TorchEngine(model, precision="fp16")(**feeds)
+    except RuntimeError as err:  # an op without a CPU half kernel in this torch build
+        pytest.skip(f"torch CPU lacks an fp16 kernel: {err}")
+    ref = reference(model, feeds)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    err = np.abs(out - ref)
+    assert 0 < err.max() < 0.05 and err.mean() < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_fp16_engine(model, cuda_graph):
+    feeds = inputs(batch=2)
+    engine = TorchEngine(model, device="cuda", precision="fp16", cuda_graph=cuda_graph)
+    for _ in range(2):  # the second call replays the captured graph
+        out = engine(**feeds)
+    assert np.abs(out - reference(model, feeds)).max() < 0.05
+
+
+def test_ort_engine_info_and_parity(model, onnx_path):
+    from gtasr_deploy.engines.onnxruntime import OrtEngine
+
+    with OrtEngine(onnx_path, providers="cpu", threads=1) as engine:
+        info = engine.info
+        assert (info.backend, info.device, info.precision) == ("onnxruntime", "CPUExecutionProvider", "fp32")
+        assert info.tile_lr == TILE and info.batch_range == (1, 1, 2) and info.size_multiple == 8
+        feeds = inputs(batch=2, seed=5)
+        assert np.abs(engine(**feeds) - reference(model, feeds)).max() <= 1e-4
+
+
+def test_ort_engine_input_errors(onnx_path):
+    from gtasr_deploy.engines.onnxruntime import OrtEngine
+
+    engine = OrtEngine(onnx_path, providers="cpu", threads=1)
+    with pytest.raises(InputError, match=r"built for static tiles of 8x16; got shape \(1, 3, 16, 16\), "
+                                         r"expected \(N, 3, 8, 16\)"):
+        engine(**inputs((16, 16)))
+    with pytest.raises(InputError, match=r"'x_t' has shape \(1, 3, 32, 32\), expected \(1, 3, 32, 64\)"):
+        engine(**{**inputs(), "x_t": np.zeros((1, 3, 32, 32), np.float32)})
+    with pytest.raises(InputError, match=r"batch 3 outside the engine's range \[1, 2\]"):
+        engine(**inputs(batch=3))
+    with pytest.raises(ConfigError, match="threads=0"):
+        OrtEngine(onnx_path, providers="cpu", threads=0)
+
+
+def test_ort_engine_needs_its_sidecar(onnx_path, tmp_path):
+    from gtasr_deploy.engines.onnxruntime import OrtEngine
+
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes(onnx_path.read_bytes())
+    with pytest.raises(ConfigError, match="lone.json not found"):
+        OrtEngine(lone, providers="cpu")
+    with pytest.raises(ConfigError, match="not found; export one with gtasr-export"):
+        OrtEngine(tmp_path / "missing.onnx", providers="cpu")
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch):
+    from gtasr_deploy.engines.onnxruntime import import_onnxruntime
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'gtasr-deploy\[onnx\]'"):
+        import_onnxruntime()
+
+
+def test_open_engine_dispatch(model, onnx_path):
+    assert open_engine("torch", model=model).info.backend == "torch"
+    assert open_engine("auto", model=model).info.backend == "torch"  # no graph: torch
+    assert open_engine("auto", onnx_path=onnx_path).info.backend == "onnxruntime"
+    assert open_engine("onnxruntime", onnx_path=onnx_path, threads=1).info.tile_lr == TILE
+    with pytest.raises(ConfigError, match="unknown backend 'ncnn'; valid backends: auto, torch, onnxruntime, tensorrt"):
+        open_engine("ncnn", model=model)
+    with pytest.raises(ConfigError, match="needs a model"):
+        open_engine("torch")
+    with pytest.raises(ConfigError, match="needs an exported ONNX graph"):
+        open_engine("onnxruntime", model=model)
+
+
+def test_open_engine_tensorrt_unavailable_here(onnx_path):
+    from gtasr_deploy.export.tensorrt_build import explain_unavailable
+
+    if explain_unavailable() is None:
+        pytest.skip("TensorRT and a GPU are present; the GPU tests cover this backend")
+    with pytest.raises(BackendUnavailableError):
+        open_engine("tensorrt", onnx_path=onnx_path)
