@@ -1,0 +1,52 @@
+"""``gtasr-train CONFIG``: train GTASR (stage I, stage II or both) from a TOML recipe (SPEC §5).
+
+Single process: ``gtasr-train training/demo.toml``. Several GPUs:
+``torchrun --nproc_per_node=8 -m gtasr_deploy.cli.train training/stage1.toml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import GtasrError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in <out>/checkpoints.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override every stage's step count.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override run.out_dir.")
+def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: str | None) -> None:
+    """Train from the TOML recipe CONFIG; export the EMA weights as safetensors for gtasr-upscale."""
+    from ..training.config import load_config
+
+    try:
+        cfg = load_config(config)
+        overrides = {}
+        if steps is not None:
+            overrides.update({f"stage{s.stage}.steps": steps for s in cfg.stages})
+        if out_dir is not None:
+            overrides["run.out_dir"] = out_dir
+            if cfg.run.export:  # keep the export next to the other outputs
+                overrides["run.export"] = str(Path(out_dir) / Path(cfg.run.export).name)
+        if overrides:
+            cfg = load_config(config, overrides=overrides)
+        if dry_run:
+            click.echo(cfg.to_json())
+            return
+        from ..training.loop import train
+
+        path = train(cfg, resume=resume)
+    except GtasrError as err:
+        click.echo(f"gtasr-train: error: {err}", err=True)
+        sys.exit(1)
+    if path is not None:
+        click.echo(f"weights: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Training data: random HR crops from folders of images, in a resumable, seeded order.
+
+The order is a pure function of (seed, batch index): epoch e visits the files in
+``randperm(n, seed·1_000_003 + e)`` and sample j of that stream is cropped with its own seed. So a
+resumed run sees exactly the batches an uninterrupted run would, with any number of DataLoader
+workers, and each DDP rank takes its own slice of every global batch. No flips (as released).
+
+Images are decoded to 8-bit RGB; images smaller than the crop are reflect-padded; unreadable
+files are logged once and replaced by the next readable file in the list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+def scan_images(roots: Sequence[str | Path]) -> list[str]:
+    """Every image file under ``roots`` (recursive, sorted, suffix case-insensitive)."""
+    files: list[str] = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise ConfigError(f"data root {root} is not a folder; check data.roots (paths are relative to the "
+                              "current directory) or run `python -m gtasr_deploy.training.photos data/photos`")
+        files += sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(r) for r in roots]}")
+    return files
+
+
+def cached_file_list(roots: Sequence[str | Path], cache: str | Path | None) -> list[str]:
+    """The file list, read from ``cache`` when it was made for the same roots, else scanned and written.
+
+    Keeping the list with the run means a resume sees the same files in the same order even when
+    the folders changed (and large folders are not walked again)."""
+    key = json.dumps([str(r) for r in roots])
+    if cache is not None and Path(cache).is_file():
+        try:
+            stored = json.loads(Path(cache).read_text())
+            if stored.get("roots") == key and stored.get("files"):
+                return list(stored["files"])
+        except (OSError, json.JSONDecodeError):
+            log.warning("file-list cache %s is unreadable; rescanning", cache)
+    files = scan_images(roots)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{cache}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"roots": key, "files": files}))
+        os.replace(tmp, cache)
+    return files
+
+
+def read_rgb8(path: str) -> np.ndarray | None:
+    """(H,W,3) uint8 RGB, or None when the file cannot be decoded. 16-bit, gray and alpha are reduced."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR uint8; drops alpha, expands gray, scales 16-bit
+    if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:
+        return None
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def reflect_pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Pad (bottom/right) by reflection until both sides are >= size (repeats for tiny images)."""
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    mode = "reflect" if min(h, w) > 1 else "edge"  # reflection of a 1-px side is undefined
+    return np.pad(img, ((0, max(size - h, 0)), (0, max(size - w, 0)), (0, 0)), mode=mode)
+
+
+def random_crop(img: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A size×size crop at a position drawn from ``seed``; (size,size,3) uint8."""
+    img = reflect_pad_to(img, size)
+    rng = np.random.default_rng(seed)
+    top = int(rng.integers(0, img.shape[0] - size + 1))
+    left = int(rng.integers(0, img.shape[1] - size + 1))
+    return img[top:top + size, left:left + size]
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    img = reflect_pad_to(img, size)
+    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    return img[top:top + size, left:left + size]
+
+
+def to_tensor(crop: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 → (3,H,W) float32 in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255.0)
+
+
+class CropDataset(Dataset):
+    """Items are (file index, crop seed) pairs from :class:`StepSampler` → (3,crop,crop) float [0,1]."""
+
+    def __init__(self, files: Sequence[str], crop: int) -> None:
+        self.files = list(files)
+        self.crop = crop
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        index, seed = item
+        for offset in range(len(self.files)):
+            i = (index + offset) % len(self.files)
+            if i in self._bad:
+                continue
+            img = read_rgb8(self.files[i])
+            if img is not None:
+                return to_tensor(random_crop(img, self.crop, seed))
+            self._bad.add(i)
+            log.warning("skipping unreadable image %s", self.files[i])
+        raise ConfigError(f"none of the {len(self.files)} training images can be decoded")
+
+
+def _sample_seed(seed: int, position: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class StepSampler(Sampler):
+    """Yields per-rank batches [(file index, crop seed), ...] for global batches start, start+1, ...
+
+    Global batch b holds stream positions b·G .. b·G+G−1 (G = batch_size·world_size) of the
+    concatenated per-epoch permutations; rank r takes positions r·batch_size .. of it."""
+
+    def __init__(self, num_files: int, batch_size: int, *, seed: int, start_batch: int = 0,
+                 num_batches: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed = num_files, batch_size, seed
+        self.start, self.num_batches = start_batch, num_batches
+        self.rank, self.world = rank, world_size
+        self._perm_epoch, self._perm = -1, None
+
+    def _file_at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=gen).tolist(), epoch
+        return self._perm[offset]
+
+    def batch(self, b: int) -> list[tuple[int, int]]:
+        first = (b * self.world + self.rank) * self.batch_size
+        return [(self._file_at(p), _sample_seed(self.seed, p)) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b = self.start
+        while self.num_batches is None or b < self.start + self.num_batches:
+            yield self.batch(b)
+            b += 1
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("StepSampler is infinite")
+        return self.num_batches
+
+
+def make_loader(files: Sequence[str], *, crop: int, batch_size: int, seed: int, start_batch: int,
+                num_batches: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """DataLoader of (batch_size,3,crop,crop) float [0,1] HR crops starting at global batch ``start_batch``."""
+    sampler = StepSampler(len(files), batch_size, seed=seed, start_batch=start_batch, num_batches=num_batches,
+                          rank=rank, world_size=world_size)
+    return DataLoader(CropDataset(files, crop), batch_sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=2 if num_workers > 0 else None)
+
+
+def validation_crops(files: Sequence[str], *, crop: int, count: int) -> torch.Tensor:
+    """(count',3,crop,crop) float [0,1] centre crops of the first ``count`` readable files."""
+    crops = []
+    for path in files:
+        img = read_rgb8(path)
+        if img is None:
+            log.warning("skipping unreadable validation image %s", path)
+            continue
+        crops.append(to_tensor(centre_crop(img, crop)))
+        if len(crops) == count:
+            break
+    if not crops:
+        raise ConfigError(f"no readable validation images among {len(files)} files")
+    return torch.stack(crops)

@@ -1,0 +1,337 @@
+"""The GTASR trainer (SPEC §5). Reads top to bottom: set up, then for each stage build the networks,
+then step: batch → degradation → losses → backward → optimizer → EMA → log / validate / checkpoint.
+
+Determinism: every step re-seeds torch's global RNG (dropout) and draws data order, degradation
+and loss noise from generators seeded by (seed, stage, step, rank). A resumed run therefore
+repeats an uninterrupted one bit for bit (same device and software), independently of workers.
+
+Distributed: launched with torchrun, each process takes its slice of every global batch; the
+network is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA). Rank 0 logs,
+validates, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import BackendUnavailableError, CheckpointError, ConfigError, GtasrError
+from ..model import build_model, save_model
+from ..model.checkpoint import check_state_dict, read_checkpoint
+from ..schedule import unit_noise, up
+from . import checkpoint as ckpt
+from .config import StageConfig, TrainConfig
+from .data import cached_file_list, make_loader, scan_images, validation_crops
+from .degradation import degrade
+from .logs import RunLogger
+from .losses import Batch, copy_for_target, ema_update, stage1_losses, stage2_losses
+
+
+class TrainingDivergedError(GtasrError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed from the parts; distinct streams for data, degradation, losses and dropout."""
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """One process per device under torchrun (WORLD_SIZE > 1), else a single process."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"run.device is {device!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return Dist(rank=rank, world=world, device=torch.device("cuda", local))
+    return Dist(rank=rank, world=world, device=torch.device(device if device not in ("auto", "cuda") else "cpu"))
+
+
+def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """(autocast context factory, needs a GradScaler). bf16 on CUDA by default, fp32 on CPU."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext, False
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), amp == "fp16"
+
+
+def load_stage1_weights(path: str | Path) -> tuple[dict, dict]:
+    """(θ, EMA) to start stage II from: our stage-I checkpoint or an official .pth (params/params_ema)."""
+    ema, _ = read_checkpoint(path, param_key="params_ema")
+    try:
+        params, _ = read_checkpoint(path, param_key="params")
+    except CheckpointError:
+        params = ema  # files with only params_ema (e.g. a published EMA-only release)
+    return params, ema
+
+
+class Trainer:
+    """Holds one stage's state: θ (``net``), EMA, θ' (stage II), optimizer, scheduler."""
+
+    def __init__(self, cfg: TrainConfig, stage: StageConfig, env: Dist, perceptual: nn.Module) -> None:
+        self.cfg, self.stage, self.env, self.perceptual = cfg, stage, env, perceptual
+        torch.manual_seed(_seed(cfg.run.seed, "init"))  # same initial θ on every rank
+        self.net = build_model(cfg.model).to(env.device).train()
+        self.ema = copy_for_target(self.net)
+        self.target = copy_for_target(self.net) if stage.stage == 2 else None
+        o = stage.optim
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(o.lr_milestones), gamma=o.lr_gamma)
+        self.step = 0
+        self.autocast, use_scaler = autocast_for(cfg.run.amp, env.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.online: nn.Module = self.net
+        if env.world > 1:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.online = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+
+    # --- state ------------------------------------------------------------------------------
+    def init_from_stage1(self, params: dict, ema: dict) -> None:
+        """θ ← stage-I params; EMA and θ' ← stage-I params_ema (SPEC §5 stage II)."""
+        check_state_dict(self.net, params, "stage-I params")
+        check_state_dict(self.net, ema, "stage-I params_ema")
+        self.net.load_state_dict(params)
+        self.ema.load_state_dict(ema)
+        if self.target is not None:
+            self.target.load_state_dict(ema)
+
+    def state_dict(self) -> dict:
+        state = {"format": ckpt.FORMAT, "config": self.cfg.to_json(), "network_config": self.cfg.model.to_json(),
+                 "stage": self.stage.stage, "step": self.step, "params": self.net.state_dict(),
+                 "params_ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state()}
+        if self.target is not None:
+            state["params_target"] = self.target.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["params"])
+        self.ema.load_state_dict(state["params_ema"])
+        if self.target is not None:
+            self.target.load_state_dict(state["params_target"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # --- one optimizer step -----------------------------------------------------------------
+    def losses(self, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.stage.stage == 1:
+            return stage1_losses(self.online, batch, step=self.step, total_steps=self.stage.steps,
+                                 cfg=self.stage.loss, perceptual=self.perceptual, generator=generator,
+                                 ctmsr=self.cfg.recipe == "ctmsr")
+        return stage2_losses(self.online, self.target, batch, cfg=self.stage.loss, perceptual=self.perceptual,
+                             generator=generator)
+
+    def train_step(self, hr: torch.Tensor, lq: torch.Tensor | None = None) -> dict[str, float]:
+        """hr: (B,3,crop,crop) float [0,1] on the device; lq: its (B,3,crop/4,crop/4) [0,1] LR, made
+        here by the degradation when None. Returns the logged terms (batch means)."""
+        seed, st, rank = self.cfg.run.seed, self.stage.stage, self.env.rank
+        if self.target is not None and self.step % self.stage.target_refresh == 0:
+            self.target.load_state_dict(self.net.state_dict())  # θ' ← θ (release: step % 1000 == 0)
+        torch.manual_seed(_seed(seed, "dropout", st, self.step, rank))
+        if lq is None:
+            lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(seed, "degrade", st, self.step, rank)))
+        loss_gen = torch.Generator().manual_seed(_seed(seed, "loss", st, self.step, rank))
+        accum = self.stage.optim.grad_accum
+        logged: dict[str, float] = {}
+        for micro, (x0, y0) in enumerate(zip((hr * 2 - 1).chunk(accum), (lq * 2 - 1).chunk(accum))):
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last or self.online is self.net else self.online.no_sync()
+            with sync, self.autocast():
+                out = self.losses(Batch(x0=x0, lq=y0), loss_gen)
+            self.scaler.scale(out["loss"] / accum).backward()
+            for key, value in out.items():
+                if value.numel() == 1:
+                    logged[key] = logged.get(key, 0.0) + float(value.detach()) / (1 if key in ("k", "i") else accum)
+        self._check_finite(logged["loss"])
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        o = self.stage.optim
+        decay = min(o.ema_decay, (1 + self.step) / (10 + self.step)) if o.ema_warmup else o.ema_decay
+        ema_update(self.ema, self.net, decay)
+        self.step += 1
+        logged["lr"] = self.opt.param_groups[0]["lr"]
+        return logged
+
+    def _check_finite(self, loss: float) -> None:
+        bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.env.device)
+        if self.env.world > 1:
+            dist.all_reduce(bad)
+        if bad.item():
+            raise TrainingDivergedError(
+                f"stage {self.stage.stage} step {self.step}: loss is {loss} (NaN/inf); stopped without saving. "
+                f"The last good checkpoint in {self.cfg.run.out_path / 'checkpoints'} is kept: lower the "
+                "learning rate (stageN.optim.lr) or use amp = \"bf16\"/\"none\", then --resume"
+            )
+
+
+# --- validation ---------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Validation:
+    """Fixed validation inputs: HR (n,3,H,W) [0,1], its LR, and the unit noise for x_K."""
+
+    hr: torch.Tensor
+    lq: torch.Tensor
+    eps: torch.Tensor
+
+
+def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
+    val_files = scan_images(cfg.data.val_roots) if cfg.data.val_roots else files
+    hr = validation_crops(val_files, crop=cfg.data.val_crop, count=cfg.data.val_images)
+    lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(cfg.run.seed, "validation")))
+    return Validation(hr=hr, lq=lq, eps=unit_noise(tuple(hr.shape), _seed(cfg.run.seed, "val-noise") % 2**31))
+
+
+@torch.no_grad()
+def validate(net: nn.Module, val: Validation, device: torch.device, out_png: Path | None) -> dict[str, float]:
+    """One-step SR of the validation LR with ``net`` (eval); PSNR-Y of SR and of bicubic vs HR."""
+    from ..metrics.fullref import psnr_y
+
+    lq = val.lq.to(device) * 2 - 1
+    sr = torch.cat([net.eval()(up(lq[i:i + 1]) + val.eps[i:i + 1].to(device), 1.0, lq[i:i + 1]) for i in range(len(lq))])
+    to8 = lambda t: (t.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    sr8, bic8, hr8 = to8(sr), to8(up(lq)), to8(val.hr * 2 - 1)
+    if out_png is not None:
+        import cv2
+
+        rows = [np.concatenate([b, s, h], axis=1) for b, s, h in zip(bic8, sr8, hr8)]  # bicubic | SR | HR
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out_png), np.concatenate(rows, axis=0)[:, :, ::-1])
+    return {"val_psnr_y": float(np.mean([psnr_y(s, h) for s, h in zip(sr8, hr8)])),
+            "val_psnr_y_bicubic": float(np.mean([psnr_y(b, h) for b, h in zip(bic8, hr8)]))}
+
+
+# --- the run ------------------------------------------------------------------------------------
+def _save(tr: Trainer, folder: Path, keep: int, name: str | None = None) -> Path:
+    path = ckpt.save_atomic(tr.state_dict(), folder / (name or ckpt.checkpoint_name(tr.stage.stage, tr.step)))
+    if name is None:
+        ckpt.prune_checkpoints(folder, keep)
+    return path
+
+
+def _batches(tr: Trainer, files: list[str], env: Dist):
+    cfg = tr.cfg
+    loader = make_loader(files, crop=cfg.data.crop, batch_size=cfg.data.batch_size,
+                         seed=_seed(cfg.run.seed, "data", tr.stage.stage) % 2**31, start_batch=tr.step,
+                         num_batches=tr.stage.steps - tr.step, num_workers=cfg.data.num_workers,
+                         rank=env.rank, world_size=env.world)
+    for hr in loader:
+        yield hr.to(env.device, non_blocking=True)
+
+
+def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger) -> None:
+    cfg, env, st = tr.cfg, tr.env, tr.stage.stage
+    folder = cfg.run.out_path / "checkpoints"
+    bar = logger.progress(total=tr.stage.steps, initial=tr.step, desc=f"stage {st}")
+    t_last = time.perf_counter()
+    for hr in _batches(tr, files, env):
+        terms = tr.train_step(hr)
+        now = time.perf_counter()
+        terms["sec_per_step"], t_last = now - t_last, now
+        bar.update(1)
+        if env.main and (tr.step % cfg.run.log_every == 0 or tr.step == tr.stage.steps):
+            logger.log(st, tr.step, terms)
+        if env.main and (tr.step % cfg.run.val_every == 0 or tr.step == tr.stage.steps):
+            logger.log(st, tr.step, validate(tr.ema, val, env.device, cfg.run.out_path / "val" / f"s{st}_{tr.step:08d}.png"))
+        if env.main and tr.step % cfg.run.ckpt_every == 0 and tr.step < tr.stage.steps:
+            _save(tr, folder, cfg.run.keep_checkpoints)
+        t_last = time.perf_counter()  # seconds/step exclude logging, validation and checkpoints
+    bar.close()
+    if env.main:
+        _save(tr, folder, cfg.run.keep_checkpoints)
+        _save(tr, folder, cfg.run.keep_checkpoints, name=ckpt.final_name(st))
+
+
+def _resume_point(cfg: TrainConfig) -> dict | None:
+    path = ckpt.latest_checkpoint(cfg.run.out_path / "checkpoints")
+    if path is None:
+        return None
+    state = ckpt.load_training_checkpoint(path)
+    if json.loads(state["network_config"]) != cfg.model.to_dict():
+        raise CheckpointError(f"{path}: network config differs from the recipe's; resume with the recipe that wrote it")
+    return state
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | None = None) -> Path | None:
+    """Run every stage of ``cfg``; return the exported EMA safetensors path (rank 0) or None."""
+    env = setup_distributed(cfg.run.device)
+    out = cfg.run.out_path
+    if not resume and ckpt.latest_checkpoint(out / "checkpoints") is not None:
+        raise ConfigError(f"{out} already holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose another --out (or delete the folder) to start over")
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json())
+        files = cached_file_list(cfg.data.roots, out / "files.json")
+    if env.world > 1:
+        dist.barrier()  # the other ranks read the list rank 0 wrote: every rank sees the same files
+    if not env.main:
+        files = cached_file_list(cfg.data.roots, out / "files.json")
+    if perceptual is None:
+        from ..metrics.lpips import LPIPS
+
+        perceptual = LPIPS("vgg")
+    perceptual = perceptual.to(env.device).eval().requires_grad_(False)
+    val = make_validation(cfg, files)
+    logger = RunLogger(out, enabled=env.main, progress=cfg.run.progress, tensorboard=cfg.run.tensorboard)
+    state = _resume_point(cfg) if resume else None
+    if resume and env.main:
+        logger.info(f"resuming from stage {state['stage']} step {state['step']}" if state else "nothing to resume; starting")
+    logger.truncate_after(*((state["stage"], state["step"]) if state else (0, 0)))  # no step logged twice
+    tr = None
+    for stage in cfg.stages:
+        if state is not None and stage.stage < state["stage"]:
+            continue
+        tr = Trainer(cfg, stage, env, perceptual)
+        if state is not None and stage.stage == state["stage"]:
+            tr.load_state_dict(state)
+        elif stage.stage == 2:
+            source = stage.init or out / "checkpoints" / ckpt.final_name(1)
+            tr.init_from_stage1(*load_stage1_weights(source))
+            logger.info(f"stage 2 starts from {source}")
+        state = None
+        if tr.step < stage.steps:
+            if env.main and tr.step == 0:
+                logger.log(stage.stage, 0, validate(tr.ema, val, env.device, out / "val" / f"s{stage.stage}_{0:08d}.png"))
+            run_stage(tr, files, val, logger)
+    logger.close()
+    if not env.main or tr is None:
+        return None
+    meta = {"recipe": cfg.recipe, "notes": cfg.notes, "data": json.dumps(list(cfg.data.roots)),
+            "steps": json.dumps({f"stage{s.stage}": s.steps for s in cfg.stages}), "training_config": cfg.to_json()}
+    path = save_model(tr.ema.eval(), cfg.run.export_path, metadata=meta)
+    logger.info(f"exported EMA weights to {path}")
+    return path

@@ -1,0 +1,321 @@
+"""Training loop, data, configs, checkpoints and the gtasr-train CLI, on a tiny network (CPU, seconds).
+
+The perceptual distance is a fixed random conv feature distance standing in for LPIPS-VGG, whose
+weights need a fetch step; the loop only needs an ``(a, b) -> (N,)`` differentiable callable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+from torch import nn
+
+from gtasr_deploy.errors import ConfigError
+from gtasr_deploy.model import load_model
+from gtasr_deploy.model.checkpoint import read_checkpoint
+from gtasr_deploy.training import checkpoint as ckpt
+from gtasr_deploy.training.config import config_from_dict, load_config
+from gtasr_deploy.training.data import StepSampler, cached_file_list, make_loader, reflect_pad_to
+from gtasr_deploy.training.degradation import degrade
+from gtasr_deploy.training.loop import Dist, Trainer, TrainingDivergedError, train
+from gtasr_deploy.training.losses import Batch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NET = {"img_resolution": 16, "model_channels": 8, "channel_mult": [1], "num_blocks": 1,
+            "attn_resolutions": [16], "swin_embed_dim": 32, "swin_num_heads": 1, "swin_window_size": 4}
+
+
+class TinyPerceptual(nn.Module):
+    """Fixed random 3→8 conv features, per-sample mean squared difference: (N,)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen) * 0.3)
+            self.conv.bias.zero_()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((torch.tanh(self.conv(a)) - torch.tanh(self.conv(b))) ** 2).mean(dim=(1, 2, 3))
+
+
+class NaNPerceptual(TinyPerceptual):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return super().forward(a, b) * float("nan")
+
+
+def _write_images(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:90, 0:110]
+    for k in range(3):
+        img = np.stack([np.sin(xx / (5 + k)), np.cos(yy / (7 + k)), np.sin((xx + yy) / 9)], axis=-1)
+        img = ((img + 1) * 100 + rng.integers(0, 50, img.shape)).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img{k}.png"), img)
+    cv2.imwrite(str(folder / "sub_small.jpg"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))  # < crop
+    (folder / "broken.png").write_bytes(b"not an image")
+
+
+def _raw(tmp_path: Path, **stage_overrides) -> dict:
+    data = tmp_path / "hr"
+    if not data.exists():
+        _write_images(data)
+    raw = {
+        "recipe": "gtasr",
+        "run": {"name": "t", "out_dir": str(tmp_path / "run"), "seed": 3, "device": "cpu", "amp": "none",
+                "log_every": 1, "val_every": 100, "ckpt_every": 2, "keep_checkpoints": 2, "progress": False},
+        "model": {"network": TINY_NET},
+        "data": {"roots": [str(data)], "crop": 64, "batch_size": 2, "num_workers": 0, "val_crop": 64, "val_images": 2},
+        "stage1": {"steps": 4, "optim": {"lr": 1e-3}, "loss": {"ta_levels": 1}},
+        "stage2": {"steps": 4, "target_refresh": 2, "optim": {"lr": 1e-3}},
+    }
+    for key, value in stage_overrides.items():
+        raw[key] = value
+    return raw
+
+
+# --- losses go down ------------------------------------------------------------------------------
+def _fixed_batch(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    files = cached_file_list([tmp_path / "hr"], None)[:3]
+    hr = next(iter(make_loader(files, crop=64, batch_size=2, seed=1, start_batch=0, num_batches=1)))
+    return hr, degrade(hr, generator=torch.Generator().manual_seed(5))
+
+
+def _eval_loss(tr: Trainer, hr: torch.Tensor, lq: torch.Tensor) -> float:
+    """Mean loss over fixed (dropout, noise) seeds, so before/after differ only by the weights."""
+    total = 0.0
+    with torch.no_grad():
+        for seed in range(4):
+            torch.manual_seed(seed)
+            total += float(tr.losses(Batch(x0=hr * 2 - 1, lq=lq * 2 - 1), torch.Generator().manual_seed(seed))["loss"])
+    return total / 4
+
+
+@pytest.mark.parametrize("stage_number", [1, 2])
+def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, stage_number):
+    raw = _raw(tmp_path)
+    raw[f"stage{stage_number}"]["optim"]["lr"] = 5e-4
+    # the loss itself must not change during the test: K stays 4 (stage I), θ' stays put (stage II)
+    raw[f"stage{stage_number}"].update(steps=1000, target_refresh=1000)
+    cfg = config_from_dict(raw)
+    tr = Trainer(cfg, cfg.stage(stage_number), Dist(), TinyPerceptual())
+    hr, lq = _fixed_batch(tmp_path)
+    before = _eval_loss(tr, hr, lq)
+    for _ in range(20):
+        terms = tr.train_step(hr, lq)
+        assert np.isfinite(terms["loss"])
+    after = _eval_loss(tr, hr, lq)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_stage2_refreshes_target_at_multiples(tmp_path):
+    cfg = config_from_dict(_raw(tmp_path))
+    tr = Trainer(cfg, cfg.stage(2), Dist(), TinyPerceptual())
+    hr, lq = _fixed_batch(tmp_path)
+    key = next(k for k, v in tr.net.state_dict().items() if v.is_floating_point() and "conv" in k)
+    tr.target.state_dict()[key].add_(1.0)  # make θ' differ from θ
+    tr.train_step(hr, lq)  # step 0: θ' ← θ before the update
+    after_first = tr.target.state_dict()[key].clone()
+    assert not tr.target.training and not any(p.requires_grad for p in tr.target.parameters())
+    tr.train_step(hr, lq)  # step 1: no refresh while θ moves on
+    theta_after_step1 = tr.net.state_dict()[key].clone()
+    assert torch.equal(tr.target.state_dict()[key], after_first)
+    assert not torch.equal(theta_after_step1, after_first)
+    tr.train_step(hr, lq)  # step 2 = target_refresh: θ' ← θ (the weights entering step 2)
+    assert torch.equal(tr.target.state_dict()[key], theta_after_step1)
+
+
+# --- end to end, resume, divergence --------------------------------------------------------------
+def _final_state(out: Path) -> dict:
+    return ckpt.load_training_checkpoint(out / "checkpoints" / ckpt.final_name(2))
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for group in ("params", "params_ema", "params_target"):
+        for key, value in a[group].items():
+            assert torch.equal(value, b[group][key]), f"{group}.{key} differs"
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
+    ref = train(config_from_dict(_raw(tmp_path / "a")), perceptual=TinyPerceptual())
+    assert ref is not None and load_model(ref).config.model_channels == 8  # loads like any weights file
+
+    raw = _raw(tmp_path / "b")
+    raw["data"]["num_workers"] = 1  # a worker process must not change the data order
+    cfg = config_from_dict(raw)
+    original = Trainer.train_step
+
+    def interrupted(self, hr, lq=None):
+        if self.stage.stage == 2 and self.step == 3:  # after the stage-II checkpoint at step 2
+            raise KeyboardInterrupt
+        return original(self, hr, lq)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, perceptual=TinyPerceptual())
+    assert ckpt.latest_checkpoint(cfg.run.out_path / "checkpoints").name == ckpt.checkpoint_name(2, 2)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    with pytest.raises(ConfigError, match="pass --resume"):  # a fresh start must not mix with the old run
+        train(cfg, perceptual=TinyPerceptual())
+    train(cfg, resume=True, perceptual=TinyPerceptual())
+    _assert_same_state(_final_state(tmp_path / "a" / "run"), _final_state(tmp_path / "b" / "run"))
+    # the log holds each training step once after the resume
+    rows = (cfg.run.out_path / "log.csv").read_text().splitlines()
+    loss_rows = [r.split(",")[1:3] for r in rows[1:] if r.split(",")[rows[0].split(",").index("loss")]]
+    assert len(loss_rows) == len(set(map(tuple, loss_rows))) == 8
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    raw = _raw(tmp_path)
+    del raw["stage2"]
+    cfg = config_from_dict(raw)
+    train(cfg, perceptual=TinyPerceptual())
+    latest = ckpt.latest_checkpoint(cfg.run.out_path / "checkpoints")
+    before = latest.read_bytes()
+    cfg_more = config_from_dict({**raw, "stage1": {**raw["stage1"], "steps": 6}})
+    with pytest.raises(TrainingDivergedError, match="NaN/inf.*last good checkpoint"):
+        train(cfg_more, resume=True, perceptual=NaNPerceptual())
+    assert ckpt.latest_checkpoint(cfg.run.out_path / "checkpoints") == latest
+    assert latest.read_bytes() == before
+
+
+def test_stage2_starts_from_stage1_checkpoint(tmp_path):
+    raw = _raw(tmp_path)
+    stage2 = raw.pop("stage2")
+    train(config_from_dict(raw), perceptual=TinyPerceptual())
+    stage1_file = tmp_path / "run" / "checkpoints" / ckpt.final_name(1)
+    raw2 = _raw(tmp_path)
+    del raw2["stage1"]
+    raw2["stage2"] = {**stage2, "init": str(stage1_file)}
+    raw2["run"]["out_dir"] = str(tmp_path / "run2")
+    cfg = config_from_dict(raw2)
+    tr = Trainer(cfg, cfg.stage(2), Dist(), TinyPerceptual())
+    from gtasr_deploy.training.loop import load_stage1_weights
+
+    params, ema = load_stage1_weights(stage1_file)
+    tr.init_from_stage1(params, ema)
+    s1 = ckpt.load_training_checkpoint(stage1_file)
+    for key, value in tr.net.state_dict().items():
+        assert torch.equal(value, s1["params"][key])
+        assert torch.equal(tr.ema.state_dict()[key], s1["params_ema"][key])
+        assert torch.equal(tr.target.state_dict()[key], s1["params_ema"][key])
+    assert not all(torch.equal(s1["params"][k], s1["params_ema"][k]) for k in s1["params"])
+    # our checkpoint reads like an official .pth
+    state, _ = read_checkpoint(stage1_file, param_key="params")
+    assert state.keys() == s1["params"].keys()
+
+
+# --- distributed ---------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from gtasr_deploy.training import loop
+
+    original = loop.run_stage
+
+    def run_and_record(tr, *args):  # every rank's θ at the end of each stage
+        original(tr, *args)
+        torch.save(tr.net.state_dict(), Path(out) / f"rank{rank}_s{tr.stage.stage}.pt")
+
+    loop.run_stage = run_and_record
+    try:
+        loop.train(config_from_dict(raw), perceptual=TinyPerceptual())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_ddp_gloo_two_processes(tmp_path):
+    raw = _raw(tmp_path)
+    raw["stage1"]["steps"] = 2
+    raw["stage2"]["steps"] = 2  # stage II "gtasr" runs the online net twice per backward (x̂0 and Rect)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, raw, str(tmp_path)), nprocs=2, join=True)
+    out = tmp_path / "run"
+    assert _final_state(out)["step"] == 2 and (out / "t_ema.safetensors").is_file()
+    initial = Trainer(config_from_dict(raw), config_from_dict(raw).stage(1), Dist(), TinyPerceptual()).net.state_dict()
+    for stage in (1, 2):
+        r0 = torch.load(tmp_path / f"rank0_s{stage}.pt")
+        r1 = torch.load(tmp_path / f"rank1_s{stage}.pt")
+        # each rank saw different data and noise; averaged gradients keep θ identical
+        assert all(torch.equal(r0[k], r1[k]) for k in r0)
+        assert not all(torch.equal(r0[k], initial[k]) for k in r0)
+
+
+# --- data, config, CLI ---------------------------------------------------------------------------
+def test_sampler_is_deterministic_and_ranks_disjoint():
+    a = StepSampler(10, 3, seed=7, start_batch=5)
+    b = StepSampler(10, 3, seed=7, start_batch=0)
+    assert a.batch(5) == b.batch(5) == next(iter(a))
+    r0 = StepSampler(10, 3, seed=7, rank=0, world_size=2).batch(4)
+    r1 = StepSampler(10, 3, seed=7, rank=1, world_size=2).batch(4)
+    assert not set(s for _, s in r0) & set(s for _, s in r1)
+    files = [f for b_ in range(10) for f, _ in StepSampler(10, 1, seed=7).batch(b_)]
+    assert sorted(files) == list(range(10))  # one epoch visits every file once
+
+
+def test_data_pads_small_images_and_skips_unreadable(tmp_path, caplog):
+    _write_images(tmp_path / "hr")
+    files = cached_file_list([tmp_path / "hr"], tmp_path / "files.json")
+    assert len(files) == 5 and (tmp_path / "files.json").is_file()
+    assert cached_file_list([tmp_path / "hr"], tmp_path / "files.json") == files
+    assert reflect_pad_to(np.zeros((40, 50, 3), np.uint8), 64).shape == (64, 64, 3)
+    assert reflect_pad_to(np.zeros((1, 1, 3), np.uint8), 8).shape == (8, 8, 3)
+    loader = make_loader(files, crop=64, batch_size=5, seed=0, start_batch=0, num_batches=2)
+    batches = list(loader)
+    assert all(b.shape == (5, 3, 64, 64) and 0 <= b.min() and b.max() <= 1 for b in batches)
+    assert "broken.png" in caplog.text
+
+
+def test_config_rejects_unknown_keys_and_bad_sizes(tmp_path):
+    raw = _raw(tmp_path)
+    raw["stage1"]["optim"]["momentum"] = 0.9
+    with pytest.raises(ConfigError, match=r"stage1.optim: unknown keys \['momentum'\]; valid keys: .*'lr'"):
+        config_from_dict(raw)
+    raw = _raw(tmp_path)
+    raw["model"] = {"preset": "demo"}  # size rule 32 LR px: crop 64 → LR 16 is refused
+    with pytest.raises(ConfigError, match="multiple of 128"):
+        config_from_dict(raw)
+    raw = _raw(tmp_path)
+    raw["recipe"] = "ctmsr"
+    with pytest.raises(ConfigError, match="ctmsr"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage2", "ctmsr_stage1", "ctmsr_stage2", "demo"])
+def test_recipes_dry_run(name):
+    result = CliRunner().invoke(__import__("gtasr_deploy.cli.train", fromlist=["main"]).main,
+                                [str(REPO / "training" / f"{name}.toml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(REPO / "training" / f"{name}.toml")
+    if name in ("stage1", "stage2"):
+        assert cfg.model.model_channels == 192 and cfg.data.crop == 256
+        st = cfg.stages[0]
+        assert (st.optim.lr, st.optim.betas, st.optim.weight_decay, st.optim.ema_decay) == (5e-5, (0.9, 0.9), 0.0, 0.999)
+    assert '"recipe"' in result.output
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nroots = ["x"]\ncrop = 30\n[stage1]\nsteps = 1\n')
+    from gtasr_deploy.cli.train import main
+
+    result = CliRunner().invoke(main, [str(bad), "--dry-run"])
+    assert result.exit_code == 1
+    assert "data.crop is 30" in result.output and "Traceback" not in result.output
