@@ -33,6 +33,11 @@ def _load(weights: Path | None, param_key: str, network_config: Path | None, pre
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"gtasr-export: unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
     config = network_config if network_config is not None else preset
+    if weights is None and config is None:
+        from ..upscaler import EMBEDDED_WEIGHTS
+
+        if EMBEDDED_WEIGHTS.is_file():  # the same default as gtasr-upscale
+            weights = EMBEDDED_WEIGHTS
     if weights is not None:
         model = load_model(weights, network_config=config, param_key=param_key)
         return model, weights.stem, preset, file_sha256(weights)
@@ -58,7 +63,8 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="Official .pth or our .safetensors. Without it the graph holds random weights.")
+              help="Official .pth or our .safetensors. Default: the embedded demo weights; with only "
+                   "--preset/--network-config, random weights (for benchmarks).")
 @click.option("--param-key", default="params_ema", show_default=True, help="Entry of an official .pth to load.")
 @click.option("--network-config", type=click.Path(dir_okay=False, path_type=Path),
               help="Network JSON (ours or the authors' network_g names).")
