@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import io
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -31,3 +35,25 @@ def fixture_cases():
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURE / "cases.safetensors"))
+
+
+TID_NAMES = ("I03", "I04", "I06", "I08", "I19")
+
+
+@pytest.fixture(scope="session")
+def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """pyiqa 0.1.16's five TID2013 (distorted, reference) pairs as (H,W,3) uint8 RGB (fetched from PyPI)."""
+    from PIL import Image
+
+    from gtasr_deploy.metrics.assets import AssetFetchError, pip_download
+
+    folder = tmp_path_factory.mktemp("pyiqa")
+    try:
+        wheel = pip_download("pyiqa==0.1.16", folder, wheel=True)
+    except AssetFetchError as err:
+        pytest.skip(f"PyPI unavailable: {err}")
+    with zipfile.ZipFile(wheel) as zf:
+        def load(kind, name):
+            return np.asarray(Image.open(io.BytesIO(zf.read(f"ResultsCalibra/{kind}/{name}.bmp"))).convert("RGB"))
+
+        return {n: (load("dist_dir", n), load("ref_dir", n)) for n in TID_NAMES}

@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import tarfile
-import zipfile
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from gtasr_deploy.metrics.assets import (
 )
 from gtasr_deploy.metrics.lpips import LPIPS, expected_shapes
 
-TID_NAMES = ("I03", "I04", "I06", "I08", "I19")
 # Official lpips v0.1 AlexNet values for pyiqa's ResultsCalibra pairs (ResultsCalibra.md, "LPIPS(org)").
 LPIPS_ALEX_OFFICIAL = (0.7237, 0.2572, 0.0508, 0.0521, 0.4253)
 
@@ -186,23 +184,6 @@ def lpips_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("lpips_cache")
     fetch_assets(cache, ["lpips_alexnet", "lpips_vgg16"], source_dir=src)
     return cache
-
-
-@pytest.fixture(scope="session")
-def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """pyiqa 0.1.16's five TID2013 (distorted, reference) pairs as (H,W,3) uint8 RGB."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("pyiqa")
-    try:
-        wheel = pip_download("pyiqa==0.1.16", folder, wheel=True)
-    except AssetFetchError as err:
-        pytest.skip(f"PyPI unavailable: {err}")
-    with zipfile.ZipFile(wheel) as zf:
-        def load(kind, name):
-            return np.asarray(Image.open(io.BytesIO(zf.read(f"ResultsCalibra/{kind}/{name}.bmp"))).convert("RGB"))
-
-        return {n: (load("dist_dir", n), load("ref_dir", n)) for n in TID_NAMES}
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:

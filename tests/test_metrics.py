@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import math
-import zipfile
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from gtasr_deploy.metrics.niqe import (
     niqe,
 )
 
-TID_NAMES = ("I03", "I04", "I06", "I08", "I19")
 # pyiqa ResultsCalibra.md "(org)" rows: NIQE = authors' MATLAB computequality on rgb2gray,
 # SSIM = Wang's MATLAB ssim_index on rgb2gray, PSNR = skimage on the 3 RGB channels.
 NIQE_MATLAB = (15.7536, 3.6549, 3.2355, 3.1840, 8.6352)
@@ -166,23 +163,6 @@ def niqe_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("niqe_cache")
     fetch_assets(cache, ["niqe_pris_params"], source_dir=src)
     return cache
-
-
-@pytest.fixture(scope="session")
-def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """pyiqa 0.1.16's five TID2013 (distorted, reference) pairs as (H,W,3) uint8 RGB."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("pyiqa")
-    try:
-        wheel = pip_download("pyiqa==0.1.16", folder, wheel=True)
-    except AssetFetchError as err:
-        pytest.skip(f"PyPI unavailable: {err}")
-    with zipfile.ZipFile(wheel) as zf:
-        def load(kind, name):
-            return np.asarray(Image.open(io.BytesIO(zf.read(f"ResultsCalibra/{kind}/{name}.bmp"))).convert("RGB"))
-
-        return {n: (load("dist_dir", n), load("ref_dir", n)) for n in TID_NAMES}
 
 
 def test_pristine_model_file(niqe_cache):
