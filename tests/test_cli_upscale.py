@@ -79,3 +79,48 @@ def test_bad_tile_names_both_values(two_images, tmp_path):
     result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o"), *WEIGHTS, "--tile", "12"])
     assert result.exit_code == 2
     assert "tile 12 is not a multiple of the size rule 8" in result.output
+
+
+def test_mixed_folder_end_to_end(tmp_path):
+    """Issue 8 done-when, through the real CLI and model: every case, exact outputs/messages/exit code."""
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in"
+    (src / "sub dir").mkdir(parents=True)
+    rgb = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "photo.jpg")
+    Image.fromarray(rgb).save(src / "photo.png")  # collides with photo.jpg's natural output name
+    Image.fromarray(np.dstack([rgb, np.full((12, 10), 128, np.uint8)])).save(src / "sub dir" / "alpha ü.png")
+    Image.fromarray(rgb[..., 0]).save(src / "gray.png")
+    import cv2
+
+    cv2.imwrite(str(src / "deep16.png"), rng.integers(0, 65535, (8, 8, 3)).astype(np.uint16))
+    (src / "empty.png").write_bytes(b"")
+    (src / "notes.png").write_text("not an image")
+    good = (src / "photo.png").read_bytes()
+    (src / "trunc.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / "huge.png")
+    out = tmp_path / "out"
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, [str(src), str(out), "-q", *WEIGHTS, "--max-pixels", "1000",
+                                       "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4
+    for name in ("empty.png", "notes.png", "trunc.png", "huge.png"):
+        assert sum(name in line for line in errors) == 1
+    assert "Traceback" not in result.output
+    assert "5 written, 0 skipped (exists), 4 failed" in result.output
+    assert Image.open(out / "photo.png").size == (40, 48)
+    assert Image.open(out / "photo_jpg.png").size == (40, 48)
+    with Image.open(out / "sub dir" / "alpha ü.png") as im:
+        assert im.mode == "RGBA" and im.size == (40, 48)
+    with Image.open(out / "gray.png") as im:
+        assert im.mode == "L"
+    deep = cv2.imread(str(out / "deep16.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (32, 32, 3)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        ["photo.png", "photo_jpg.png", "alpha ü.png", "gray.png", "deep16.png"])
+    import json
+
+    files = json.loads(report.read_text())["files"]
+    assert sorted(f["status"] for f in files) == ["failed"] * 4 + ["written"] * 5
