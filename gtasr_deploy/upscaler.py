@@ -36,8 +36,9 @@ def default_tile(size_multiple: int, preset: str | None = None) -> int:
 
 
 def default_overlap(tile: int) -> int:
-    """tile/8 LR px: 32 for the paper's 256 tile (the issue asks ≥ 32), at least 8."""
-    return max(8, tile // 8)
+    """tile/8 LR px: 32 for the paper's 256 tile (the issue asks ≥ 32); at least 8 where the tile
+    allows it, and never more than half the tile."""
+    return min(max(8, tile // 8), tile // 2)
 
 
 @dataclass(frozen=True, kw_only=True)

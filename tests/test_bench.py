@@ -56,7 +56,7 @@ def test_time_calls_counts_calls():
 
 def test_matmul_peaks_per_library():
     peaks = timing.matmul_peaks(size=64, repeat=2)
-    assert set(peaks) == {"torch", "numpy"} and all(v > 0 for v in peaks.values())
+    assert set(peaks) == {"torch", "numpy", "torch_conv1x1"} and all(v > 0 for v in peaks.values())
     assert timing.matmul_peak_gflops(size=64, repeat=2) > 0
     with pytest.raises(ConfigError, match="precision"):
         timing.matmul_peaks(precision="int8")
