@@ -10,6 +10,7 @@ and every tile size sees the same x_K values (SPEC §1).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,7 @@ class TileOptions:
     tile: int
     overlap: int
     batch: int = 1
+    shared_norm: bool = False  # share GroupNorm statistics across tiles (two passes, torch engine)
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -81,17 +83,31 @@ def upscale_tensor(engine: Engine, lq: np.ndarray, *, options: TileOptions, seed
     x_k += unit_noise(tuple(x_k.shape), seed)  # x_K = up(y0) + eps, eps ~ N(0, I), a_K = s_K = 1
     x_k_np, lq_np = x_k[0].numpy(), lq_pad[0].numpy()
 
+    def run_tiles():
+        for indices in iter_batches(plan, batch):
+            xs = np.stack([x_k_np[(slice(None), *tile_box(plan, i, hr=True))] for i in indices])
+            ls = np.stack([lq_np[(slice(None), *tile_box(plan, i))] for i in indices])
+            yield indices, engine(x_t=xs, lq=ls, sigma=np.ones(len(indices), dtype=np.float32))
+
+    passes = 2 if options.shared_norm and plan.n_tiles > 1 else 1
+    total, done = plan.n_tiles * passes, 0
+    replay = contextlib.nullcontext()
+    if passes == 2:  # pass 1 pools every GroupNorm's statistics over all tiles (model/shared_norm.py)
+        stats = engine.shared_norm_statistics()
+        with stats.record():
+            for indices, _ in run_tiles():
+                done += len(indices)
+                if progress is not None:
+                    progress(done, total)
+        replay = stats.replay()
     acc = Accumulator(plan, channels=3)
-    done = 0
-    for indices in iter_batches(plan, batch):
-        xs = np.stack([x_k_np[(slice(None), *tile_box(plan, i, hr=True))] for i in indices])
-        ls = np.stack([lq_np[(slice(None), *tile_box(plan, i))] for i in indices])
-        sr = engine(x_t=xs, lq=ls, sigma=np.ones(len(indices), dtype=np.float32))
-        for i, tile_out in zip(indices, sr):
-            acc.add(i, tile_out)
-        done += len(indices)
-        if progress is not None:
-            progress(done, plan.n_tiles)
+    with replay:
+        for indices, sr in run_tiles():
+            for i, tile_out in zip(indices, sr):
+                acc.add(i, tile_out)
+            done += len(indices)
+            if progress is not None:
+                progress(done, total)
     out = acc.result()
     return np.clip((out + 1.0) * 0.5, 0.0, 1.0, out=out)
 
@@ -102,6 +118,9 @@ class Upscaler:
     >>> up = Upscaler("weights.safetensors", seed=0)         # or Upscaler() for the embedded demo weights
     >>> sr = up.upscale(image)                                # HxWx3 uint8 → 4Hx4Wx3 uint8
 
+    ``shared_norm=True`` shares GroupNorm statistics across the tiles of an image (two passes;
+    torch backend), so tiled output closely follows the whole-image result.
+
     ``weights``: a ``.pth`` (official, ``param_key`` selects ``params_ema``/``params``) or our
     ``.safetensors``; None → the embedded default weights. ``onnx``: an exported graph (its sidecar
     gives tile shape and size rule; no weights needed). Deterministic for a fixed
@@ -110,7 +129,7 @@ class Upscaler:
     def __init__(self, weights: str | Path | None = None, *, network_config=None, param_key: str = "params_ema",
                  device: str = "cpu", seed: int = 0, tile: int | None = None, tile_overlap: int | None = None,
                  batch: int = 1, backend: str = "torch", onnx: str | Path | None = None, precision: str = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, shared_norm: bool = False) -> None:
         from .engines.factory import open_engine
 
         self.seed = int(seed)
@@ -126,7 +145,9 @@ class Upscaler:
             tile = info.tile_lr[0] if info.tile_lr else default_tile(info.size_multiple, preset)
         if tile_overlap is None:
             tile_overlap = default_overlap(tile) if tile else 0
-        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=batch)
+        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=batch, shared_norm=shared_norm)
+        if shared_norm:
+            self.engine.shared_norm_statistics()  # fail now, not at the first image, if unsupported
         # validate tile/overlap now, not at the first image
         plan_tiles(1, 1, tile=tile, overlap=tile_overlap, multiple=info.size_multiple, static=False)
 

@@ -53,6 +53,9 @@ def _resolve_device(device: str) -> str:
                    "Default: 256 (paper), 128 (demo); images that fit run whole.")
 @click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
+@click.option("--shared-norm", is_flag=True,
+              help="Share GroupNorm statistics across the tiles of an image (two passes, torch backend): "
+                   "tiled output then closely follows the whole-image result.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
@@ -67,7 +70,7 @@ def _resolve_device(device: str) -> str:
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
-         precision, seed, tile, tile_overlap, batch, threads, fmt, quality, suffix, overwrite, max_pixels,
+         precision, seed, tile, tile_overlap, batch, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
          shard, json_report, quiet):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
 
@@ -91,7 +94,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
 
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
                             device=_resolve_device(device), seed=seed, tile=tile, tile_overlap=tile_overlap,
-                            batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads)
+                            batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
+                            shared_norm=shared_norm)
     except GtasrError as exc:
         _fail(str(exc))
 
@@ -102,7 +106,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         info = upscaler.engine.info
         opts = upscaler.options
         click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
-                   f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}, seed {seed}", err=True)
+                   f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
+                   f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
     try:
         result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
                                      progress=not quiet, json_report=json_report, tile_progress=not quiet)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 SCALE = 4
 
@@ -55,6 +55,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """Evaluate D on validated, contiguous float32 arrays."""
+
+    def shared_norm_statistics(self):
+        """A :class:`~gtasr_deploy.model.shared_norm.SharedGroupNormStats` over this engine's network.
+        Only engines that run the network in PyTorch can offer it."""
+        raise ConfigError(f"{self.info.backend} engine: shared GroupNorm statistics across tiles need the "
+                          "torch backend (--backend torch)")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources. Safe to call twice."""

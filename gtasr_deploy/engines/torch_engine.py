@@ -119,5 +119,13 @@ class TorchEngine(Engine):
         graph.replay()
         return out.clone()
 
+    def shared_norm_statistics(self):
+        if self._cuda_graph:
+            raise ConfigError("torch engine: shared GroupNorm statistics use forward hooks, which CUDA graphs "
+                              "do not capture; disable cuda_graph")
+        from ..model.shared_norm import SharedGroupNormStats
+
+        return SharedGroupNormStats(self.model)
+
     def close(self) -> None:
         self._graphs.clear()
