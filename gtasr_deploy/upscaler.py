@@ -118,8 +118,8 @@ class Upscaler:
     >>> up = Upscaler("weights.safetensors", seed=0)         # or Upscaler() for the embedded demo weights
     >>> sr = up.upscale(image)                                # HxWx3 uint8 → 4Hx4Wx3 uint8
 
-    ``shared_norm=True`` shares GroupNorm statistics across the tiles of an image (two passes;
-    torch backend), so tiled output closely follows the whole-image result.
+    ``shared_norm`` shares GroupNorm statistics across the tiles of an image (two passes; torch
+    backend), so tiled output closely follows the whole-image result; None = on where supported.
 
     ``weights``: a ``.pth`` (official, ``param_key`` selects ``params_ema``/``params``) or our
     ``.safetensors``; None → the embedded default weights. ``onnx``: an exported graph (its sidecar
@@ -129,7 +129,7 @@ class Upscaler:
     def __init__(self, weights: str | Path | None = None, *, network_config=None, param_key: str = "params_ema",
                  device: str = "cpu", seed: int = 0, tile: int | None = None, tile_overlap: int | None = None,
                  batch: int = 1, backend: str = "torch", onnx: str | Path | None = None, precision: str = "fp32",
-                 threads: int | None = None, shared_norm: bool = False) -> None:
+                 threads: int | None = None, shared_norm: bool | None = None) -> None:
         from .engines.factory import open_engine
 
         self.seed = int(seed)
@@ -145,9 +145,11 @@ class Upscaler:
             tile = info.tile_lr[0] if info.tile_lr else default_tile(info.size_multiple, preset)
         if tile_overlap is None:
             tile_overlap = default_overlap(tile) if tile else 0
-        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=batch, shared_norm=shared_norm)
-        if shared_norm:
+        if shared_norm is None:  # auto: wherever the engine can (torch), since it removes tile offsets
+            shared_norm = _supports_shared_norm(self.engine)
+        elif shared_norm:
             self.engine.shared_norm_statistics()  # fail now, not at the first image, if unsupported
+        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=batch, shared_norm=shared_norm)
         # validate tile/overlap now, not at the first image
         plan_tiles(1, 1, tile=tile, overlap=tile_overlap, multiple=info.size_multiple, static=False)
 
@@ -184,6 +186,14 @@ class Upscaler:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _supports_shared_norm(engine: Engine) -> bool:
+    try:
+        engine.shared_norm_statistics()
+    except ConfigError:
+        return False
+    return True
 
 
 def _preset_name(config) -> str | None:

@@ -53,9 +53,10 @@ def _resolve_device(device: str) -> str:
                    "Default: 256 (paper), 128 (demo); images that fit run whole.")
 @click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
-@click.option("--shared-norm", is_flag=True,
-              help="Share GroupNorm statistics across the tiles of an image (two passes, torch backend): "
-                   "tiled output then closely follows the whole-image result.")
+@click.option("--shared-norm/--no-shared-norm", default=None,
+              help="Share GroupNorm statistics across the tiles of an image (two passes): tiled output then "
+                   "closely follows the whole image, without per-tile colour offsets. Default: on for the "
+                   "torch backend, off (unsupported) for ONNX Runtime / TensorRT.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
