@@ -197,6 +197,7 @@ def _supports_shared_norm(engine: Engine) -> bool:
 
 
 def _preset_name(config) -> str | None:
+    """The preset whose config equals ``config`` (None for custom networks)."""
     from .model import PRESETS
 
     return next((name for name, cfg in PRESETS.items() if cfg == config), None)
