@@ -136,7 +136,7 @@ class Upscaler:
         # an exported graph carries everything the engine needs; only the torch backend needs weights
         needs_model = onnx is None or backend == "torch"
         model = self._load(weights, network_config, param_key, device) if needs_model else None
-        preset = _preset_name(model.config) if model is not None else None
+        preset = preset_name(model.config) if model is not None else None
         self.model = model
         self.engine = open_engine(backend, model=model, onnx_path=onnx, device=device, precision=precision,
                                   threads=threads)
@@ -196,7 +196,7 @@ def _supports_shared_norm(engine: Engine) -> bool:
     return True
 
 
-def _preset_name(config) -> str | None:
+def preset_name(config) -> str | None:
     """The preset whose config equals ``config`` (None for custom networks)."""
     from .model import PRESETS
 

@@ -90,11 +90,11 @@ def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, o
 
 def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
     from ..export.onnx import check_tile, export_fp16, export_onnx
-    from ..upscaler import _preset_name, default_tile
+    from ..upscaler import preset_name, default_tile
 
     model, name, preset, weights_sha = _load(weights, param_key, network_config, preset)
     if tile is None:  # the upscaler's default for this network (weights of a preset's shape count)
-        tile = default_tile(model.config.size_multiple, preset or _preset_name(model.config))
+        tile = default_tile(model.config.size_multiple, preset or preset_name(model.config))
     check_tile((tile, tile), model.config.size_multiple)
     if weights_sha is None:
         click.echo(RANDOM_WEIGHTS_WARNING.format(name=name), err=True)
