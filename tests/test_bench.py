@@ -135,8 +135,8 @@ def test_time_model_row_schema(lr_photo):
     assert row["versions"]["torch"] and row["git"].keys() == {"revision", "dirty"}
     e2e = row["e2e"]
     assert e2e["images"] == 1 and e2e["output_lr_px"] == 13 * 21
-    # canvas 16×24 in tiles of 8 with overlap 2 (stride 6) → 3×4 tiles of 8×8 LR px
-    assert e2e["overlap"] == 2 and e2e["calls"] == 12 and e2e["executed_lr_px"] == 12 * 64
+    # canvas 16×24 in tiles of 8 with the default overlap 4 (stride 4) → 3×5 tiles of 8×8 LR px
+    assert e2e["overlap"] == 4 and e2e["calls"] == 15 and e2e["executed_lr_px"] == 15 * 64
     parts = e2e["decode_s"] + e2e["tiling_blend_s"] + e2e["model_s"] + e2e["encode_s"]
     assert parts == pytest.approx(e2e["total_s"])
     json.dumps(row)  # JSON-serialisable as it is

@@ -205,9 +205,7 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
     from ..upscaler import TileOptions, default_overlap, upscale_tensor
 
     timed = TimedEngine(engine)
-    overlap = default_overlap(scenario.tile)
-    overlap = overlap if overlap < scenario.tile else scenario.tile // 4  # the default's floor of 8 needs tile > 8
-    options = TileOptions(tile=scenario.tile, overlap=overlap, batch=scenario.batch)
+    options = TileOptions(tile=scenario.tile, overlap=default_overlap(scenario.tile), batch=scenario.batch)
     stages = {"decode_s": 0.0, "pipeline_s": 0.0, "encode_s": 0.0}
     output_lr_px = 0
     with tempfile.TemporaryDirectory(prefix="gtasr-bench-") as out_dir:
