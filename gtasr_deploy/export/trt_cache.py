@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hashing import file_sha256  # noqa: F401  (re-exported: trt_cache.file_sha256)
 
 SCALE = 4
 PRECISIONS = ("fp32", "fp16")
@@ -33,15 +34,6 @@ KEY_FIELDS = ("onnx_sha256", "tile_lr", "batch_range", "precision", "trt_version
 def sidecar_path_for(onnx_path: str | Path) -> Path:
     """``export/x.onnx`` -> ``export/x.json`` (the sidecar shares the graph's stem)."""
     return Path(onnx_path).with_suffix(".json")
-
-
-def file_sha256(path: str | Path, *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (graphs are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def validate_batch_range(batch, *, where: str = "batch range") -> tuple[int, int, int]:

