@@ -261,6 +261,23 @@ def test_stage1_ta_same_eps_levels_and_weight(step, levels_cfg, ctmsr, n_ta):
     assert k == (4 if step < 50 else 3)
 
 
+@pytest.mark.parametrize(("step", "total", "pinned", "k_expected"), [
+    (40, 100, None, 4), (60, 100, None, 3), (40, 200, None, 4), (60, 200, None, 4),
+    (40, 200, 100, 4), (60, 200, 100, 3), (150, 200, 100, 3),
+])
+def test_stage1_k_schedule_can_be_pinned(step, total, pinned, k_expected):
+    """k_schedule_steps keeps the K switch where it was when a stage is lengthened by a resume."""
+    b = make_batch()
+    out = stage1_losses(FixedOutput(b.x0), b, step=step, total_steps=total, cfg=StageIConfig(k_schedule_steps=pinned),
+                        perceptual=StandIn(), generator=gen(0))
+    assert int(out["k"]) == k_expected
+
+
+def test_stage1_k_schedule_steps_validated():
+    with pytest.raises(ConfigError, match="k_schedule_steps"):
+        StageIConfig(k_schedule_steps=0)
+
+
 def test_stage1_ta_weight_read_off_total():
     b = make_batch()
     net = FixedOutput(b.x0 + 0.3 * torch.randn_like(b.x0))

@@ -67,13 +67,17 @@ class StageIConfig:
     """Stage I: p = 2.5, K = 4 -> 3 at half of training, L = L_CT + 0.5·L_TA.
 
     ``ta_levels``: None uses every interior level j = 1..K-1 (the paper); an int n uses only the
-    first n of them (a cheaper demo choice). CTMSR's stage I is ``p=1`` with ``ctmsr=True``."""
+    first n of them (a cheaper demo choice). ``k_schedule_steps``: None spreads the K schedule over
+    the stage's steps (the paper); an int n spreads it over n steps and keeps K = k_end after them,
+    so a stage lengthened later (resumed with more steps) keeps the schedule it started with.
+    CTMSR's stage I is ``p=1`` with ``ctmsr=True``."""
 
     p: float = 2.5
     k_start: int = 4
     k_end: int = 3
     ta_weight: float = 0.5
     ta_levels: int | None = None
+    k_schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not self.p > 0:
@@ -86,6 +90,8 @@ class StageIConfig:
             raise ConfigError(
                 f"stage I config: ta_weight={self.ta_weight}, ta_levels={self.ta_levels}; expected both >= 0"
             )
+        if self.k_schedule_steps is not None and self.k_schedule_steps < 1:
+            raise ConfigError(f"stage I config: k_schedule_steps={self.k_schedule_steps}; expected >= 1 or unset")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StageIConfig":
@@ -299,11 +305,11 @@ def stage1_losses(
     """Stage I loss L = L_CT + ta_weight·L_TA (``ctmsr``: L_CT only, no TA noise drawn).
 
     L_TA = Σ_{j=1..K-1} mean_batch d_I(Q(x̂0,y0,j,eps_j), Q(x0,y0,j,eps_j)), one fresh eps_j per j
-    shared by both sides. K = num_intervals(step, total_steps, k_start, k_end).
+    shared by both sides. K = num_intervals(step, k_schedule_steps or total_steps, k_start, k_end).
     Returns "loss" (scalar, differentiable), "ct", "ta" (detached scalars), "k", "i" (int64 scalars).
     """
     _check_batch(batch)
-    k = num_intervals(step, total_steps, cfg.k_start, cfg.k_end)
+    k = num_intervals(step, cfg.k_schedule_steps or total_steps, cfg.k_start, cfg.k_end)
     i = _draw_index(generator, k)
     eps = _draw_noise(generator, batch.x0)
     up_lq = up(batch.lq)
