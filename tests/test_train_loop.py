@@ -176,6 +176,29 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
     assert len(loss_rows) == len(set(map(tuple, loss_rows))) == 8
 
 
+def test_lengthened_stage_by_resume_equals_one_run_of_the_final_recipe(tmp_path):
+    """How the demo weights were made: a finished stage I resumed with more steps, a pinned K
+    schedule and a later LR halving must give what one run of the final recipe gives."""
+    def recipe(root: Path, steps: int, milestones: list[int]) -> dict:
+        raw = _raw(root)
+        del raw["stage2"]
+        raw["stage1"] = {"steps": steps, "optim": {"lr": 1e-3, "lr_milestones": milestones},
+                         "loss": {"ta_levels": 1, "k_schedule_steps": 4}}
+        return raw
+
+    train(config_from_dict(recipe(tmp_path / "a", 6, [5])), perceptual=TinyPerceptual())
+    train(config_from_dict(recipe(tmp_path / "b", 4, [])), perceptual=TinyPerceptual())
+    with pytest.raises(ConfigError, match="cannot change LR steps it has passed"):
+        train(config_from_dict(recipe(tmp_path / "b", 6, [3])), resume=True, perceptual=TinyPerceptual())
+    train(config_from_dict(recipe(tmp_path / "b", 6, [5])), resume=True, perceptual=TinyPerceptual())
+    a, b = (ckpt.load_training_checkpoint(r / "run" / "checkpoints" / ckpt.final_name(1)) for r in (tmp_path / "a", tmp_path / "b"))
+    assert a["step"] == b["step"] == 6
+    for group in ("params", "params_ema"):
+        for key, value in a[group].items():
+            assert torch.equal(value, b[group][key]), f"{group}.{key} differs"
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     raw = _raw(tmp_path)
     del raw["stage2"]

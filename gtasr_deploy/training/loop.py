@@ -13,6 +13,7 @@ validates, checkpoints and exports.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import hashlib
 import json
 import math
@@ -140,9 +141,23 @@ class Trainer:
             self.target.load_state_dict(state["params_target"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        self._follow_recipe_milestones(int(state["step"]))
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
+
+    def _follow_recipe_milestones(self, step: int) -> None:
+        """A resumed stage follows the recipe's LR milestones still ahead of it (the scheduler state
+        would otherwise keep the old ones), so lengthening a stage may add a halving later on. The
+        milestones already passed must match the checkpoint's: a resume cannot change its past."""
+        o = self.stage.optim
+        saved = sorted(m for m in self.sched.milestones.elements() if m <= step)
+        wanted = sorted(m for m in o.lr_milestones if m <= step)
+        if saved != wanted:
+            raise ConfigError(f"stage {self.stage.stage}: the recipe's lr_milestones up to step {step} are {wanted}, "
+                              f"the checkpoint's are {saved}; a resumed run cannot change LR steps it has passed")
+        self.sched.milestones = Counter(o.lr_milestones)
+        self.sched.gamma = o.lr_gamma
 
     # --- one optimizer step -----------------------------------------------------------------
     def losses(self, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
