@@ -13,12 +13,12 @@ validates, checkpoints and exports.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import hashlib
 import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
