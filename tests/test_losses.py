@@ -273,6 +273,37 @@ def test_stage1_k_schedule_can_be_pinned(step, total, pinned, k_expected):
     assert int(out["k"]) == k_expected
 
 
+def test_stage1_distance_weights_apply_to_ct_and_ta():
+    """w_lpips / w_charbonnier reweight d_I in both L_CT and L_TA; 0 LPIPS never calls it."""
+    b = make_batch()
+    net = FixedOutput(b.x0 + 0.2)
+    seed = seed_with_index(4, lambda i: i == 1)  # target x0: L_CT = d_I(x̂0, x0)
+    outs = {}
+    for w in [(0.5, 0.5), (1.0, 0.0), (0.0, 1.0), (0.2, 3.0)]:
+        p = StandIn()
+        outs[w] = stage1_losses(net, b, step=0, total_steps=10, cfg=StageIConfig(w_lpips=w[0], w_charbonnier=w[1],
+                                ta_levels=1), perceptual=p, generator=gen(seed))
+        assert len(p.calls) == (0 if w[0] == 0 else 2)
+    lp, ch = outs[(1.0, 0.0)], outs[(0.0, 1.0)]
+    assert ch["ct"].item() > 0.1 and lp["ct"].item() > 1e-4
+    for key in ("ct", "ta", "loss"):
+        assert outs[(0.5, 0.5)][key].item() == pytest.approx(0.5 * lp[key].item() + 0.5 * ch[key].item(), rel=1e-5)
+        assert outs[(0.2, 3.0)][key].item() == pytest.approx(0.2 * lp[key].item() + 3.0 * ch[key].item(), rel=1e-5)
+    assert StageIConfig().w_lpips == 0.5 and StageIConfig().w_charbonnier == 0.5  # the paper's d_I
+    with pytest.raises(ConfigError, match="w_lpips=-1"):
+        StageIConfig(w_lpips=-1)
+    # lpips_start: Charbonnier alone before it, the full d_I from it on
+    for step, want in [(0, ch), (6, ch), (7, outs[(0.5, 0.5)])]:
+        p = StandIn()
+        out = stage1_losses(net, b, step=step, total_steps=100, cfg=StageIConfig(lpips_start=7, ta_levels=1),
+                            perceptual=p, generator=gen(seed))
+        assert len(p.calls) == (2 if step >= 7 else 0)
+        scale = 0.5 if step < 7 else 1.0
+        assert out["loss"].item() == pytest.approx(scale * want["loss"].item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="lpips_start"):
+        StageIConfig(lpips_start=5, w_charbonnier=0.0)
+
+
 def test_stage1_k_schedule_steps_validated():
     with pytest.raises(ConfigError, match="k_schedule_steps"):
         StageIConfig(k_schedule_steps=0)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
+from PIL import Image
 from torch import nn
 
 from gtasr_deploy.errors import ConfigError
@@ -23,8 +24,8 @@ from gtasr_deploy.model import load_model
 from gtasr_deploy.model.checkpoint import read_checkpoint
 from gtasr_deploy.training import checkpoint as ckpt
 from gtasr_deploy.training.config import config_from_dict, load_config
-from gtasr_deploy.training.data import StepSampler, cached_file_list, make_loader, reflect_pad_to
-from gtasr_deploy.training.degradation import degrade
+from gtasr_deploy.training.data import StepSampler, cached_file_list, dihedral, make_loader, random_crop, reflect_pad_to
+from gtasr_deploy.training.degradation import bicubic_lr, degrade, mix_clean
 from gtasr_deploy.training.loop import Dist, Trainer, TrainingDivergedError, train
 from gtasr_deploy.training.losses import Batch
 
@@ -342,3 +343,65 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     result = CliRunner().invoke(main, [str(bad), "--dry-run"])
     assert result.exit_code == 1
     assert "data.crop is 30" in result.output and "Traceback" not in result.output
+
+
+# --- small-data recipe options: dihedral augmentation, clean-bicubic mixing, d_I weights ----------
+def test_dihedral_augment_is_one_of_eight_seeded_transforms_of_the_plain_crop():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    seen = set()
+    for seed in range(40):
+        plain = random_crop(img, 32, seed)
+        aug = random_crop(img, 32, seed, "dihedral")
+        assert np.array_equal(aug, random_crop(img, 32, seed, "dihedral"))  # a function of the seed
+        matches = [k for k in range(8) if np.array_equal(aug, dihedral(plain, k))]
+        assert len(matches) == 1  # same position, exactly one of the 8 transforms
+        seen.add(matches[0])
+    assert seen == set(range(8))
+    # the 8 transforms are distinct and k = 0 is the identity
+    assert np.array_equal(dihedral(img, 0), img)
+    assert len({dihedral(img[:32, :32], k).tobytes() for k in range(8)}) == 8
+    with pytest.raises(ConfigError, match="augment 'mirror' is unknown"):
+        random_crop(img, 32, 0, "mirror")
+
+
+def test_mix_clean_replaces_the_drawn_samples_by_antialiased_bicubic():
+    gt = torch.rand(64, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    lq = degrade(gt, generator=torch.Generator().manual_seed(1))
+    assert mix_clean(gt, lq, 0.0, generator=torch.Generator().manual_seed(2)) is lq
+    clean = bicubic_lr(gt)
+    assert torch.equal(clean, (clean * 255).round() / 255) and clean.shape == lq.shape
+    pil = np.stack([np.asarray(Image.fromarray((g.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                               .resize((16, 16), Image.BICUBIC)) for g in gt[:4]])
+    ours = (bicubic_lr(((gt[:4] * 255).round() / 255)) * 255).round().permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - pil).max() <= 2  # PIL BICUBIC's antialiased filter, to rounding
+    mixed = mix_clean(gt, lq, 0.3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(mixed, mix_clean(gt, lq, 0.3, generator=torch.Generator().manual_seed(2)))
+    is_clean = [torch.equal(m, c) for m, c in zip(mixed, clean)]
+    is_degraded = [torch.equal(m, d) for m, d in zip(mixed, lq)]
+    assert all(a != b for a, b in zip(is_clean, is_degraded))
+    assert 8 <= sum(is_clean) <= 32  # 64 coins at p = 0.3
+    assert all(torch.equal(m, c) for m, c in zip(mix_clean(gt, lq, 1.0, generator=torch.Generator()), clean))
+
+
+def test_recipe_options_reach_the_batches_and_are_validated(tmp_path):
+    raw = _raw(tmp_path)
+    raw["data"].update(augment="dihedral", clean_prob=1.0)
+    raw["stage1"]["loss"].update(w_lpips=0.0, w_charbonnier=1.0)
+    cfg = config_from_dict(raw)
+    tr = Trainer(cfg, cfg.stages[0], Dist(), TinyPerceptual())
+    seen = []
+    original = tr.losses
+    tr.losses = lambda batch, gen: (seen.append(batch), original(batch, gen))[1]
+    hr = torch.rand(2, 3, 64, 64)
+    tr.train_step(hr)
+    assert torch.equal(seen[0].lq, bicubic_lr(hr) * 2 - 1)  # clean_prob = 1: every LR is plain bicubic
+    for key, value, match in [("augment", "flip", "data.augment"), ("clean_prob", 1.5, "data.clean_prob")]:
+        bad = _raw(tmp_path)
+        bad["data"][key] = value
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(bad)
+    bad = _raw(tmp_path)
+    bad["stage1"]["loss"].update(w_lpips=0.0, w_charbonnier=0.0)
+    with pytest.raises(ConfigError, match="w_lpips=0.0, w_charbonnier=0.0"):
+        config_from_dict(bad)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..model.config import NetworkConfig, resolve_config
+from .data import AUGMENTS
 from .degradation import DegradationConfig
 
 RECIPES = ("gtasr", "ctmsr")
@@ -87,9 +88,18 @@ class DataConfig:
     val_roots: tuple[str, ...] = ()  # fixed validation images (centre crops); default: training images
     val_crop: int = 256
     val_images: int = 4
+    # Small-data recipe choices (the release uses neither): "dihedral" flips/rotates each crop;
+    # clean_prob is the chance that a sample's LR is plain bicubic x4 (antialiased, 8-bit) instead
+    # of the Real-ESRGAN degradation.
+    augment: str = "none"
+    clean_prob: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roots", tuple(str(r) for r in self.roots))
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"data.augment is {self.augment!r}; expected one of {list(AUGMENTS)}")
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise ConfigError(f"data.clean_prob is {self.clean_prob}; expected a probability in [0, 1]")
         object.__setattr__(self, "val_roots", tuple(str(r) for r in self.val_roots))
         if not self.roots:
             raise ConfigError("data.roots is empty; expected at least one folder of HR images")

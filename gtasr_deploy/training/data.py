@@ -7,6 +7,8 @@ workers, and each DDP rank takes its own slice of every global batch. No flips (
 
 Images are decoded to 8-bit RGB; images smaller than the crop are reflect-padded; unreadable
 files are logged once and replaced by the next readable file in the list.
+``augment="dihedral"`` (a small-data recipe choice, not the release's) adds one of the 8
+flips/rotations per crop, drawn from the crop's seed.
 """
 
 from __future__ import annotations
@@ -84,13 +86,29 @@ def reflect_pad_to(img: np.ndarray, size: int) -> np.ndarray:
     return np.pad(img, ((0, max(size - h, 0)), (0, max(size - w, 0)), (0, 0)), mode=mode)
 
 
-def random_crop(img: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A size×size crop at a position drawn from ``seed``; (size,size,3) uint8."""
+AUGMENTS = ("none", "dihedral")
+
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """The k-th (0..7) of the 8 flips/90° rotations of an (H,W,C) image: rotate k%4 quarter turns,
+    then flip left-right when k >= 4. k = 0 is the identity."""
+    out = np.rot90(img, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
+
+
+def random_crop(img: np.ndarray, size: int, seed: int, augment: str = "none") -> np.ndarray:
+    """A size×size crop at a position drawn from ``seed``; (size,size,3) uint8. ``augment="dihedral"``
+    also applies one of the 8 flips/rotations, drawn from the same seed after the position."""
     img = reflect_pad_to(img, size)
     rng = np.random.default_rng(seed)
     top = int(rng.integers(0, img.shape[0] - size + 1))
     left = int(rng.integers(0, img.shape[1] - size + 1))
-    return img[top:top + size, left:left + size]
+    crop = img[top:top + size, left:left + size]
+    if augment == "dihedral":
+        crop = dihedral(crop, int(rng.integers(0, 8)))
+    elif augment != "none":
+        raise ConfigError(f"augment {augment!r} is unknown; expected one of {AUGMENTS}")
+    return crop
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -107,9 +125,12 @@ def to_tensor(crop: np.ndarray) -> torch.Tensor:
 class CropDataset(Dataset):
     """Items are (file index, crop seed) pairs from :class:`StepSampler` → (3,crop,crop) float [0,1]."""
 
-    def __init__(self, files: Sequence[str], crop: int) -> None:
+    def __init__(self, files: Sequence[str], crop: int, augment: str = "none") -> None:
+        if augment not in AUGMENTS:
+            raise ConfigError(f"augment {augment!r} is unknown; expected one of {AUGMENTS}")
         self.files = list(files)
         self.crop = crop
+        self.augment = augment
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -123,7 +144,7 @@ class CropDataset(Dataset):
                 continue
             img = read_rgb8(self.files[i])
             if img is not None:
-                return to_tensor(random_crop(img, self.crop, seed))
+                return to_tensor(random_crop(img, self.crop, seed, self.augment))
             self._bad.add(i)
             log.warning("skipping unreadable image %s", self.files[i])
         raise ConfigError(f"none of the {len(self.files)} training images can be decoded")
@@ -171,11 +192,12 @@ class StepSampler(Sampler):
 
 
 def make_loader(files: Sequence[str], *, crop: int, batch_size: int, seed: int, start_batch: int,
-                num_batches: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+                num_batches: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                augment: str = "none") -> DataLoader:
     """DataLoader of (batch_size,3,crop,crop) float [0,1] HR crops starting at global batch ``start_batch``."""
     sampler = StepSampler(len(files), batch_size, seed=seed, start_batch=start_batch, num_batches=num_batches,
                           rank=rank, world_size=world_size)
-    return DataLoader(CropDataset(files, crop), batch_sampler=sampler, num_workers=num_workers,
+    return DataLoader(CropDataset(files, crop, augment), batch_sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=2 if num_workers > 0 else None)
 

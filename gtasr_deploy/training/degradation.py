@@ -437,3 +437,25 @@ def degrade(
     _check_inputs(gt, generator, config, scale)
     plan = sample_plan(generator, gt.shape[0], config)
     return apply_plan(gt, plan, generator=generator, scale=scale)
+
+
+def bicubic_lr(gt: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """Plain bicubic ×1/scale of (N,3,H,W) [0,1] GT, antialiased (PIL BICUBIC's filter), clamped to
+    [0,1] and rounded to 8 bit — the "bicubic ×4 downscaling" of the evaluation sets (SPEC §6)."""
+    lr = F.interpolate(gt, scale_factor=1 / scale, mode="bicubic", align_corners=False, antialias=True)
+    return quantize_8bit(lr)
+
+
+def mix_clean(gt: torch.Tensor, lq: torch.Tensor, prob: float, *, generator: torch.Generator,
+              scale: int = 4) -> torch.Tensor:
+    """``lq`` with each sample replaced, with probability ``prob`` (one coin per sample from the CPU
+    ``generator``), by :func:`bicubic_lr` of its GT. prob = 0 returns ``lq`` itself without a draw."""
+    if prob <= 0:
+        return lq
+    clean = torch.rand(gt.shape[0], generator=generator) < prob
+    if not bool(clean.any()):
+        return lq
+    out = lq.clone()
+    idx = clean.nonzero().flatten().to(gt.device)
+    out[idx] = bicubic_lr(gt[idx], scale)
+    return out

@@ -35,7 +35,7 @@ from ..schedule import unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
 from .data import cached_file_list, make_loader, scan_images, validation_crops
-from .degradation import degrade
+from .degradation import degrade, mix_clean
 from .logs import RunLogger
 from .losses import Batch, copy_for_target, ema_update, stage1_losses, stage2_losses
 
@@ -177,6 +177,8 @@ class Trainer:
         torch.manual_seed(_seed(seed, "dropout", st, self.step, rank))
         if lq is None:
             lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(seed, "degrade", st, self.step, rank)))
+            lq = mix_clean(hr, lq, self.cfg.data.clean_prob,
+                           generator=torch.Generator().manual_seed(_seed(seed, "clean", st, self.step, rank)))
         loss_gen = torch.Generator().manual_seed(_seed(seed, "loss", st, self.step, rank))
         accum = self.stage.optim.grad_accum
         logged: dict[str, float] = {}
@@ -262,7 +264,7 @@ def _batches(tr: Trainer, files: list[str], env: Dist):
     loader = make_loader(files, crop=cfg.data.crop, batch_size=cfg.data.batch_size,
                          seed=_seed(cfg.run.seed, "data", tr.stage.stage) % 2**31, start_batch=tr.step,
                          num_batches=tr.stage.steps - tr.step, num_workers=cfg.data.num_workers,
-                         rank=env.rank, world_size=env.world)
+                         rank=env.rank, world_size=env.world, augment=cfg.data.augment)
     for hr in loader:
         yield hr.to(env.device, non_blocking=True)
 

@@ -70,6 +70,10 @@ class StageIConfig:
     first n of them (a cheaper demo choice). ``k_schedule_steps``: None spreads the K schedule over
     the stage's steps (the paper); an int n spreads it over n steps and keeps K = k_end after them,
     so a stage lengthened later (resumed with more steps) keeps the schedule it started with.
+    ``w_lpips``/``w_charbonnier``: the weights of d_I (SPEC §5: 0.5 and 0.5); a small-compute run
+    may shift them towards fidelity, and a 0 LPIPS weight skips LPIPS entirely. ``lpips_start``: the
+    stage-I step from which LPIPS is on; before it d_I is its Charbonnier term alone (a cheap
+    fidelity warm-up: LPIPS-VGG is most of a CPU step). 0 = from the start (the paper).
     CTMSR's stage I is ``p=1`` with ``ctmsr=True``."""
 
     p: float = 2.5
@@ -78,6 +82,9 @@ class StageIConfig:
     ta_weight: float = 0.5
     ta_levels: int | None = None
     k_schedule_steps: int | None = None
+    w_lpips: float = D_I[0]
+    w_charbonnier: float = D_I[1]
+    lpips_start: int = 0
 
     def __post_init__(self) -> None:
         if not self.p > 0:
@@ -92,6 +99,22 @@ class StageIConfig:
             )
         if self.k_schedule_steps is not None and self.k_schedule_steps < 1:
             raise ConfigError(f"stage I config: k_schedule_steps={self.k_schedule_steps}; expected >= 1 or unset")
+        if self.w_lpips < 0 or self.w_charbonnier < 0 or not self.w_lpips + self.w_charbonnier > 0:
+            raise ConfigError(
+                f"stage I config: w_lpips={self.w_lpips}, w_charbonnier={self.w_charbonnier}; expected both >= 0, "
+                "not both 0 (the paper's d_I is 0.5, 0.5)"
+            )
+        if self.lpips_start < 0 or (self.lpips_start and not self.w_charbonnier > 0):
+            raise ConfigError(f"stage I config: lpips_start={self.lpips_start}; expected >= 0, and a Charbonnier weight "
+                              "> 0 to train on before it")
+
+    def distance_at(self, step: int) -> Callable[[torch.Tensor, torch.Tensor, "Perceptual"], torch.Tensor]:
+        """d_I(a, b, perceptual) per sample (N,) at this step: without LPIPS before ``lpips_start``."""
+        w_lpips = self.w_lpips if step >= self.lpips_start else 0.0
+
+        def d(a: torch.Tensor, b: torch.Tensor, perceptual: "Perceptual") -> torch.Tensor:
+            return distance(a, b, perceptual=perceptual, w_perceptual=w_lpips, w_charbonnier=self.w_charbonnier)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StageIConfig":
@@ -272,10 +295,11 @@ def _sigmas(i: int, k: int, p: float, like: torch.Tensor) -> torch.Tensor:
 
 def _consistency(
     net: nn.Module, batch: Batch, up_lq: torch.Tensor, i: int, k: int, p: float, eps: torch.Tensor,
-    perceptual: Perceptual,
+    perceptual: Perceptual, dist: Callable[[torch.Tensor, torch.Tensor, Perceptual], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̂0, L_CT per sample). x̂0 = D_θ(x_i, s_i) in train mode; target D_θ⁻(x_{i-1}, s_{i-1}) in
-    eval mode without grad, or x0 itself when i-1 = 0. Both states share ``eps``."""
+    eval mode without grad, or x0 itself when i-1 = 0. Both states share ``eps``. ``dist`` is d_I
+    unless given."""
     x0, lq = batch.x0, batch.lq
     s_cur, s_prev = _sigmas(i, k, p, x0), _sigmas(i - 1, k, p, x0)
     if i - 1 == 0:
@@ -285,7 +309,7 @@ def _consistency(
             target = net(q_sample(x0, up_lq, s_prev, eps), s_prev, lq)
     with _mode(net, True):
         x0_hat = net(q_sample(x0, up_lq, s_cur, eps), s_cur, lq)
-    return x0_hat, d_one(x0_hat, target, perceptual)
+    return x0_hat, (dist or d_one)(x0_hat, target, perceptual)
 
 
 # --- stage I ---------------------------------------------------------------------------------
@@ -313,7 +337,8 @@ def stage1_losses(
     i = _draw_index(generator, k)
     eps = _draw_noise(generator, batch.x0)
     up_lq = up(batch.lq)
-    x0_hat, ct = _consistency(net, batch, up_lq, i, k, cfg.p, eps, perceptual)
+    dist = cfg.distance_at(step)
+    x0_hat, ct = _consistency(net, batch, up_lq, i, k, cfg.p, eps, perceptual, dist)
     loss_ct = ct.mean()
     loss_ta = loss_ct.new_zeros(())
     if not ctmsr:
@@ -321,7 +346,7 @@ def stage1_losses(
         for j in range(1, levels + 1):
             eps_j = _draw_noise(generator, batch.x0)
             s_j = _sigmas(j, k, cfg.p, batch.x0)
-            ta_j = d_one(q_sample(x0_hat, up_lq, s_j, eps_j), q_sample(batch.x0, up_lq, s_j, eps_j), perceptual)
+            ta_j = dist(q_sample(x0_hat, up_lq, s_j, eps_j), q_sample(batch.x0, up_lq, s_j, eps_j), perceptual)
             loss_ta = loss_ta + ta_j.mean()
     loss = loss_ct if ctmsr else loss_ct + cfg.ta_weight * loss_ta
     return {
