@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from gtasr_deploy.errors import ConfigError
+from gtasr_deploy.hashing import file_sha256
 from gtasr_deploy.model import load_model
 from gtasr_deploy.model.checkpoint import read_checkpoint
 from gtasr_deploy.training import checkpoint as ckpt
@@ -405,3 +406,21 @@ def test_recipe_options_reach_the_batches_and_are_validated(tmp_path):
     bad["stage1"]["loss"].update(w_lpips=0.0, w_charbonnier=0.0)
     with pytest.raises(ConfigError, match="w_lpips=0.0, w_charbonnier=0.0"):
         config_from_dict(bad)
+
+
+def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
+    """The model card's reproduce command is `gtasr-train training/demo.toml`: the embedded weights
+    must carry exactly that recipe (the trainer writes it into the safetensors metadata)."""
+    import json
+
+    from safetensors import safe_open
+
+    from gtasr_deploy.upscaler import EMBEDDED_WEIGHTS
+
+    with safe_open(str(EMBEDDED_WEIGHTS), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["training_config"]) == json.loads(load_config(REPO / "training" / "demo.toml").to_json())
+    steps = json.loads(meta["steps"])
+    card = (REPO / "gtasr_deploy" / "weights" / "MODEL_CARD.md").read_text()
+    assert f"stage I {steps['stage1']} + stage II {steps['stage2']} optimizer steps" in card
+    assert file_sha256(EMBEDDED_WEIGHTS) in card
