@@ -295,11 +295,11 @@ def _sigmas(i: int, k: int, p: float, like: torch.Tensor) -> torch.Tensor:
 
 def _consistency(
     net: nn.Module, batch: Batch, up_lq: torch.Tensor, i: int, k: int, p: float, eps: torch.Tensor,
-    perceptual: Perceptual, dist: Callable[[torch.Tensor, torch.Tensor, Perceptual], torch.Tensor] | None = None,
+    perceptual: Perceptual, dist: Callable[[torch.Tensor, torch.Tensor, Perceptual], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̂0, L_CT per sample). x̂0 = D_θ(x_i, s_i) in train mode; target D_θ⁻(x_{i-1}, s_{i-1}) in
-    eval mode without grad, or x0 itself when i-1 = 0. Both states share ``eps``. ``dist`` is d_I
-    unless given."""
+    eval mode without grad, or x0 itself when i-1 = 0. Both states share ``eps``; ``dist`` is the
+    stage's d_I."""
     x0, lq = batch.x0, batch.lq
     s_cur, s_prev = _sigmas(i, k, p, x0), _sigmas(i - 1, k, p, x0)
     if i - 1 == 0:
@@ -309,7 +309,7 @@ def _consistency(
             target = net(q_sample(x0, up_lq, s_prev, eps), s_prev, lq)
     with _mode(net, True):
         x0_hat = net(q_sample(x0, up_lq, s_cur, eps), s_cur, lq)
-    return x0_hat, (dist or d_one)(x0_hat, target, perceptual)
+    return x0_hat, dist(x0_hat, target, perceptual)
 
 
 # --- stage I ---------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ def stage2_terms(
     i = _draw_index(generator, cfg.k)
     eps = _draw_noise(generator, x0)
     up_lq = up(lq)
-    x0_hat, ct = _consistency(net, batch, up_lq, i, cfg.k, cfg.p, eps, perceptual)
+    x0_hat, ct = _consistency(net, batch, up_lq, i, cfg.k, cfg.p, eps, perceptual, d_one)
 
     # t' and one fresh eps shared by the real and the generated state.
     s_t = _sigmas(cfg.t_prime_index, cfg.k, cfg.p, x0)
