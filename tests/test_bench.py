@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -260,3 +261,18 @@ def test_cli_rejects_tile_off_the_size_rule():
     result = CliRunner().invoke(main, ["--preset", "paper", "--tile", "96", "--backends", "torch"])
     assert result.exit_code == 2
     assert "--tile [96]" in result.output and "size rule 64" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
+@pytest.mark.parametrize("command", ["bench", "upscale"])
+def test_cuda_device_without_cuda_is_a_one_line_usage_error(tmp_path, command):
+    from gtasr_deploy.cli import bench as bench_cli, upscale as upscale_cli
+
+    if command == "bench":
+        result = CliRunner().invoke(bench_cli.main, ["--preset", "demo", "--backends", "torch", "--tile", "64",
+                                                     "--device", "cuda", "--no-e2e"])
+    else:
+        result = CliRunner().invoke(upscale_cli.main, [str(Path(__file__).parent.parent / "samples"), str(tmp_path / "out"), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "--device cuda: CUDA is not available here" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

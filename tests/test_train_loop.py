@@ -27,7 +27,7 @@ from gtasr_deploy.training import checkpoint as ckpt
 from gtasr_deploy.training.config import config_from_dict, load_config
 from gtasr_deploy.training.data import StepSampler, cached_file_list, dihedral, make_loader, random_crop, reflect_pad_to
 from gtasr_deploy.training.degradation import bicubic_lr, degrade, mix_clean
-from gtasr_deploy.training.loop import Dist, Trainer, TrainingDivergedError, train
+from gtasr_deploy.training.loop import Dist, Trainer, TrainingDivergedError, _seed, train
 from gtasr_deploy.training.losses import Batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,6 +201,29 @@ def test_lengthened_stage_by_resume_equals_one_run_of_the_final_recipe(tmp_path)
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
 
 
+def test_lr_made_in_the_loader_workers_trains_exactly_like_lr_made_in_the_step(tmp_path):
+    ref = train(config_from_dict(_raw(tmp_path / "a")), perceptual=TinyPerceptual())
+    raw = _raw(tmp_path / "b")
+    raw["data"].update(lr_in_loader=True, num_workers=2)
+    train(config_from_dict(raw), perceptual=TinyPerceptual())
+    assert ref is not None
+    _assert_same_state(_final_state(tmp_path / "a" / "run"), _final_state(tmp_path / "b" / "run"))
+
+
+def test_recipe_degradation_table_reaches_the_training_lr(tmp_path):
+    from gtasr_deploy.training.loop import make_lq
+
+    raw = _raw(tmp_path)
+    raw["degradation"] = {"first": {"jpeg_quality_range": [10, 10]}, "second": {"jpeg_quality_range": [10, 10]}}
+    cfg, default = config_from_dict(raw), config_from_dict(_raw(tmp_path))
+    assert cfg.degradation != default.degradation
+    hr = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    lq = make_lq(cfg, 1, 0, hr, 7)
+    seed_of = lambda tag: torch.Generator().manual_seed(_seed(cfg.run.seed, tag, 1, 7, 0))
+    assert torch.equal(lq, degrade(hr, generator=seed_of("degrade"), config=cfg.degradation))
+    assert not torch.equal(lq, make_lq(default, 1, 0, hr, 7))
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     raw = _raw(tmp_path)
     del raw["stage2"]
@@ -306,6 +329,22 @@ def test_data_pads_small_images_and_skips_unreadable(tmp_path, caplog):
     batches = list(loader)
     assert all(b.shape == (5, 3, 64, 64) and 0 <= b.min() and b.max() <= 1 for b in batches)
     assert "broken.png" in caplog.text
+
+
+def test_cached_images_give_the_same_crops_with_one_decode_per_file(tmp_path, monkeypatch):
+    from gtasr_deploy.training import data
+
+    _write_images(tmp_path / "hr")
+    files = cached_file_list([tmp_path / "hr"], None)
+    plain = list(make_loader(files, crop=64, batch_size=5, seed=3, start_batch=0, num_batches=3, augment="dihedral"))
+    decoded = []
+    real_read = data.read_rgb8
+    monkeypatch.setattr(data, "read_rgb8", lambda path: decoded.append(path) or real_read(path))
+    cached = list(make_loader(files, crop=64, batch_size=5, seed=3, start_batch=0, num_batches=3, augment="dihedral",
+                              cache_images=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached)) and len(cached) == 3
+    # 15 crops from 5 files: each readable file decoded once; the unreadable one is tried once, then skipped
+    assert sorted(decoded) == sorted(set(decoded)) and set(decoded) == set(files)
 
 
 def test_config_rejects_unknown_keys_and_bad_sizes(tmp_path):
@@ -419,7 +458,16 @@ def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
 
     with safe_open(str(EMBEDDED_WEIGHTS), "pt") as f:
         meta = f.metadata()
-    assert json.loads(meta["training_config"]) == json.loads(load_config(REPO / "training" / "demo.toml").to_json())
+    stored = json.loads(meta["training_config"])
+    recipe = json.loads(load_config(REPO / "training" / "demo.toml").to_json())
+    # options the trainer gained after these weights were trained: absent from their record, so the
+    # recipe must leave them at the defaults (= the behaviour that trained the weights)
+    later = {"data": {"cache_images": False, "lr_in_loader": False}}
+    for section, options in later.items():
+        for key, default in options.items():
+            if key not in stored[section]:
+                assert recipe[section].pop(key) == default, f"training/demo.toml sets {section}.{key}"
+    assert stored == recipe
     steps = json.loads(meta["steps"])
     card = (REPO / "gtasr_deploy" / "weights" / "MODEL_CARD.md").read_text()
     assert f"stage I {steps['stage1']} + stage II {steps['stage2']} optimizer steps" in card

@@ -65,10 +65,13 @@ def _check_tiles(networks, tiles: tuple[int, ...]) -> None:
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
     import torch
 
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
+                              "use --device cpu or auto")
+        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -175,3 +178,7 @@ def _run(params: dict) -> dict:
     if params["plot"]:
         write_plot(report, params["plot"])
     return report
+
+
+if __name__ == "__main__":
+    main()

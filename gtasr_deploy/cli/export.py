@@ -105,3 +105,7 @@ def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
         _build_tensorrt(half.onnx_path, engine_cache)
+
+
+if __name__ == "__main__":
+    main()

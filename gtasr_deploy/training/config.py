@@ -93,6 +93,13 @@ class DataConfig:
     # of the Real-ESRGAN degradation.
     augment: str = "none"
     clean_prob: float = 0.0
+    # Keep decoded training images in memory (each loader worker holds its own copy): for a few
+    # photos, not for large datasets.
+    cache_images: bool = False
+    # Make each batch's LR (degradation + clean mix) in the loader's worker processes, on the CPU,
+    # while the device runs the previous step; off: in the training step, on the device. Same
+    # draws either way; the LR differs only by device round-off.
+    lr_in_loader: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roots", tuple(str(r) for r in self.roots))

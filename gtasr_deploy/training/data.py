@@ -14,11 +14,12 @@ flips/rotations per crop, drawn from the crop's seed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -123,13 +124,26 @@ def to_tensor(crop: np.ndarray) -> torch.Tensor:
 
 
 class CropDataset(Dataset):
-    """Items are (file index, crop seed) pairs from :class:`StepSampler` → (3,crop,crop) float [0,1]."""
+    """Items are (file index, crop seed) pairs from :class:`StepSampler` → (3,crop,crop) float [0,1].
 
-    def __init__(self, files: Sequence[str], crop: int, augment: str = "none") -> None:
+    ``cache_images``: keep every decoded image in memory (per worker) instead of decoding the
+    whole file again for each crop; for small photo sets, where decoding dominates a batch."""
+
+    def __init__(self, files: Sequence[str], crop: int, augment: str = "none", cache_images: bool = False) -> None:
         self.files = list(files)
         self.crop = crop
         self.augment = augment
+        self.cache_images = cache_images
+        self._decoded: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()
+
+    def _read(self, i: int) -> np.ndarray | None:
+        if i in self._decoded:
+            return self._decoded[i]
+        img = read_rgb8(self.files[i])
+        if img is not None and self.cache_images:
+            self._decoded[i] = img
+        return img
 
     def __len__(self) -> int:
         return len(self.files)
@@ -140,7 +154,7 @@ class CropDataset(Dataset):
             i = (index + offset) % len(self.files)
             if i in self._bad:
                 continue
-            img = read_rgb8(self.files[i])
+            img = self._read(i)
             if img is not None:
                 return to_tensor(random_crop(img, self.crop, seed, self.augment))
             self._bad.add(i)
@@ -189,13 +203,36 @@ class StepSampler(Sampler):
         return self.num_batches
 
 
+class BatchDataset(Dataset):
+    """Item b = global batch b of ``sampler`` as one stacked (batch_size,3,crop,crop) tensor, or
+    ``(hr, transform(hr, b))`` when a transform is given (e.g. the degradation, so that the LR is
+    made in the loader's worker processes, overlapping the optimizer step)."""
+
+    def __init__(self, crops: CropDataset, sampler: StepSampler,
+                 transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
+        self.crops, self.sampler, self.transform = crops, sampler, transform
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, b: int):
+        hr = torch.stack([self.crops[item] for item in self.sampler.batch(b)])
+        return hr if self.transform is None else (hr, self.transform(hr, b))
+
+
 def make_loader(files: Sequence[str], *, crop: int, batch_size: int, seed: int, start_batch: int,
                 num_batches: int | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                augment: str = "none") -> DataLoader:
-    """DataLoader of (batch_size,3,crop,crop) float [0,1] HR crops starting at global batch ``start_batch``."""
+                augment: str = "none", cache_images: bool = False,
+                transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> DataLoader:
+    """DataLoader of (batch_size,3,crop,crop) float [0,1] HR crops starting at global batch
+    ``start_batch``; with ``transform``, of ``(hr, transform(hr, b))`` for global batch index b.
+    Each worker builds whole batches (``num_workers`` batches in flight)."""
     sampler = StepSampler(len(files), batch_size, seed=seed, start_batch=start_batch, num_batches=num_batches,
                           rank=rank, world_size=world_size)
-    return DataLoader(CropDataset(files, crop, augment), batch_sampler=sampler, num_workers=num_workers,
+    stop = None if num_batches is None else start_batch + num_batches
+    order = range(start_batch, stop) if stop is not None else itertools.count(start_batch)
+    dataset = BatchDataset(CropDataset(files, crop, augment, cache_images), sampler, transform)
+    return DataLoader(dataset, sampler=order, batch_size=None, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=2 if num_workers > 0 else None)
 

@@ -13,6 +13,7 @@ validates, checkpoints and exports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -93,6 +94,17 @@ def load_stage1_weights(path: str | Path) -> tuple[dict, dict]:
     except CheckpointError:
         params = ema  # files with only params_ema (e.g. a published EMA-only release)
     return params, ema
+
+
+def make_lq(cfg: TrainConfig, stage: int, rank: int, hr: torch.Tensor, step: int) -> torch.Tensor:
+    """The training LR of global batch ``step``: the recipe's degradation, then the clean-bicubic
+    mix, each drawn from a generator seeded by (seed, stage, step, rank) — the same in the loader's
+    workers (``data.lr_in_loader``) as in the step."""
+    seed = cfg.run.seed
+    lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(seed, "degrade", stage, step, rank)),
+                 config=cfg.degradation)
+    return mix_clean(hr, lq, cfg.data.clean_prob,
+                     generator=torch.Generator().manual_seed(_seed(seed, "clean", stage, step, rank)))
 
 
 class Trainer:
@@ -176,9 +188,7 @@ class Trainer:
             self.target.load_state_dict(self.net.state_dict())  # θ' ← θ (release: step % 1000 == 0)
         torch.manual_seed(_seed(seed, "dropout", st, self.step, rank))
         if lq is None:
-            lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(seed, "degrade", st, self.step, rank)))
-            lq = mix_clean(hr, lq, self.cfg.data.clean_prob,
-                           generator=torch.Generator().manual_seed(_seed(seed, "clean", st, self.step, rank)))
+            lq = make_lq(self.cfg, st, rank, hr, self.step)
         loss_gen = torch.Generator().manual_seed(_seed(seed, "loss", st, self.step, rank))
         accum = self.stage.optim.grad_accum
         logged: dict[str, float] = {}
@@ -228,7 +238,7 @@ class Validation:
 def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
     val_files = scan_images(cfg.data.val_roots) if cfg.data.val_roots else files
     hr = validation_crops(val_files, crop=cfg.data.val_crop, count=cfg.data.val_images)
-    lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(cfg.run.seed, "validation")))
+    lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(cfg.run.seed, "validation")), config=cfg.degradation)
     return Validation(hr=hr, lq=lq, eps=unit_noise(tuple(hr.shape), _seed(cfg.run.seed, "val-noise") % 2**31))
 
 
@@ -260,13 +270,17 @@ def _save(tr: Trainer, folder: Path, keep: int, name: str | None = None) -> Path
 
 
 def _batches(tr: Trainer, files: list[str], env: Dist):
+    """(hr, lq) on the device per step; lq is None when the step makes it (on the device)."""
     cfg = tr.cfg
+    transform = functools.partial(make_lq, cfg, tr.stage.stage, env.rank) if cfg.data.lr_in_loader else None
     loader = make_loader(files, crop=cfg.data.crop, batch_size=cfg.data.batch_size,
                          seed=_seed(cfg.run.seed, "data", tr.stage.stage) % 2**31, start_batch=tr.step,
                          num_batches=tr.stage.steps - tr.step, num_workers=cfg.data.num_workers,
-                         rank=env.rank, world_size=env.world, augment=cfg.data.augment)
-    for hr in loader:
-        yield hr.to(env.device, non_blocking=True)
+                         rank=env.rank, world_size=env.world, augment=cfg.data.augment,
+                         cache_images=cfg.data.cache_images, transform=transform)
+    for item in loader:
+        hr, lq = item if transform is not None else (item, None)
+        yield hr.to(env.device, non_blocking=True), None if lq is None else lq.to(env.device, non_blocking=True)
 
 
 def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger) -> None:
@@ -274,8 +288,8 @@ def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger)
     folder = cfg.run.out_path / "checkpoints"
     bar = logger.progress(total=tr.stage.steps, initial=tr.step, desc=f"stage {st}")
     t_last = time.perf_counter()
-    for hr in _batches(tr, files, env):
-        terms = tr.train_step(hr)
+    for hr, lq in _batches(tr, files, env):
+        terms = tr.train_step(hr, lq)
         now = time.perf_counter()
         terms["sec_per_step"], t_last = now - t_last, now
         bar.update(1)
