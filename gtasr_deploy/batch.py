@@ -78,6 +78,7 @@ class FileRecord:
 class BatchSummary:
     records: tuple[FileRecord, ...] = field(default_factory=tuple)
     interrupted: bool = False
+    report_error: str | None = None  # the JSON report could not be written
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -96,8 +97,8 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when no file failed, 1 when some did (usage errors, 2, are the CLI's)."""
-        return 1 if self.failed else 0
+        """0 when no file failed, 1 when some did or the JSON report failed (usage errors, 2, are the CLI's)."""
+        return 1 if self.failed or self.report_error else 0
 
     def line(self) -> str:
         text = f"{self.written} written, {self.skipped} skipped (exists), {self.failed} failed"
@@ -112,12 +113,13 @@ class BatchSummary:
 # ---------------------------------------------------------------------------------- planning
 
 
-def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike | None = None
-                   ) -> list[tuple[Path, Path]]:
+def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike | None = None,
+                   unreadable: list[str] | None = None) -> list[tuple[Path, Path]]:
     """[(file, path relative to the input root)] sorted by relative path.
 
     ``exclude``: a folder to leave out (the output folder when it lies inside the input folder,
-    so a re-run does not upscale its own results). InputError when nothing usable is found.
+    so a re-run does not upscale its own results). ``unreadable``: receives one line per folder
+    that could not be listed (the walk goes on). InputError when nothing usable is found.
     """
     root = Path(input_path)
     if root.is_file():
@@ -126,7 +128,11 @@ def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike 
         raise InputError(f"input {root} does not exist (expected an image file or a folder)")
     skip = Path(exclude).resolve() if exclude is not None else None
     found = []
-    for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
+    def on_error(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
+
+    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
         here = Path(folder)
         dirs[:] = [d for d in dirs
                    if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)]
@@ -166,6 +172,10 @@ def plan_outputs(inputs: Sequence[tuple[Path, Path]], out_dir: str | os.PathLike
         names[i] = candidate
         taken.add(_key(candidate))
     jobs = [Job(src=src, rel=rel, dst=out_dir / names[i]) for i, (src, rel) in enumerate(inputs)]
+    # An input that is another input's output (output folder = input folder, an earlier run) is a
+    # result, not a photo: leave it out so re-runs do not upscale their own outputs.
+    output_of = {job.dst.resolve(): job.src.resolve() for job in jobs}
+    jobs = [job for job in jobs if output_of.get(job.src.resolve(), job.src.resolve()) == job.src.resolve()]
     for job in jobs:
         if job.dst.resolve() == job.src.resolve():
             raise InputError(f"output {job.dst} would replace its input; choose another output "
@@ -233,6 +243,8 @@ def local_device_from_env(env: Mapping[str, str] = os.environ, default: str = "c
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` if needed and prove it writable with a probe file — before any work."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output {out_dir} is a file, not a folder; give a folder for the results")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / ".gtasr-write-probe", b"")
@@ -241,6 +253,21 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
         raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
                          "another folder or fix its permissions") from None
     return out_dir
+
+
+def check_report_path(path: str | os.PathLike, option: str = "--json") -> Path:
+    """Prove a report file's folder exists or can be made, and is writable — before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name for the report")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".gtasr-write-probe-{os.getpid()}"
+        atomic_write_bytes(probe, b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
 
 
 # ---------------------------------------------------------------------------------- running
@@ -285,7 +312,9 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
         bar.close()
         result = BatchSummary(records=tuple(records), interrupted=interrupted)
         if json_report is not None:
-            _write_report(Path(json_report), result, err)
+            problem = _write_report(Path(json_report), result, err)
+            if problem:
+                result = BatchSummary(records=result.records, interrupted=interrupted, report_error=problem)
         if summary:
             print(result.line(), file=err)
     return result
@@ -334,7 +363,8 @@ def _emit(line: str, err: TextIO, progress: bool) -> None:
         print(line, file=err)
 
 
-def _write_report(path: Path, result: BatchSummary, err: TextIO) -> None:
+def _write_report(path: Path, result: BatchSummary, err: TextIO) -> str | None:
+    """Write the report atomically; on failure print one line and return it (None on success)."""
     try:
         data = json.dumps(result.to_json(), indent=1, ensure_ascii=False).encode() + b"\n"
     except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it, keep JSON valid
@@ -343,7 +373,10 @@ def _write_report(path: Path, result: BatchSummary, err: TextIO) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     except OSError as exc:
-        print(f"error: cannot write the JSON report {path}: {exc.strerror or exc}", file=err)
+        line = f"error: cannot write the JSON report {path}: {exc.strerror or exc}"
+        print(line, file=err)
+        return line
+    return None
 
 
 class _TileBar:

@@ -191,7 +191,7 @@ def test_check_output_dir(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(InputError, match="is not writable"):
         check_output_dir(tmp_path / "file.txt" / "sub")
-    with pytest.raises(InputError, match="is not writable"):
+    with pytest.raises(InputError, match="is a file, not a folder"):
         check_output_dir(tmp_path / "file.txt")
 
 

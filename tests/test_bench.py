@@ -276,3 +276,20 @@ def test_cuda_device_without_cuda_is_a_one_line_usage_error(tmp_path, command):
     assert result.exit_code == 2, result.output
     assert "--device cuda: CUDA is not available here" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_failed_scenario_exits_1_and_bad_output_paths_fail_before_running(tmp_path):
+    from gtasr_deploy.cli.bench import main
+
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights")
+    common = ["--preset", "demo", "--backends", "torch", "--tile", "32", "--warmup", "0", "--repeat", "1",
+              "--threads", "1", "--device", "cpu", "--matmul-size", "16", "--no-e2e", "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(main, [*common, "--weights", str(notes)])
+    assert result.exit_code == 1, result.output
+    assert "1 scenario(s) failed" in result.output and "notes.pth" in result.output
+    blocked = notes / "r.json"  # under a file
+    for option in ("--out", "--markdown", "--plot"):
+        result = CliRunner().invoke(main, [*common, option, str(blocked)])
+        assert result.exit_code == 2 and f"{option} {blocked}: cannot write there" in result.output, result.output
+        assert "[gtasr-bench]" not in result.output  # refused before any scenario ran

@@ -124,3 +124,41 @@ def test_mixed_folder_end_to_end(tmp_path):
 
     files = json.loads(report.read_text())["files"]
     assert sorted(f["status"] for f in files) == ["failed"] * 4 + ["written"] * 5
+
+
+def test_output_folder_equal_to_input_folder_does_not_upscale_its_own_results(two_images):
+    args = [str(two_images), str(two_images), "-q", "--suffix", "_x4", *WEIGHTS]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0 and "2 written" in first.output, first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "0 written, 2 skipped" in again.output, again.output
+    assert sorted(p.name for p in two_images.iterdir()) == ["a.png", "a_x4.png", "b photo.jpg", "b photo_x4.png"]
+
+
+def test_unreadable_subfolder_is_reported_and_fails_the_run(two_images, tmp_path, monkeypatch):
+    import os
+
+    import gtasr_deploy.batch as batch
+
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):  # as if in/locked could not be listed (root reads everything)
+        onerror(PermissionError(13, "Permission denied", str(Path(top) / "locked")))
+        yield from real_walk(top, onerror=onerror, **kw)
+
+    monkeypatch.setattr(batch.os, "walk", walk)
+    result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "out"), "-q", *WEIGHTS])
+    assert result.exit_code == 1 and "2 written" in result.output
+    assert f"error: {two_images / 'locked'}: cannot list folder (Permission denied)" in result.output
+
+
+def test_bad_numbers_devices_and_report_paths_are_usage_errors_before_any_work(two_images, tmp_path):
+    out = tmp_path / "out"
+    blocked = two_images / "a.png" / "report.json"  # a path under a file: cannot be created
+    for extra, message in [(["--threads", "0"], "--threads"), (["--max-pixels", "-1"], "--max-pixels"),
+                           (["--device", "bogus"], "is not a device"), (["--json", str(blocked)], "cannot write there"),
+                           (["--onnx", str(tmp_path / "g.onnx")], "--weights is not used with --onnx")]:
+        result = CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS, *extra])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.glob("*.png"))

@@ -209,6 +209,23 @@ def test_cli_score(pair_dirs, tmp_path, assets):
     assert first.exit_code == 0 and first.stdout == result.stdout
 
 
+def test_cli_score_goes_on_past_a_bad_image_and_says_what_was_not_scored(pair_dirs, tmp_path):
+    sr, gt = pair_dirs
+    (sr / "0bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = CliRunner().invoke(main, [str(sr), "--gt", str(gt), "--metrics", "psnr,ssim", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "3 image(s), 2 paired with a GT" in result.stdout  # a, b, c scored; 0bad reported
+    assert f"error: {sr / '0bad.png'}" in result.output and "Traceback" not in result.output
+    other = tmp_path / "other_gt"
+    other.mkdir()
+    write_image(other / "zzz.png", photo(100, 100, 3))
+    result = CliRunner().invoke(main, [str(sr), "--gt", str(other), "--metrics", "psnr", "-q"])
+    assert result.exit_code == 1 and "no SR image pairs with a GT image" in result.output
+    blocked = sr / "a.png" / "s.csv"
+    result = CliRunner().invoke(main, [str(sr), "--gt", str(gt), "--metrics", "psnr", "--csv", str(blocked), "-q"])
+    assert result.exit_code == 2 and "--csv" in result.output and "image(s)" not in result.stdout
+
+
 def test_cli_score_errors(tmp_path):
     result = CliRunner().invoke(main, [str(tmp_path / "missing"), "-q"])
     assert result.exit_code == 2 and "error:" in result.output and "not a folder" in result.output

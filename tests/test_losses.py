@@ -563,3 +563,32 @@ def test_stage2_with_real_lpips_vgg():
     out = stage1_losses(net, b, step=0, total_steps=10, cfg=StageIConfig(), perceptual=lpips, generator=gen(2))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(q.grad is not None for q in net.parameters())
+
+
+def test_stage1_top_index_prob_draws_sigma_one_as_often_as_asked():
+    b = make_batch()
+    net = FixedOutput(b.x0)
+    draw = lambda prob, s: int(stage1_losses(net, b, step=9, total_steps=10, cfg=StageIConfig(top_index_prob=prob),
+                                             perceptual=StandIn(), generator=gen(s))["i"])
+    assert {draw(1.0, s) for s in range(20)} == {3}  # K = 3 at step 9: always the top level
+    assert {draw(0.0, s) for s in range(40)} == {1, 2}  # never the top level, both others
+    assert 10 <= sum(draw(0.5, s) == 3 for s in range(60)) <= 50
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="top_index_prob"):
+            StageIConfig(top_index_prob=bad)
+
+
+def test_stage1_without_ct_is_the_direct_term_alone_and_skips_the_target_forward():
+    b = make_batch()
+    seed = seed_with_index(4, lambda i: i >= 2)  # an index whose CT target needs a network forward
+    spy = Spy(tiny_net())
+    out = stage1_losses(spy, b, step=0, total_steps=100, cfg=StageIConfig(ct_weight=0.0, ta_weight=2.0),
+                        perceptual=StandIn(), generator=gen(seed))
+    assert len(spy.calls) == 1 and spy.calls[0]["training"] and spy.calls[0]["grad"]
+    assert out["ct"].item() == 0.0 and out["ta"].item() > 0
+    assert out["loss"].item() == pytest.approx(2.0 * out["ta"].item(), rel=1e-6)
+    with_ct = stage1_losses(Spy(tiny_net()), b, step=0, total_steps=100, cfg=StageIConfig(ta_weight=2.0),
+                            perceptual=StandIn(), generator=gen(seed))
+    assert with_ct["ct"].item() > 0  # same draws with the paper's weight: the CT term is there
+    with pytest.raises(ConfigError, match="ct_weight"):
+        StageIConfig(ct_weight=0.0, ta_weight=0.0)

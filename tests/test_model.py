@@ -168,9 +168,27 @@ class _Evil:
 def test_malicious_pickle_is_refused_without_executing(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"params_ema": {"x": _Evil()}}, path, pickle_protocol=2)
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(CheckpointError, match="refused to load") as err:
         load_model(path)
     assert not __import__("os").path.exists("/tmp/gtasr_pwned")
+    # the unpickler's reason is kept; torch's advice to retry with weights_only=False is not passed on
+    assert "GLOBAL eval" in str(err.value) and "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_non_pickle_and_non_finite_weights_get_their_own_one_line_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as err:
+        load_model(text)
+    assert "execute" not in str(err.value) and "weights_only" not in str(err.value)
+    state = build_model("demo").state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor '{key}' contains NaN or inf"):
+        load_model(tmp_path / "nan.safetensors", network_config="demo")
 
 
 def test_unknown_config_keys_are_listed():

@@ -375,6 +375,14 @@ def test_recipes_dry_run(name):
     assert '"recipe"' in result.output
 
 
+def test_unwritable_out_dir_is_a_one_line_error(tmp_path):
+    raw = _raw(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    raw["run"]["out_dir"] = str(tmp_path / "afile" / "run")  # under a file: cannot be created
+    with pytest.raises(ConfigError, match="run.out_dir .*cannot write there"):
+        train(config_from_dict(raw), perceptual=TinyPerceptual())
+
+
 def test_cli_reports_config_errors_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[data]\nroots = ["x"]\ncrop = 30\n[stage1]\nsteps = 1\n')
@@ -462,11 +470,14 @@ def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
     recipe = json.loads(load_config(REPO / "training" / "demo.toml").to_json())
     # options the trainer gained after these weights were trained: absent from their record, so the
     # recipe must leave them at the defaults (= the behaviour that trained the weights)
-    later = {"data": {"cache_images": False, "lr_in_loader": False}}
-    for section, options in later.items():
-        for key, default in options.items():
-            if key not in stored[section]:
-                assert recipe[section].pop(key) == default, f"training/demo.toml sets {section}.{key}"
+    later = {("data", "cache_images"): False, ("data", "lr_in_loader"): False,
+             ("stage1", "loss", "ct_weight"): 1.0, ("stage1", "loss", "top_index_prob"): None}
+    for (*section, key), default in later.items():
+        held, wanted = stored, recipe
+        for name in section:
+            held, wanted = held[name], wanted[name]
+        if key not in held:
+            assert wanted.pop(key) == default, f"training/demo.toml sets {'.'.join(section)}.{key}"
     assert stored == recipe
     steps = json.loads(meta["steps"])
     card = (REPO / "gtasr_deploy" / "weights" / "MODEL_CARD.md").read_text()

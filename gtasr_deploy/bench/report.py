@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError
+from ..imageio import atomic_write_bytes
 from .cost import PAPER_DEVICE, PAPER_SECONDS_128
 
 SCHEMA = "gtasr-bench/1"
@@ -219,7 +220,7 @@ def build_report(result: dict[str, Any], *, costs: list[dict], projection: list[
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    atomic_write_bytes(path, (json.dumps(report, indent=1, sort_keys=False) + "\n").encode("utf-8"))
     return path
 
 

@@ -120,7 +120,11 @@ def _command(params: dict) -> str:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG of latency and throughput against tile size (needs matplotlib: the bench extra).")
 def main(**params):
-    """Benchmark GTASR per backend, precision, LR tile and batch; print the markdown report."""
+    """Benchmark GTASR per backend, precision, LR tile and batch; print the markdown report.
+
+    Exit code: 0 every scenario ran or was skipped (a backend this machine cannot run), 1 some
+    scenario failed (the report still lists it), 2 usage error.
+    """
     try:
         report = _run(params)
     except GtasrError as err:
@@ -129,12 +133,17 @@ def main(**params):
     from ..bench.report import render_markdown
 
     click.echo(render_markdown(report), nl=False)
+    failed = [row for row in report["rows"] if row.get("status") == "failed"]
+    if failed:  # skipped scenarios (a backend this machine cannot run) are not failures
+        click.echo(f"error: {len(failed)} scenario(s) failed; first: {failed[0].get('reason')}", err=True)
+        sys.exit(1)
 
 
 def _run(params: dict) -> dict:
     from ..bench.cost import cost_tables
     from ..bench.report import build_report, render_markdown, write_json, write_plot
     from ..bench.runner import BACKENDS, BenchPlan, folder_images, run_scenarios, sample_lr_images
+    from ..imageio import atomic_write_bytes
 
     networks = _networks(params["preset"], params["network_config"], params["weights"])
     backends = _split(params["backends"], "backends")
@@ -152,6 +161,11 @@ def _run(params: dict) -> dict:
     threads = params["threads"] or os.cpu_count() or 1
     if threads < 1 or params["warmup"] < 0 or params["repeat"] < 1:
         raise ConfigError("--threads and --repeat must be >= 1, --warmup >= 0")
+    from ..batch import check_report_path
+
+    for option in ("out", "markdown", "plot"):  # before the (long) run, not after it
+        if params[option]:
+            check_report_path(params[option], f"--{option}")
     with tempfile.TemporaryDirectory(prefix="gtasr-bench-lr-") as lr_dir:
         images = {}
         if params["e2e"]:
@@ -174,7 +188,7 @@ def _run(params: dict) -> dict:
         write_json(report, params["out"])
     if params["markdown"]:
         Path(params["markdown"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(params["markdown"]).write_text(render_markdown(report), encoding="utf-8")
+        atomic_write_bytes(Path(params["markdown"]), render_markdown(report).encode("utf-8"))
     if params["plot"]:
         write_plot(report, params["plot"])
     return report

@@ -54,13 +54,21 @@ def main() -> None:
               help="Metric asset folder (default $GTASR_CACHE/assets or ~/.cache/gtasr_deploy/assets).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-image progress.")
 def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
-    """Score every image of SR_DIR (PSNR/SSIM on Y, BT.601, no border crop; LPIPS-Alex; LSD; NIQE)."""
+    """Score every image of SR_DIR (PSNR/SSIM on Y, BT.601, no border crop; LPIPS-Alex; LSD; NIQE).
+
+    Exit code: 0 every metric scored every image it applies to, 1 something was not scored (an
+    unreadable image, no SR/GT pair, a metric unavailable or left out for some images), 2 usage error.
+    """
     from ..evaluation.folders import format_summary, parse_metrics, score_folders, write_csv
 
     def progress(done, total, stem):
         click.echo(f"[{done}/{total}] {stem}", err=True)
 
+    from ..batch import check_report_path
+
     try:
+        if csv_path is not None:
+            check_report_path(csv_path, "--csv")  # before scoring, not after
         report = score_folders(sr_dir, gt_dir, metrics=parse_metrics(metrics), cache_dir=cache_dir,
                                progress=None if quiet else progress)
         if csv_path is not None:
@@ -68,6 +76,10 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     except GtasrError as exc:
         _fail(str(exc))
     click.echo(format_summary(report))
+    problems = report.problems()
+    for line in problems:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(1 if problems else 0)
 
 
 @main.command(context_settings=_CONTEXT)

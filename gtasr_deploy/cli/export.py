@@ -89,9 +89,11 @@ def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, o
 
 
 def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
+    from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
     from ..upscaler import preset_name, default_tile
 
+    check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
     model, name, preset, weights_sha = _load(weights, param_key, network_config, preset)
     if tile is None:  # the upscaler's default for this network (weights of a preset's shape count)
         tile = default_tile(model.config.size_multiple, preset or preset_name(model.config))

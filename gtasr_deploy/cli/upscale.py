@@ -23,6 +23,10 @@ def _resolve_device(device: str) -> str:
     import torch
 
     if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            _fail(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N")
         if device.startswith("cuda") and not torch.cuda.is_available():
             _fail(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
                   "use --device cpu or auto")
@@ -49,7 +53,7 @@ def _resolve_device(device: str) -> str:
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Torch engine precision (fp16 needs CUDA).")
+              help="Torch engine precision (fp16 is meant for CUDA; on a CPU it runs, slowly).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the unit noise added to up(LR).")
 @click.option("--tile", type=int, default=None,
               help="LR tile size in px (a multiple of the size rule); 0 = whole image. "
@@ -60,14 +64,14 @@ def _resolve_device(device: str) -> str:
               help="Share GroupNorm statistics across the tiles of an image (two passes): tiled output then "
                    "closely follows the whole image, without per-tile colour offsets. Default: on for the "
                    "torch backend, off (unsupported) for ONNX Runtime / TensorRT.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
 @click.option("--suffix", default="", help="Appended to output file stems, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, so re-runs resume).")
-@click.option("--max-pixels", type=int, default=50_000_000, show_default=True,
-              help="Refuse inputs with more pixels than this (decompression-bomb guard).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=50_000_000, show_default=True,
+              help="Refuse inputs with more pixels than this (decompression-bomb guard); 0 = no limit.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Process the K-th of N deterministic shares (0-based). Default: RANK/WORLD_SIZE if set.")
 @click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
@@ -85,11 +89,16 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
 
     if scale != 4:
         _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
+    if onnx_path is not None and weights is not None and backend != "torch":
+        _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
+    unreadable: list[str] = []
     try:
-        inputs = batch_mod.collect_inputs(input_path, exclude=output_dir)
+        inputs = batch_mod.collect_inputs(input_path, exclude=output_dir, unreadable=unreadable)
         jobs = batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix)
         jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
         batch_mod.check_output_dir(output_dir)
+        if json_report is not None:
+            batch_mod.check_report_path(json_report)
         if threads:
             import torch
 
@@ -120,7 +129,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         sys.exit(130)
     finally:
         upscaler.close()
-    sys.exit(result.exit_code)
+    for line in unreadable:  # folders the search could not enter: their images were not upscaled
+        click.echo(f"error: {line}", err=True)
+    sys.exit(1 if unreadable else result.exit_code)
 
 
 if __name__ == "__main__":

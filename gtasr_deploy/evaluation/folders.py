@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import socket
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, GtasrError, InputError
-from ..imageio import read_image
+from ..imageio import atomic_write_bytes, read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MEAN_ROW = "mean"  # stem of the CSV's last row, which holds the summary
@@ -157,6 +158,28 @@ class FolderReport:
     rows: tuple[ImageScore, ...]
     unavailable: Mapping[str, str]  # metric -> reason, metrics that ran on no image at all
     gt_without_sr: tuple[str, ...] = ()  # GT stems that have no SR image
+    unreadable: tuple[str, ...] = ()  # "<path>: <reason>" for SR/GT files that could not be decoded
+    gt_given: bool = False
+
+    def problems(self) -> list[str]:
+        """One line per thing that failed: unreadable files, no SR/GT pair at all, and metrics that
+        scored none of the images they apply to or left some out. Empty when everything scored."""
+        lines = list(self.unreadable)
+        paired = sum(r.gt_path is not None for r in self.rows)
+        if self.gt_given and self.rows and not paired:
+            lines.append("no SR image pairs with a GT image (files pair by stem)")
+        for name, (_, count) in self.summary().items():
+            if name in self.unavailable:
+                lines.append(f"{name}: unavailable: {self.unavailable[name]}")
+                continue
+            # an SR image without a GT is not a failure of a full-reference metric: it does not apply
+            applies = [r for r in self.rows if r.gt_path is not None or not METRICS[name].full_reference]
+            left_out = [f"{r.stem}: {r.notes[name]}" for r in applies if name in r.notes]
+            if left_out:
+                lines.append(f"{name}: {len(left_out)} image(s) not scored, e.g. {left_out[0]}")
+            elif count == 0 and applies:
+                lines.append(f"{name}: scored no image")
+        return lines
 
     def summary(self) -> dict[str, tuple[float, int]]:
         """metric -> (mean over images where it is not NaN, count); (NaN, 0) when none. inf propagates."""
@@ -253,7 +276,8 @@ def score_folders(sr_dir: str | Path, gt_dir: str | Path | None = None, *,
     """Score every image of ``sr_dir`` (pairs with ``gt_dir`` by stem when given); see module doc.
 
     ``scorer`` reuses built models across folders (its metrics then win over ``metrics``).
-    Raises InputError for a missing/empty folder or an unreadable image.
+    Raises InputError for a missing/empty folder; unreadable images are listed in the report's
+    ``unreadable`` (see :meth:`FolderReport.problems`) and the others are scored.
     """
     if scorer is None:
         metrics = parse_metrics(metrics)
@@ -269,17 +293,24 @@ def score_folders(sr_dir: str | Path, gt_dir: str | Path | None = None, *,
     if not srs:
         raise InputError(f"{sr_dir}: no images ({', '.join(IMAGE_SUFFIXES)}); expected SR outputs")
     gts = list_images(gt_dir) if gt_dir is not None else {}
-    rows = []
+    rows, unreadable = [], []
     for i, (stem, sr_path) in enumerate(srs.items()):
         gt_path = gts.get(stem)
-        sr = read_image(sr_path).rgb
-        gt = read_image(gt_path).rgb if gt_path is not None else None
+        try:
+            sr = read_image(sr_path).rgb
+            gt = read_image(gt_path).rgb if gt_path is not None else None
+        except InputError as exc:  # one bad file: say which, score the rest
+            unreadable.append(str(exc))
+            if progress is not None:
+                progress(i + 1, len(srs), stem)
+            continue
         values, notes = scorer.score(sr, gt)
         rows.append(ImageScore(stem=stem, sr_path=sr_path, gt_path=gt_path, values=values, notes=notes))
         if progress is not None:
             progress(i + 1, len(srs), stem)
     return FolderReport(metrics=scorer.metrics, rows=tuple(rows), unavailable=dict(scorer.unavailable),
-                        gt_without_sr=tuple(s for s in gts if s not in srs))
+                        gt_without_sr=tuple(s for s in gts if s not in srs), unreadable=tuple(unreadable),
+                        gt_given=gt_dir is not None)
 
 
 # ------------------------------------------------------------------------------------- output
@@ -291,20 +322,25 @@ def _cell(value: float) -> str:
 def write_csv(report: FolderReport, path: str | Path) -> None:
     """Per-image CSV (stem, sr, gt, metrics..., notes), then one ``mean`` row with the summary.
 
-    Values are written with ``repr`` so ``float(cell)`` gives back the exact number."""
+    Values are written with ``repr`` so ``float(cell)`` gives back the exact number. The file is
+    written atomically (an interrupted run leaves no half CSV); InputError when it cannot be."""
     path = Path(path)
-    if path.parent != Path():
-        path.parent.mkdir(parents=True, exist_ok=True)
     summary = report.summary()
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["stem", "sr", "gt", *report.metrics, "notes"])
-        for row in report.rows:
-            notes = "; ".join(f"{k}: {v}" for k, v in row.notes.items())
-            writer.writerow([row.stem, str(row.sr_path), str(row.gt_path or ""),
-                             *(_cell(row.values[m]) for m in report.metrics), notes])
-        unavailable = "; ".join(f"{k}: unavailable: {v}" for k, v in report.unavailable.items())
-        writer.writerow([MEAN_ROW, "", "", *(_cell(summary[m][0]) for m in report.metrics), unavailable])
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(["stem", "sr", "gt", *report.metrics, "notes"])
+    for row in report.rows:
+        notes = "; ".join(f"{k}: {v}" for k, v in row.notes.items())
+        writer.writerow([row.stem, str(row.sr_path), str(row.gt_path or ""),
+                         *(_cell(row.values[m]) for m in report.metrics), notes])
+    unavailable = "; ".join(f"{k}: unavailable: {v}" for k, v in report.unavailable.items())
+    writer.writerow([MEAN_ROW, "", "", *(_cell(summary[m][0]) for m in report.metrics), unavailable])
+    try:
+        if path.parent != Path():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, fh.getvalue().encode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"--csv {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def format_value(name: str, value: float) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, EngineBuildError
+from ..imageio import atomic_write_bytes
 from ..model.precond import Denoiser
 from .trt_cache import file_sha256, sidecar_path_for, validate_onnx_sidecar
 
@@ -187,7 +188,7 @@ def write_sidecar(onnx_path: Path, *, model: Denoiser, tile_lr: tuple[int, int],
     }
     validate_onnx_sidecar(sidecar, where=f"export sidecar for {onnx_path}")
     path = sidecar_path_for(onnx_path)
-    path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(path, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
     return sidecar
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,18 +51,35 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
+def _torch_detail(exc: BaseException) -> str:
+    """The unpickler's own reason from a torch.load error, one sentence. torch wraps it in generic
+    advice (including the unsafe 'retry with weights_only=False'), which must not reach the user."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        reason = ln.split("WeightsUnpickler error:", 1)[1].strip() if "WeightsUnpickler error:" in ln else ln
+        if "GLOBAL" in reason or reason.startswith("Unsupported"):
+            return reason.split(". ")[0].rstrip(".")
+    for ln in lines:
+        if "weights_only" not in ln and not ln.startswith(("(", "Check the documentation", "Please file")):
+            return ln
+    return type(exc).__name__
+
+
 def _read_pickle(path: Path) -> Any:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's warning about old pickle protocols
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle contains objects other than tensors and plain containers "
-            f"(weights_only=True); it may execute code. Detail: {first}"
-        ) from None
+        detail = _torch_detail(exc)
+        if "GLOBAL" in detail:
+            raise CheckpointError(
+                f"{path}: refused to load: the pickle references objects other than tensors and plain containers "
+                f"({detail}); loading it could execute code"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {_torch_detail(exc)}") from None
 
 
 def _select_state(obj: Any, path: Path, param_key: str) -> dict[str, torch.Tensor]:
@@ -124,6 +142,9 @@ def read_checkpoint(path: str | Path, *, param_key: str = "params_ema") -> tuple
         state, meta = _read_safetensors(path)
     else:
         state, meta = _select_state(_read_pickle(path), path, param_key), {}
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor '{key}' contains NaN or inf values (damaged or diverged weights)")
     return clean_state_dict(state), meta
 
 
@@ -134,15 +155,16 @@ def load_model(path: str | Path, *, network_config: "str | NetworkConfig | Mappi
     The config comes from ``network_config`` (preset name, dict in our or the authors' names, or a
     JSON path), else from the safetensors metadata, else it is inferred from the tensor shapes."""
     state, meta = read_checkpoint(path, param_key=param_key)
-    try:
-        if network_config is not None:
-            cfg = resolve_config(network_config)
-        elif "network_config" in meta:
-            cfg = NetworkConfig.from_dict(json.loads(meta["network_config"]))
-        else:
-            cfg = infer_config(state)
-    except (ConfigError, KeyError, IndexError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot determine the network config ({exc}); pass --network-config") from None
+    if network_config is not None:  # a bad --network-config is reported as the config's problem
+        cfg = resolve_config(network_config)
+    else:
+        try:
+            if "network_config" in meta:
+                cfg = NetworkConfig.from_dict(json.loads(meta["network_config"]))
+            else:
+                cfg = infer_config(state)
+        except (ConfigError, KeyError, IndexError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot determine the network config ({exc}); pass --network-config") from None
     model = Denoiser(cfg)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state)

@@ -175,7 +175,12 @@ def resolve_config(spec: "str | NetworkConfig | Mapping[str, Any] | Path") -> Ne
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"unknown preset or missing config file {str(spec)!r}; presets: {sorted(PRESETS)}")
-        spec = json.loads(path.read_text())
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"network config {path}: not a readable JSON file ({exc})") from None
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"network config {path}: expected a JSON object, got {type(spec).__name__}")
     if isinstance(spec, Mapping):
         if "swin_params" in spec or "model_type" in spec:
             return from_authors(spec)

@@ -324,8 +324,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
         raise ConfigError(f"{out} already holds checkpoints of an earlier run; pass --resume to continue it, "
                           "or choose another --out (or delete the folder) to start over")
     if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json())
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(cfg.to_json())
+        except OSError as exc:
+            raise ConfigError(f"run.out_dir {out}: cannot write there ({exc.strerror or exc}); "
+                              "choose another --out or fix its permissions") from None
         files = cached_file_list(cfg.data.roots, out / "files.json")
     if env.world > 1:
         dist.barrier()  # the other ranks read the list rank 0 wrote: every rank sees the same files

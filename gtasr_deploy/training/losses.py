@@ -74,6 +74,10 @@ class StageIConfig:
     may shift them towards fidelity, and a 0 LPIPS weight skips LPIPS entirely. ``lpips_start``: the
     stage-I step from which LPIPS is on; before it d_I is its Charbonnier term alone (a cheap
     fidelity warm-up: LPIPS-VGG is most of a CPU step). 0 = from the start (the paper).
+    ``ct_weight``: the weight of L_CT (1 in the paper); 0 drops the consistency term (and its target
+    forward), leaving ta_weight·L_TA, a direct x0 term. ``top_index_prob``: None draws i ~ U{1..K}
+    (the paper); p draws i = K (σ = 1, the state one-step inference starts from) with probability p,
+    else i ~ U{1..K-1}.
     CTMSR's stage I is ``p=1`` with ``ctmsr=True``."""
 
     p: float = 2.5
@@ -85,8 +89,15 @@ class StageIConfig:
     w_lpips: float = D_I[0]
     w_charbonnier: float = D_I[1]
     lpips_start: int = 0
+    ct_weight: float = 1.0
+    top_index_prob: float | None = None
 
     def __post_init__(self) -> None:
+        if self.ct_weight < 0 or not self.ct_weight + self.ta_weight > 0:
+            raise ConfigError(f"stage I config: ct_weight={self.ct_weight}, ta_weight={self.ta_weight}; expected "
+                              "both >= 0 and not both 0 (the paper: 1 and 0.5)")
+        if self.top_index_prob is not None and not 0.0 <= self.top_index_prob <= 1.0:
+            raise ConfigError(f"stage I config: top_index_prob={self.top_index_prob}; expected a probability or unset")
         if not self.p > 0:
             raise ConfigError(f"stage I config: p={self.p}; expected p > 0 (2.5 for GTASR, 1 for CTMSR)")
         if not 1 <= self.k_end <= self.k_start:
@@ -277,9 +288,14 @@ def _check_batch(batch: Batch) -> None:
         )
 
 
-def _draw_index(generator: torch.Generator, k: int) -> int:
-    """One grid index i ~ U{1..K} for the whole batch."""
-    return int(torch.randint(1, k + 1, (1,), generator=generator))
+def _draw_index(generator: torch.Generator, k: int, top_prob: float | None = None) -> int:
+    """One grid index for the whole batch: i ~ U{1..K}, or i = K with probability ``top_prob`` and
+    i ~ U{1..K-1} otherwise."""
+    if top_prob is None:
+        return int(torch.randint(1, k + 1, (1,), generator=generator))
+    if k == 1 or float(torch.rand((), generator=generator, dtype=torch.float64)) < top_prob:
+        return k
+    return int(torch.randint(1, k, (1,), generator=generator))
 
 
 def _draw_noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -296,12 +312,17 @@ def _sigmas(i: int, k: int, p: float, like: torch.Tensor) -> torch.Tensor:
 def _consistency(
     net: nn.Module, batch: Batch, up_lq: torch.Tensor, i: int, k: int, p: float, eps: torch.Tensor,
     perceptual: Perceptual, dist: Callable[[torch.Tensor, torch.Tensor, Perceptual], torch.Tensor],
+    with_target: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̂0, L_CT per sample). x̂0 = D_θ(x_i, s_i) in train mode; target D_θ⁻(x_{i-1}, s_{i-1}) in
     eval mode without grad, or x0 itself when i-1 = 0. Both states share ``eps``; ``dist`` is the
-    stage's d_I."""
+    stage's d_I. ``with_target=False``: x̂0 only, L_CT zeros (no target forward)."""
     x0, lq = batch.x0, batch.lq
     s_cur, s_prev = _sigmas(i, k, p, x0), _sigmas(i - 1, k, p, x0)
+    if not with_target:
+        with _mode(net, True):
+            x0_hat = net(q_sample(x0, up_lq, s_cur, eps), s_cur, lq)
+        return x0_hat, x0_hat.new_zeros(x0.shape[0])
     if i - 1 == 0:
         target = x0
     else:
@@ -326,7 +347,7 @@ def stage1_losses(
     generator: torch.Generator,
     ctmsr: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Stage I loss L = L_CT + ta_weight·L_TA (``ctmsr``: L_CT only, no TA noise drawn).
+    """Stage I loss L = ct_weight·L_CT + ta_weight·L_TA (``ctmsr``: L_CT only, no TA noise drawn).
 
     L_TA = Σ_{j=1..K-1} mean_batch d_I(Q(x̂0,y0,j,eps_j), Q(x0,y0,j,eps_j)), one fresh eps_j per j
     shared by both sides. K = num_intervals(step, k_schedule_steps or total_steps, k_start, k_end).
@@ -334,11 +355,11 @@ def stage1_losses(
     """
     _check_batch(batch)
     k = num_intervals(step, cfg.k_schedule_steps or total_steps, cfg.k_start, cfg.k_end)
-    i = _draw_index(generator, k)
+    i = _draw_index(generator, k, cfg.top_index_prob)
     eps = _draw_noise(generator, batch.x0)
     up_lq = up(batch.lq)
     dist = cfg.distance_at(step)
-    x0_hat, ct = _consistency(net, batch, up_lq, i, k, cfg.p, eps, perceptual, dist)
+    x0_hat, ct = _consistency(net, batch, up_lq, i, k, cfg.p, eps, perceptual, dist, with_target=cfg.ct_weight > 0)
     loss_ct = ct.mean()
     loss_ta = loss_ct.new_zeros(())
     if not ctmsr:
@@ -348,7 +369,7 @@ def stage1_losses(
             s_j = _sigmas(j, k, cfg.p, batch.x0)
             ta_j = dist(q_sample(x0_hat, up_lq, s_j, eps_j), q_sample(batch.x0, up_lq, s_j, eps_j), perceptual)
             loss_ta = loss_ta + ta_j.mean()
-    loss = loss_ct if ctmsr else loss_ct + cfg.ta_weight * loss_ta
+    loss = cfg.ct_weight * loss_ct if ctmsr else cfg.ct_weight * loss_ct + cfg.ta_weight * loss_ta
     return {
         "loss": loss,
         "ct": loss_ct.detach(),
