@@ -590,5 +590,6 @@ def test_stage1_without_ct_is_the_direct_term_alone_and_skips_the_target_forward
     with_ct = stage1_losses(Spy(tiny_net()), b, step=0, total_steps=100, cfg=StageIConfig(ta_weight=2.0),
                             perceptual=StandIn(), generator=gen(seed))
     assert with_ct["ct"].item() > 0  # same draws with the paper's weight: the CT term is there
-    with pytest.raises(ConfigError, match="ct_weight"):
-        StageIConfig(ct_weight=0.0, ta_weight=0.0)
+    for bad in (dict(ta_weight=0.0), dict(ta_levels=0), dict(k_start=4, k_end=1)):  # nothing left to train on
+        with pytest.raises(ConfigError, match="ct_weight"):
+            StageIConfig(ct_weight=0.0, **bad)

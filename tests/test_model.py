@@ -191,6 +191,17 @@ def test_non_pickle_and_non_finite_weights_get_their_own_one_line_errors(tmp_pat
         load_model(tmp_path / "nan.safetensors", network_config="demo")
 
 
+def test_bad_network_config_files_are_one_line_config_errors(tmp_path):
+    cases = {"text.json": "not json", "list.json": "[1, 2]", "values.json": '{"channel_mult": [1, "x"]}',
+             "authors.json": '{"swin_params": "abc"}'}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_model(Path(__file__).parent / "data" / "upstream_tiny" / "checkpoint.pth",
+                       network_config=tmp_path / name)
+        assert "\n" not in str(err.value) and "network config" in str(err.value), name
+
+
 def test_unknown_config_keys_are_listed():
     with pytest.raises(ConfigError, match="unknown keys \\['bogus'\\]"):
         NetworkConfig.from_dict({"bogus": 1})

@@ -201,12 +201,36 @@ def test_lengthened_stage_by_resume_equals_one_run_of_the_final_recipe(tmp_path)
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
 
 
-def test_lr_made_in_the_loader_workers_trains_exactly_like_lr_made_in_the_step(tmp_path):
+class _LoaderStop(Exception):
+    """Raised in a loader worker; module-level so the worker can send it back (pickle)."""
+
+
+def test_lr_made_in_the_loader_workers_trains_exactly_like_lr_made_in_the_step(tmp_path, monkeypatch):
+    from gtasr_deploy.training import loop
+
     ref = train(config_from_dict(_raw(tmp_path / "a")), perceptual=TinyPerceptual())
+    assert ref is not None
+    in_step = []
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, hr, lq=None: (in_step.append(lq is None),
+                                                                           original(self, hr, lq))[1])
     raw = _raw(tmp_path / "b")
     raw["data"].update(lr_in_loader=True, num_workers=2)
-    train(config_from_dict(raw), perceptual=TinyPerceptual())
-    assert ref is not None
+    cfg = config_from_dict(raw)
+    real_make_lq = loop.make_lq
+
+    def interrupted(*args):  # the loader's LR for stage-II batch 3 (in a worker): stop there, then resume
+        if args[1] == 2 and args[4] == 3:
+            raise _LoaderStop("interrupted")
+        return real_make_lq(*args)
+
+    monkeypatch.setattr(loop, "make_lq", interrupted)
+    with pytest.raises(_LoaderStop):
+        train(cfg, perceptual=TinyPerceptual())
+    assert ckpt.latest_checkpoint(cfg.run.out_path / "checkpoints").name == ckpt.checkpoint_name(2, 2)
+    monkeypatch.setattr(loop, "make_lq", real_make_lq)
+    train(cfg, resume=True, perceptual=TinyPerceptual())
+    assert in_step and not any(in_step)  # every step got its LR from the loader
     _assert_same_state(_final_state(tmp_path / "a" / "run"), _final_state(tmp_path / "b" / "run"))
 
 

@@ -182,9 +182,12 @@ def resolve_config(spec: "str | NetworkConfig | Mapping[str, Any] | Path") -> Ne
         if not isinstance(spec, Mapping):
             raise ConfigError(f"network config {path}: expected a JSON object, got {type(spec).__name__}")
     if isinstance(spec, Mapping):
-        if "swin_params" in spec or "model_type" in spec:
-            return from_authors(spec)
-        return NetworkConfig.from_dict(spec)
+        try:
+            if "swin_params" in spec or "model_type" in spec:
+                return from_authors(spec)
+            return NetworkConfig.from_dict(spec)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ConfigError(f"network config: invalid values ({type(exc).__name__}: {exc})") from None
     raise ConfigError(f"cannot interpret network config {spec!r}")
 
 

@@ -184,6 +184,9 @@ class TrainConfig:
             if self.data.batch_size % st.optim.grad_accum:
                 raise ConfigError(f"data.batch_size {self.data.batch_size} is not divisible by "
                                   f"stage{st.stage}.optim.grad_accum {st.optim.grad_accum}")
+        stage1 = self.stage(1)
+        if stage1 is not None and self.recipe == "ctmsr" and stage1.loss.ct_weight == 0:
+            raise ConfigError("recipe \"ctmsr\" trains stage I with L_CT alone: stage1.loss.ct_weight must be > 0")
         stage2 = self.stage(2)
         if stage2 is not None and (self.recipe == "ctmsr") != (getattr(stage2.loss, "recipe", "") == "ctmsr"):
             raise ConfigError(f"recipe {self.recipe!r} with stage2.loss.recipe {stage2.loss.recipe!r}; "

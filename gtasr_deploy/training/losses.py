@@ -96,6 +96,9 @@ class StageIConfig:
         if self.ct_weight < 0 or not self.ct_weight + self.ta_weight > 0:
             raise ConfigError(f"stage I config: ct_weight={self.ct_weight}, ta_weight={self.ta_weight}; expected "
                               "both >= 0 and not both 0 (the paper: 1 and 0.5)")
+        if self.ct_weight == 0 and (self.ta_levels == 0 or self.k_end < 2):
+            raise ConfigError(f"stage I config: ct_weight=0 leaves only L_TA, which needs ta_levels >= 1 (got "
+                              f"{self.ta_levels}) and K >= 2 throughout (k_end={self.k_end})")
         if self.top_index_prob is not None and not 0.0 <= self.top_index_prob <= 1.0:
             raise ConfigError(f"stage I config: top_index_prob={self.top_index_prob}; expected a probability or unset")
         if not self.p > 0:
