@@ -95,6 +95,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     try:
         inputs = batch_mod.collect_inputs(input_path, exclude=output_dir, unreadable=unreadable)
         jobs = batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix)
+        if len(jobs) < len(inputs) and not quiet:
+            click.echo(f"note: {len(inputs) - len(jobs)} file(s) left out: they are outputs of other inputs "
+                       "(the output folder is inside the input folder)", err=True)
         jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
         batch_mod.check_output_dir(output_dir)
         if json_report is not None:
