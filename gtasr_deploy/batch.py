@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -240,15 +240,36 @@ def local_device_from_env(env: Mapping[str, str] = os.environ, default: str = "c
     return f"cuda:{int(local_rank)}"
 
 
+def check_device(device: str) -> None:
+    """InputError unless ``device`` names a torch device that exists here (``auto`` always does)."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+
+
+def _prove_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write + remove a probe file in it; OSError when that fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".gtasr-write-probe-{os.getpid()}"
+    atomic_write_bytes(probe, b"")
+    probe.unlink()
+
+
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` if needed and prove it writable with a probe file — before any work."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output {out_dir} is a file, not a folder; give a folder for the results")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / ".gtasr-write-probe", b"")
-        (out_dir / ".gtasr-write-probe").unlink()
+        _prove_writable(out_dir)
     except OSError as exc:
         raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
                          "another folder or fix its permissions") from None
@@ -261,10 +282,7 @@ def check_report_path(path: str | os.PathLike, option: str = "--json") -> Path:
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name for the report")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".gtasr-write-probe-{os.getpid()}"
-        atomic_write_bytes(probe, b"")
-        probe.unlink()
+        _prove_writable(path.parent)
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
     return path
@@ -314,7 +332,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
         if json_report is not None:
             problem = _write_report(Path(json_report), result, err)
             if problem:
-                result = BatchSummary(records=result.records, interrupted=interrupted, report_error=problem)
+                result = replace(result, report_error=problem)
         if summary:
             print(result.line(), file=err)
     return result

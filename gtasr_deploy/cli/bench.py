@@ -65,13 +65,13 @@ def _check_tiles(networks, tiles: tuple[int, ...]) -> None:
 
 
 def _device(device: str) -> str:
+    from ..batch import check_device
+
+    check_device(device)
+    if device != "auto":
+        return device
     import torch
 
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
-                              "use --device cpu or auto")
-        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -110,13 +110,10 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     from ..evaluation.compare import CompareConfig, run_compare
     from ..evaluation.peers import MethodOptions
 
-    import torch
+    from ..batch import check_device
 
     try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        _fail(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N")
-    try:
+        check_device(device)
         config = CompareConfig(
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()), degrade=degrade, seed=seed,
             metrics=metrics, crop_px=crop, cache_dir=cache_dir,

@@ -18,19 +18,13 @@ def _fail(message: str) -> None:
 
 
 def _resolve_device(device: str) -> str:
-    from ..batch import local_device_from_env
+    from ..batch import check_device, local_device_from_env
 
+    check_device(device)
+    if device != "auto":
+        return device
     import torch
 
-    if device != "auto":
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError):
-            _fail(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            _fail(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
-                  "use --device cpu or auto")
-        return device
     return local_device_from_env(default="cuda") if torch.cuda.is_available() else "cpu"
 
 

@@ -229,8 +229,7 @@ def make_loader(files: Sequence[str], *, crop: int, batch_size: int, seed: int, 
     Each worker builds whole batches (``num_workers`` batches in flight)."""
     sampler = StepSampler(len(files), batch_size, seed=seed, start_batch=start_batch, num_batches=num_batches,
                           rank=rank, world_size=world_size)
-    stop = None if num_batches is None else start_batch + num_batches
-    order = range(start_batch, stop) if stop is not None else itertools.count(start_batch)
+    order = itertools.count(start_batch) if num_batches is None else range(start_batch, start_batch + num_batches)
     dataset = BatchDataset(CropDataset(files, crop, augment, cache_images), sampler, transform)
     return DataLoader(dataset, sampler=order, batch_size=None, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),

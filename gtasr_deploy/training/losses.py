@@ -322,18 +322,15 @@ def _consistency(
     stage's d_I. ``with_target=False``: x̂0 only, L_CT zeros (no target forward)."""
     x0, lq = batch.x0, batch.lq
     s_cur, s_prev = _sigmas(i, k, p, x0), _sigmas(i - 1, k, p, x0)
-    if not with_target:
-        with _mode(net, True):
-            x0_hat = net(q_sample(x0, up_lq, s_cur, eps), s_cur, lq)
-        return x0_hat, x0_hat.new_zeros(x0.shape[0])
-    if i - 1 == 0:
+    target = None
+    if with_target and i - 1 == 0:
         target = x0
-    else:
+    elif with_target:
         with torch.no_grad(), _mode(net, False):
             target = net(q_sample(x0, up_lq, s_prev, eps), s_prev, lq)
     with _mode(net, True):
         x0_hat = net(q_sample(x0, up_lq, s_cur, eps), s_cur, lq)
-    return x0_hat, dist(x0_hat, target, perceptual)
+    return x0_hat, x0_hat.new_zeros(x0.shape[0]) if target is None else dist(x0_hat, target, perceptual)
 
 
 # --- stage I ---------------------------------------------------------------------------------
