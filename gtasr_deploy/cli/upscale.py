@@ -47,7 +47,7 @@ def _resolve_device(device: str) -> str:
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Torch engine precision (fp16 is meant for CUDA; on a CPU it runs, slowly).")
+              help="Torch engine precision (fp16 is meant for CUDA; it also runs on a CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the unit noise added to up(LR).")
 @click.option("--tile", type=int, default=None,
               help="LR tile size in px (a multiple of the size rule); 0 = whole image. "
