@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from .atomic import atomic_write_bytes
 from .errors import InputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -328,41 +328,3 @@ def _encode_tiff16(pixels: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("OpenCV could not encode the 16-bit TIFF")
     return buffer.tobytes()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden temp file in the same folder + fsync + rename.
-
-    An interrupt at any point leaves either the old file or the new one, never a partial one;
-    the temp file is removed on any exception (only SIGKILL/power loss can leave a ``.gtasr-*.tmp``).
-    """
-    path = Path(path)
-    while True:
-        temp = path.parent / f".gtasr-{secrets.token_hex(6)}.tmp"
-        try:
-            # 0o666 through the umask, as a normal file (mkstemp's 0o600 would hide outputs).
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; best effort (not every OS/filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError
-from ..imageio import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .cost import PAPER_DEVICE, PAPER_SECONDS_128
 
 SCHEMA = "gtasr-bench/1"

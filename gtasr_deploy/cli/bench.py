@@ -143,7 +143,7 @@ def _run(params: dict) -> dict:
     from ..bench.cost import cost_tables
     from ..bench.report import build_report, render_markdown, write_json, write_plot
     from ..bench.runner import BACKENDS, BenchPlan, folder_images, run_scenarios, sample_lr_images
-    from ..imageio import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     networks = _networks(params["preset"], params["network_config"], params["weights"])
     backends = _split(params["backends"], "backends")

@@ -26,7 +26,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, GtasrError, InputError
-from ..imageio import atomic_write_bytes, read_image
+from ..atomic import atomic_write_bytes
+from ..imageio import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MEAN_ROW = "mean"  # stem of the CSV's last row, which holds the summary

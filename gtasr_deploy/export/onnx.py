@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, EngineBuildError
-from ..imageio import atomic_write_bytes
+from ..atomic import atomic_path, atomic_write_bytes
 from ..model.precond import Denoiser
 from .trt_cache import file_sha256, sidecar_path_for, validate_onnx_sidecar
 
@@ -133,12 +132,8 @@ def _save_atomic(save: Callable[[Path, bool], None], onnx_path: Path, size_bytes
     if size_bytes > PROTOBUF_LIMIT * 0.9:
         save(onnx_path, True)
         return
-    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(onnx_path) as tmp:
         save(tmp, False)
-        os.replace(tmp, onnx_path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_graph(onnx_path: Path) -> tuple[int, list[str], list[str]]:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
 from . import trt_cache
 
@@ -148,7 +149,7 @@ def _save_timing_cache(config, path: Path | None) -> None:
         return
     cache = config.get_timing_cache()
     if cache is not None:
-        trt_cache.atomic_write_bytes(path, bytes(cache.serialize()))
+        atomic_write_bytes(path, bytes(cache.serialize()))
 
 
 def build_serialized_engine(onnx_path: str | Path, onnx_sidecar: dict, *,
@@ -221,7 +222,7 @@ def get_or_build_engine(onnx_path: str | Path, *, cache_dir: str | Path = "engin
         trt_version=spec.trt_version, gpu_name=spec.gpu_name, compute_capability=spec.compute_capability)
     data = build_serialized_engine(onnx_path, sidecar, workspace_gb=workspace_gb,
                                    timing_cache_path=timing_path, log=log)
-    trt_cache.atomic_write_bytes(engine_path, data)
+    atomic_write_bytes(engine_path, data)
     trt_cache.write_engine_sidecar(engine_path, spec, size_multiple=sidecar["size_multiple"],
                                    extra={"onnx_path": str(onnx_path), "workspace_gb": workspace_gb,
                                           "opset": sidecar["opset"]})

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from ..errors import ConfigError
 from ..hashing import file_sha256  # noqa: F401  (re-exported: trt_cache.file_sha256)
 
@@ -209,19 +209,6 @@ def timing_cache_file_name(*, trt_version: str, gpu_name: str, compute_capabilit
 
 def engine_sidecar_path(engine_path: str | Path) -> Path:
     return Path(engine_path).with_suffix(".json")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file + rename so a crash never leaves a truncated engine behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_engine_sidecar(engine_path: str | Path, spec: EngineSpec, *, size_multiple: int,

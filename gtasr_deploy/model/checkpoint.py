@@ -7,7 +7,6 @@ safetensors otherwise. Every problem becomes a one-line :class:`CheckpointError`
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 import zipfile
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError, ConfigError
 from ..hashing import file_sha256  # noqa: F401  (re-exported: callers hash weights files)
 from .config import NetworkConfig, infer_config, resolve_config
@@ -180,10 +180,6 @@ def save_model(model: Denoiser, path: str | Path, *, metadata: Mapping[str, str]
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "network_config": model.config.to_json()}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

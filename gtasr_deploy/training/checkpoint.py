@@ -11,7 +11,6 @@ newest one (highest stage, then step). Stage ends are kept as ``stage<k>_final.p
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 FORMAT = "gtasr-train/1"
@@ -39,16 +39,8 @@ def final_name(stage: int) -> str:
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

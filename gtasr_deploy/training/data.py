@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..atomic import atomic_write_text
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,7 @@ def cached_file_list(roots: Sequence[str | Path], cache: str | Path | None) -> l
             log.warning("file-list cache %s is unreadable; rescanning", cache)
     files = scan_images(roots)
     if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{cache}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"roots": key, "files": files}))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps({"roots": key, "files": files}))
     return files
 
 

@@ -9,13 +9,15 @@ file never holds the same step twice.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from tqdm import tqdm
+
+from ..atomic import atomic_write_text
 
 _FIRST = ("time", "stage", "step")
 
@@ -84,13 +86,11 @@ class RunLogger:
                 self._tb.add_scalar(f"stage{stage}/{key}", float(value), step)
 
     def _rewrite(self) -> None:
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, buffer.getvalue())
 
     def close(self) -> None:
         if self._tb is not None:

