@@ -119,21 +119,51 @@ def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, stage_number):
     assert after < 0.9 * before, (before, after)
 
 
-def test_stage2_refreshes_target_at_multiples(tmp_path):
+def _stage1_result(tr: Trainer) -> tuple[dict, dict]:
+    """A stage-I (params, params_ema) pair for ``tr``'s network, with the EMA distinct from θ."""
+    params = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    gen = torch.Generator().manual_seed(11)
+    ema = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
+           for k, v in params.items()}
+    return params, ema
+
+
+def _same(state: dict, reference: dict) -> bool:
+    return all(torch.equal(value, reference[key]) for key, value in state.items())
+
+
+def test_stage2_target_keeps_the_stage1_ema_until_the_first_refresh(tmp_path):
+    """θ' starts as the stage-I params_ema (SPEC §5) and keeps them for steps 0..R-1: no refresh at
+    step 0. At step R it becomes θ as it enters that step, then stays put until 2R."""
+    cfg = config_from_dict(_raw(tmp_path, stage2={"steps": 8, "target_refresh": 3, "optim": {"lr": 1e-3}}))
+    tr = Trainer(cfg, cfg.stage(2), Dist(), TinyPerceptual())
+    params, ema = _stage1_result(tr)
+    tr.init_from_stage1(params, ema)
+    hr, lq = _fixed_batch(tmp_path)
+    for _ in range(3):  # steps 0, 1, 2 < target_refresh
+        tr.train_step(hr, lq)
+        assert _same(tr.target.state_dict(), ema), f"θ' left the stage-I EMA before step {tr.step}"
+    assert not _same(tr.net.state_dict(), params)  # θ did move meanwhile
+    assert not tr.target.training and not any(p.requires_grad for p in tr.target.parameters())
+    entering = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    tr.train_step(hr, lq)  # step 3 = target_refresh: θ' ← θ (the weights entering step 3)
+    assert _same(tr.target.state_dict(), entering) and not _same(tr.target.state_dict(), ema)
+    tr.train_step(hr, lq)  # step 4: no refresh while θ moves on
+    assert _same(tr.target.state_dict(), entering) and not _same(tr.net.state_dict(), entering)
+
+
+def test_stage2_first_step_uses_the_stage1_ema_as_target(tmp_path):
+    """The stage-II loss at step 0 is computed against θ' = params_ema, not θ."""
     cfg = config_from_dict(_raw(tmp_path))
     tr = Trainer(cfg, cfg.stage(2), Dist(), TinyPerceptual())
-    hr, lq = _fixed_batch(tmp_path)
-    key = next(k for k, v in tr.net.state_dict().items() if v.is_floating_point() and "conv" in k)
-    tr.target.state_dict()[key].add_(1.0)  # make θ' differ from θ
-    tr.train_step(hr, lq)  # step 0: θ' ← θ before the update
-    after_first = tr.target.state_dict()[key].clone()
-    assert not tr.target.training and not any(p.requires_grad for p in tr.target.parameters())
-    tr.train_step(hr, lq)  # step 1: no refresh while θ moves on
-    theta_after_step1 = tr.net.state_dict()[key].clone()
-    assert torch.equal(tr.target.state_dict()[key], after_first)
-    assert not torch.equal(theta_after_step1, after_first)
-    tr.train_step(hr, lq)  # step 2 = target_refresh: θ' ← θ (the weights entering step 2)
-    assert torch.equal(tr.target.state_dict()[key], theta_after_step1)
+    params, ema = _stage1_result(tr)
+    tr.init_from_stage1(params, ema)
+    seen = []
+    original = tr.losses
+    tr.losses = lambda batch, gen: (seen.append({k: v.clone() for k, v in tr.target.state_dict().items()}),
+                                    original(batch, gen))[1]
+    tr.train_step(*_fixed_batch(tmp_path))
+    assert len(seen) == 1 and _same(seen[0], ema)
 
 
 # --- end to end, resume, divergence --------------------------------------------------------------

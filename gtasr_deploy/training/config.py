@@ -148,7 +148,7 @@ class StageConfig:
     steps: int
     optim: OptimConfig = OptimConfig()
     loss: Any = None
-    target_refresh: int = 1000  # stage II: θ' ← θ at step % target_refresh == 0
+    target_refresh: int = 1000  # stage II: θ' ← θ at steps k > 0 with k % target_refresh == 0 (θ' = stage-I EMA before)
     init: str = ""  # stage II alone: stage-I training checkpoint or official .pth
 
     def __post_init__(self) -> None:

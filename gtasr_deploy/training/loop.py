@@ -184,8 +184,10 @@ class Trainer:
         """hr: (B,3,crop,crop) float [0,1] on the device; lq: its (B,3,crop/4,crop/4) [0,1] LR, made
         here by the degradation when None. Returns the logged terms (batch means)."""
         seed, st, rank = self.cfg.run.seed, self.stage.stage, self.env.rank
-        if self.target is not None and self.step % self.stage.target_refresh == 0:
-            self.target.load_state_dict(self.net.state_dict())  # θ' ← θ (release: step % 1000 == 0)
+        if self.target is not None and self.step > 0 and self.step % self.stage.target_refresh == 0:
+            # θ' ← θ. Never at step 0: θ' starts as the stage-I params_ema and keeps them until the
+            # first refresh (the release: until iteration 1000 with a refresh every 1000).
+            self.target.load_state_dict(self.net.state_dict())
         torch.manual_seed(_seed(seed, "dropout", st, self.step, rank))
         if lq is None:
             lq = make_lq(self.cfg, st, rank, hr, self.step)
