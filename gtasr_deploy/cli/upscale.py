@@ -62,6 +62,12 @@ def _resolve_device(device: str) -> str:
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@click.option("--video-codec", default=None,
+              help="Video encoder for video inputs (.mp4 .mkv .mov .webm .avi): libx264 (default; libvpx-vp9 for "
+                   ".webm), libx265, libvpx-vp9, ffv1 (lossless), ... Audio/subtitles are copied as they are.")
+@click.option("--crf", type=click.IntRange(0, 63), default=None,
+              help="Video constant quality (lower is better) for libx264/libx265/VP9/AV1. Default: 18.")
+@click.option("--pix-fmt", default=None, help="Video pixel format. Default: yuv420p (plays everywhere).")
 @click.option("--suffix", default="", help="Appended to output file stems, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, so re-runs resume).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=50_000_000, show_default=True,
@@ -73,7 +79,7 @@ def _resolve_device(device: str) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
          precision, seed, tile, tile_overlap, batch, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
-         shard, json_report, quiet):
+         shard, json_report, quiet, video_codec, crf, pix_fmt):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
 
     Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped.
@@ -87,13 +93,16 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
     unreadable: list[str] = []
     try:
-        inputs = batch_mod.collect_inputs(input_path, exclude=output_dir, unreadable=unreadable)
+        video_jobs = _plan_videos(input_path, output_dir, suffix)
+        inputs = [] if video_jobs and input_path.is_file() else _collect_images(
+            input_path, output_dir, unreadable, allow_none=bool(video_jobs))
         jobs = batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix)
         if len(jobs) < len(inputs) and not quiet:
             click.echo(f"note: {len(inputs) - len(jobs)} file(s) left out: they are outputs of other inputs "
                        "(the output folder is inside the input folder)", err=True)
         jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
-        batch_mod.check_output_dir(output_dir)
+        video_jobs = batch_mod.select_shard(video_jobs, batch_mod.parse_shard(shard) if shard else None)
+        batch_mod.check_output_dir(output_dir if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
         if threads:
@@ -119,8 +128,22 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                    f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
                    f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
     try:
-        result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
-                                     progress=not quiet, json_report=json_report, tile_progress=not quiet)
+        result = batch_mod.BatchSummary()
+        if jobs or not video_jobs:
+            result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
+                                         progress=not quiet, json_report=None if video_jobs else json_report,
+                                         tile_progress=not quiet)
+        if video_jobs:  # after the images; the JSON report then lists both
+            from dataclasses import replace
+
+            from ..video import run_videos
+
+            result = replace(result, records=result.records + tuple(run_videos(
+                video_jobs, upscaler.upscale, overwrite=overwrite, codec=video_codec, crf=crf, pix_fmt=pix_fmt,
+                max_pixels=max_pixels, progress=not quiet)))
+            click.echo(f"with the videos: {result.line()}" if jobs else result.line(), err=True)
+            problem = json_report and batch_mod._write_report(json_report, result, sys.stderr)
+            result = replace(result, report_error=problem or None)
     except KeyboardInterrupt:
         click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
         sys.exit(130)
@@ -129,6 +152,29 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     for line in unreadable:  # folders the search could not enter: their images were not upscaled
         click.echo(f"error: {line}", err=True)
     sys.exit(1 if unreadable else result.exit_code)
+
+
+def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:
+    """Video jobs of INPUT (a video file, or the videos in a folder); [] when there are none."""
+    from ..video import collect_videos, is_video, plan_video_jobs
+
+    if input_path.is_file() and not is_video(input_path):
+        return []
+    videos = collect_videos(input_path, exclude=output)
+    return plan_video_jobs(videos, output, single=input_path.is_file(), suffix=suffix) if videos else []
+
+
+def _collect_images(input_path: Path, output: Path, unreadable: list, *, allow_none: bool) -> list:
+    """The image inputs; a folder holding only videos has none (not an error then)."""
+    from ..batch import collect_inputs
+
+    try:
+        return collect_inputs(input_path, exclude=output, unreadable=unreadable)
+    except GtasrError:  # "no images found" (the folder exists: it holds videos)
+        if allow_none:
+            return []
+        raise
+
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""Video: frames through frame_fn, rate/count/timestamps kept, audio and subtitles carried, no broken file."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gtasr_deploy.errors import ConfigError, InputError
+from gtasr_deploy.video import upscale_video
+
+RATE = Fraction(25, 2)  # 12.5 fps
+W, H, N = 32, 24, 8
+SAMPLE_RATE = 44100
+
+
+def nearest4(rgb: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, 4, axis=0), 4, axis=1)
+
+
+def frame_image(i: int) -> np.ndarray:
+    """A moving gradient, so frames differ and a wrong order or a lost frame shows."""
+    y, x = np.mgrid[0:H, 0:W]
+    return np.stack([(x * 8 + i * 20) % 256, (y * 10) % 256, np.full_like(x, 40 + i * 25)], -1).astype(np.uint8)
+
+
+def make_video(path: Path, *, fmt: str = "mp4", codec: str = "libx264", images=None, audio: bool = True,
+               pix_fmt: str = "yuv420p") -> None:
+    images = [frame_image(i) for i in range(N)] if images is None else images
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=RATE)
+        video.width, video.height, video.pix_fmt = W, H, pix_fmt
+        sound = out.add_stream("aac", rate=SAMPLE_RATE) if audio else None
+        if sound is not None:
+            sound.layout = "mono"
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, 1 / RATE
+            out.mux(video.encode(frame))
+        if sound is not None:
+            total = int(SAMPLE_RATE * len(images) / RATE)
+            for start in range(0, total, 1024):
+                t = np.arange(start, min(start + 1024, total)) / SAMPLE_RATE
+                chunk = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                                   format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = SAMPLE_RATE, start
+                out.mux(sound.encode(chunk))
+            out.mux(sound.encode(None))
+        out.mux(video.encode(None))
+
+
+def add_subtitles(src: Path, dst: Path, srt_path: Path) -> None:
+    """Remux src plus an SRT file into an MKV (how a user's file with subtitles looks)."""
+    srt_path.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n2\n00:00:00,400 --> 00:00:00,640\nworld\n")
+    with av.open(str(src)) as a, av.open(str(srt_path)) as s, av.open(str(dst), "w") as out:
+        streams = {st.index: out.add_stream_from_template(st) for st in a.streams}
+        sub = out.add_stream_from_template(s.streams[0])
+        sub.metadata["language"] = "eng"
+        for packet in a.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+        for packet in s.demux():
+            if packet.dts is not None:
+                packet.stream = sub
+                out.mux(packet)
+
+
+def probe(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        info = {"rate": v.average_rate, "size": (v.codec_context.width, v.codec_context.height),
+                "types": [s.type for s in c.streams], "codecs": [s.codec_context.name for s in c.streams]}
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            info["sample_rate"] = a.rate
+            info["audio_samples"] = a.duration * a.time_base * a.rate if a.duration else None
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        info["times"] = [float(f.pts * f.time_base) for f in frames]
+        info["frames"] = [f.to_ndarray(format="rgb24") for f in frames]
+    with av.open(str(path)) as c:
+        info["audio_packets"] = [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
+    with av.open(str(path)) as c:
+        info["subtitles"] = [bytes(p) for p in c.demux(subtitles=0) if p.size] if c.streams.subtitles else []
+    return info
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    make_video(path)
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+
+
+def test_mp4_keeps_rate_count_timestamps_and_copies_audio(clip, tmp_path):
+    calls = []
+    report = upscale_video(clip, tmp_path / "out.mp4", nearest4, progress=lambda d, t: calls.append((d, t)))
+    src, out = probe(clip), probe(tmp_path / "out.mp4")
+    assert report.frames == N == len(out["frames"])
+    assert out["rate"] == src["rate"] == RATE
+    assert out["times"] == pytest.approx(src["times"], abs=1e-6)
+    assert out["size"] == report.output_size == (4 * W, 4 * H)
+    assert out["types"] == ["video", "audio"]
+    assert out["sample_rate"] == src["sample_rate"] == SAMPLE_RATE
+    assert out["audio_samples"] == src["audio_samples"]
+    assert out["audio_packets"] == src["audio_packets"]  # remuxed, not re-encoded
+    assert report.copied == ("audio #1 (aac)",) and not report.reencoded
+    for sr, lr in zip(out["frames"], src["frames"]):  # frame_fn was applied to each frame, in order
+        assert psnr(sr, nearest4(lr)) > 30
+    assert calls == [(i, N) for i in range(1, N + 1)]
+    assert report.crf == 18 and report.codec == "libx264" and report.pix_fmt == "yuv420p"
+
+
+def test_mkv_copies_subtitles_and_mp4_says_it_cannot(clip, tmp_path):
+    src = tmp_path / "subs.mkv"
+    add_subtitles(clip, src, tmp_path / "subs.srt")
+    report = upscale_video(src, tmp_path / "out.mkv", nearest4, codec="libx265", crf=28)
+    out, before = probe(tmp_path / "out.mkv"), probe(src)
+    assert out["types"] == ["video", "audio", "subtitle"] and out["codecs"][0] == "hevc"
+    assert out["subtitles"] == before["subtitles"] == [b"hello", b"world"]
+    assert out["audio_packets"] == before["audio_packets"]
+    assert out["times"] == pytest.approx(before["times"], abs=1e-3)  # mkv stores milliseconds
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.streams.subtitles[0].metadata.get("language") == "eng"
+    report = upscale_video(src, tmp_path / "out.mp4", nearest4)
+    assert report.dropped == ("subtitle #2 (srt): mp4 cannot hold it; use .mkv",)
+    assert probe(tmp_path / "out.mp4")["types"] == ["video", "audio"]
+
+
+def test_webm_reencodes_audio_and_says_so(clip, tmp_path):
+    report = upscale_video(clip, tmp_path / "out.webm", nearest4)
+    out, src = probe(tmp_path / "out.webm"), probe(clip)
+    assert report.codec == "libvpx-vp9" and out["codecs"] == ["vp9", "opus"]
+    assert report.reencoded == ("audio #1 (aac -> libopus: webm cannot hold aac)",)
+    assert len(out["frames"]) == N and out["times"] == pytest.approx(src["times"], abs=1e-3)
+    with av.open(str(tmp_path / "out.webm")) as c:
+        decoded = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].rate
+    assert decoded == pytest.approx(N / RATE, abs=0.03)  # same duration, at Opus's 48 kHz
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".avi"])
+def test_other_containers_keep_frame_count_and_rate(clip, tmp_path, suffix):
+    upscale_video(clip, tmp_path / f"out{suffix}", nearest4)
+    out = probe(tmp_path / f"out{suffix}")
+    assert len(out["frames"]) == N and out["rate"] == RATE and out["types"] == ["video", "audio"]
+
+
+def test_identical_frames_give_identical_outputs_with_the_real_upscaler(tmp_path):
+    """One fixed noise per video: static content stays still (lossless codec end to end)."""
+    from gtasr_deploy import Upscaler
+
+    a, b = frame_image(0), frame_image(3)
+    src = tmp_path / "static.mkv"
+    make_video(src, fmt="matroska", codec="ffv1", pix_fmt="yuv444p", images=[a, a, b, b], audio=False)
+    upscaler = Upscaler(seed=3)
+    report = upscale_video(src, tmp_path / "out.mkv", upscaler.upscale, codec="ffv1", pix_fmt="yuv444p")
+    assert report.crf is None  # ffv1 is lossless: no CRF
+    frames = probe(tmp_path / "out.mkv")["frames"]
+    assert len(frames) == 4
+    assert np.array_equal(frames[0], frames[1]) and np.array_equal(frames[2], frames[3])
+    assert not np.array_equal(frames[0], frames[2])
+    # ... and the noise is really there: another seed gives another frame
+    assert not np.array_equal(Upscaler(seed=4).upscale(a), upscaler.upscale(a))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("error", [Boom, KeyboardInterrupt])
+def test_failure_or_interrupt_leaves_no_file(clip, tmp_path, error):
+    seen = []
+
+    def failing(rgb):
+        seen.append(1)
+        if len(seen) == 5:
+            raise error("stop")
+        return nearest4(rgb)
+
+    with pytest.raises(error):
+        upscale_video(clip, tmp_path / "out.mp4", failing)
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temp file
+    (tmp_path / "keep.mp4").write_bytes(b"old")
+    with pytest.raises(error):
+        seen.clear()
+        upscale_video(clip, tmp_path / "keep.mp4", failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.mp4"]
+    assert (tmp_path / "keep.mp4").read_bytes() == b"old"
+
+
+def test_bad_inputs_are_one_line_errors(clip, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(InputError, match="junk.mp4: cannot read the video"):
+        upscale_video(junk, tmp_path / "o.mp4", nearest4)
+    with pytest.raises(ConfigError, match="no such encoder"):
+        upscale_video(clip, tmp_path / "o.mp4", nearest4, codec="nope264")
+    with pytest.raises(ConfigError, match="libx264 cannot go into a webm file"):
+        upscale_video(clip, tmp_path / "o.webm", nearest4, codec="libx264")
+    with pytest.raises(ConfigError, match="--pix-fmt 'rgb48le' is not supported by libx264"):
+        upscale_video(clip, tmp_path / "o.mp4", nearest4, pix_fmt="rgb48le")
+    with pytest.raises(InputError, match="exceed --max-pixels 100"):
+        upscale_video(clip, tmp_path / "o.mp4", nearest4, max_pixels=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.mp4"]
+
+
+def test_cli_video_file_and_folder(clip, tmp_path):
+    """The real CLI with the embedded demo weights: file -> file, folder of videos + image -> folder."""
+    from PIL import Image
+
+    from gtasr_deploy.cli.upscale import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, [str(clip), str(tmp_path / "x4.mp4"), "--crf", "20"])
+    assert result.exit_code == 0, result.output
+    out = probe(tmp_path / "x4.mp4")
+    assert len(out["frames"]) == N and out["size"] == (4 * W, 4 * H) and out["types"] == ["video", "audio"]
+    assert out["audio_packets"] == probe(clip)["audio_packets"]
+    assert "8/8 frames" in result.output and "crf 20" in result.output
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.mp4").write_bytes(clip.read_bytes())
+    Image.fromarray(frame_image(1)).save(folder / "still.png")
+    result = runner.invoke(main, [str(folder), str(tmp_path / "out"), "--suffix", "_x4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "still_x4.png").is_file()
+    assert len(probe(tmp_path / "out" / "sub" / "a_x4.mp4")["frames"]) == N
+    result = runner.invoke(main, [str(folder), str(tmp_path / "out"), "--suffix", "_x4"])  # re-run: skipped
+    assert result.exit_code == 0 and "2 skipped" in result.output
+
+    result = runner.invoke(main, [str(clip), str(tmp_path / "x4.png")])
+    assert result.exit_code == 2 and "is an image file name, but the input" in result.output
+    result = runner.invoke(main, [str(clip), str(tmp_path / "y.mp4"), "--video-codec", "nope264"])
+    assert result.exit_code == 1 and "no such encoder" in result.output
+    assert not (tmp_path / "y.mp4").exists()
