@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .atomic import atomic_path
+from .count_progress import CountProgress
 from .errors import BackendUnavailableError, ConfigError, GtasrError, InputError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi"})
@@ -364,7 +365,7 @@ def run_videos(jobs: list[Any], frame_fn: FrameFn, *, overwrite: bool = False, c
         if not overwrite and job.dst.exists():
             records.append(FileRecord(**base, status="skipped", reason="exists"))
             continue
-        bar = _FrameProgress(job.rel.as_posix(), err, enabled=progress)
+        bar = CountProgress(job.rel.as_posix(), unit="frame", err=err, enabled=progress)
         start = time.perf_counter()
         try:
             report = upscale_video(job.src, job.dst, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
@@ -380,32 +381,3 @@ def run_videos(jobs: list[Any], frame_fn: FrameFn, *, overwrite: bool = False, c
         records.append(FileRecord(**base, status="written", input_size=report.input_size,
                                   output_size=report.output_size, seconds=report.seconds))
     return records
-
-
-class _FrameProgress:
-    """Progress in frames: a bar on a terminal, else a line at every tenth (logs stay readable)."""
-
-    def __init__(self, name: str, err: TextIO, *, enabled: bool) -> None:
-        self._name, self._err, self._enabled = name, err, enabled
-        self._tty = enabled and hasattr(err, "isatty") and err.isatty()
-        self._bar, self._tenth = None, 1
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._tty:
-            if self._bar is None:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total or None, file=self._err, unit="frame", desc=self._name,
-                                 leave=False, dynamic_ncols=True)
-            self._bar.total = total or None
-            self._bar.update(done - self._bar.n)
-        elif (total and 10 * done >= self._tenth * total) or (not total and done % 100 == 0):
-            print(f"{self._name}: {done}/{total} frames", file=self._err, flush=True)
-            while self._tenth * total <= 10 * done:
-                self._tenth += 1
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

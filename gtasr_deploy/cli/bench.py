@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import ConfigError, GtasrError
+from .weights import weights_callback
 
 EXIT_USAGE = 2
 PRECISIONS = ("fp32", "fp16")
@@ -89,11 +91,13 @@ def _command(params: dict) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gtasr-bench")
 @click.option("--preset", default="paper", show_default=True, help="Comma-separated presets: paper, demo.")
 @click.option("--network-config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A network JSON (ours or the authors' names) instead of --preset.")
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Weights for the one network benchmarked. Default: random (seeded) — latency does not "
+@click.option("--weights", callback=weights_callback,
+              help="Weights for the one network benchmarked (a file, or a name fetched with gtasr-weights). "
+                   "Default: random (seeded) — latency does not "
                    "depend on weight values.")
 @click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True,
               help="Comma-separated backends; those that cannot run here are listed as skipped with the reason.")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import GtasrError
+from .weights import weights_callback
 
 EXIT_USAGE = 2
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -30,12 +32,13 @@ class _ScoreByDefault(click.Group):
     """A group whose first argument, when it is not a subcommand, goes to `score`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+        if args and args[0] not in self.commands and args[0] not in (*ctx.help_option_names, "--version"):
             args = ["score", *args]
         return super().parse_args(ctx, args)
 
 
 @click.group(cls=_ScoreByDefault, context_settings=_CONTEXT)
+@click.version_option(__version__, prog_name="gtasr-eval")
 def main() -> None:
     """Evaluate x4 super-resolution: `gtasr-eval SR_DIR --gt GT_DIR` scores a folder (the `score`
     command); `compare` runs methods side by side; `fetch-assets` downloads the metric weights."""
@@ -89,8 +92,9 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
 @click.option("--degrade", type=click.Choice(["realesrgan", "bicubic"]), default="realesrgan", show_default=True,
               help="LR making: the training degradation (seeded, per photo) or PIL bicubic x1/4.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the degradation and of GTASR's noise.")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="GTASR weights (.pth or .safetensors). Default: the embedded demo weights.")
+@click.option("--weights", callback=weights_callback,
+              help="GTASR weights (.pth or .safetensors, or a name fetched with gtasr-weights). "
+                   "Default: the embedded demo weights.")
 @click.option("--network-config", help="GTASR network preset or JSON (as for gtasr-upscale).")
 @click.option("--tile", type=int, default=None,
               help="LR tile px (GTASR's default when unset; peers run whole images unless set); 0 = whole.")

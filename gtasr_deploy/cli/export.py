@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import ConfigError, GtasrError
+from .weights import weights_callback
 
 EXIT_USAGE = 2
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM weights of the '{name}' network "
@@ -62,8 +64,10 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="Official .pth or our .safetensors. Default: the embedded demo weights; with only "
+@click.version_option(__version__, prog_name="gtasr-export")
+@click.option("--weights", callback=weights_callback,
+              help="A name fetched with gtasr-weights, an official .pth or our .safetensors. "
+                   "Default: the embedded demo weights; with only "
                    "--preset/--network-config, random weights (for benchmarks).")
 @click.option("--param-key", default="params_ema", show_default=True, help="Entry of an official .pth to load.")
 @click.option("--network-config", type=click.Path(dir_okay=False, path_type=Path),

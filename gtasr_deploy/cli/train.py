@@ -11,10 +11,12 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import GtasrError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gtasr-train")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in <out>/checkpoints.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import GtasrError
+from .weights import weights_callback
 
 EXIT_USAGE = 2
 
@@ -29,11 +31,13 @@ def _resolve_device(device: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gtasr-upscale")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor; GTASR is x4 only.")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="Weights: official .pth (GTASR_final_phase.pth, CTMSR.pth, ...) or our .safetensors. "
+@click.option("--weights", callback=weights_callback,
+              help="Weights: a name fetched with gtasr-weights (gtasr-final, ...), an official .pth "
+                   "(GTASR_final_phase.pth, CTMSR.pth, ...) or our .safetensors. "
                    "Default: the embedded demo weights.")
 @click.option("--param-key", default="params_ema", show_default=True,
               help="Entry of an official .pth to load (params_ema or params).")
