@@ -43,6 +43,8 @@ from .imageio import (
     upscale_alpha,
     write_image,
 )
+from .progress import is_terminal, log_line
+from .resize import OutputSize, resize_planes
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
@@ -295,8 +297,13 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
               max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = 95, progress: bool = True,
               summary: bool = True, json_report: str | os.PathLike | None = None,
               err: TextIO | None = None, tile_progress: bool = False,
-              handle_sigterm: bool = True) -> BatchSummary:
-    """Decode -> ``sr_fn`` -> bicubic alpha -> atomic write, for each job in order.
+              handle_sigterm: bool = True, output_size: OutputSize | None = None,
+              strip_metadata: bool = False) -> BatchSummary:
+    """Decode -> ``sr_fn`` -> bicubic alpha -> resize to ``output_size`` -> atomic write, per job in order.
+
+    ``output_size``: resize the x4 result (resize.py); EXIF/XMP/ICC go to each output unless
+    ``strip_metadata`` (EXIF/XMP only: the ICC profile stays, the colours depend on it).
+    Progress: bars when ``err`` is a terminal, else one plain line per image (progress.py).
 
     A file's problem (input, GtasrError from ``sr_fn``, write/encode error) prints ONE line
     ``error: <file>: <reason>`` on ``err`` and the batch goes on. Ctrl-C (and SIGTERM, turned
@@ -306,22 +313,29 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     """
     err = sys.stderr if err is None else err
     records: list[FileRecord] = []
-    bar = tqdm(total=len(jobs), file=err, disable=not progress, unit="img", dynamic_ncols=True)
+    bars = progress and is_terminal(err)  # a log file gets plain lines, not escape codes
+    bar = tqdm(total=len(jobs), file=err, disable=not bars, unit="img", dynamic_ncols=True)
     interrupted = False
     try:
         with _sigterm_as_interrupt(handle_sigterm):
             for job in jobs:
                 bar.set_postfix_str(job.rel.as_posix(), refresh=False)
-                tiles = _TileBar(err, enabled=progress) if tile_progress else None
+                tiles = _TileBar(err, enabled=bars) if tile_progress else None
                 try:
                     record = _process(job, sr_fn, scale=scale, overwrite=overwrite,
-                                      max_pixels=max_pixels, quality=quality, on_tile=tiles)
+                                      max_pixels=max_pixels, quality=quality, on_tile=tiles,
+                                      output_size=output_size, strip_metadata=strip_metadata)
                 finally:
                     if tiles is not None:
                         tiles.close()
                 records.append(record)
                 if record.status == "failed":
-                    _emit(f"error: {job.src}: {record.reason}", err, progress)
+                    _emit(f"error: {job.src}: {record.reason}", err, bars)
+                elif progress and not bars:
+                    print(log_line(len(records), len(jobs), job.rel.as_posix(),
+                                   status=record.status, input_size=record.input_size,
+                                   output_size=record.output_size, seconds=record.seconds,
+                                   reason=record.reason), file=err, flush=True)
                 bar.update()
     except KeyboardInterrupt:
         interrupted = True
@@ -339,7 +353,8 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
 
 
 def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: int | None,
-             quality: int, on_tile: Callable[[int, int], None] | None) -> FileRecord:
+             quality: int, on_tile: Callable[[int, int], None] | None,
+             output_size: OutputSize | None = None, strip_metadata: bool = False) -> FileRecord:
     start = time.perf_counter()
     base = {"input": str(job.src), "output": str(job.dst)}
 
@@ -354,6 +369,10 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
     except InputError as exc:
         return failed(str(exc).removeprefix(f"{job.src}: "))
     sizes = {"input_size": image.size}
+    try:  # an impossible output size fails before the model runs
+        target = None if output_size is None else output_size.target(*image.size)
+    except InputError as exc:
+        return failed(str(exc), **sizes)
     try:
         sr = sr_fn(image.rgb) if on_tile is None else sr_fn(image.rgb, on_tile=on_tile)
     except GtasrError as exc:
@@ -362,10 +381,13 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
     if sr.shape != expected:
         raise ValueError(f"sr_fn returned shape {sr.shape} for {job.src}; expected {expected} (x{scale})")
     alpha = None if image.alpha is None else upscale_alpha(image.alpha, sr.shape[:2])
+    if target is not None:
+        sr, alpha = resize_planes(sr, alpha, target)
     try:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         write_image(job.dst, sr, alpha=alpha, is_gray=image.is_gray, bit_depth=image.bit_depth,
-                    icc_profile=image.icc_profile, fmt=format_for_suffix(job.dst.suffix), quality=quality)
+                    icc_profile=image.icc_profile, fmt=format_for_suffix(job.dst.suffix), quality=quality,
+                    metadata=None if strip_metadata else image.metadata)
     except (GtasrError, OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
         return failed(f"cannot write {job.dst}: {reason}", **sizes)

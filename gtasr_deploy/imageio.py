@@ -7,8 +7,9 @@ is ``"<path>: <reason>"`` on one line, so a batch can print it and go on.
 
 Encoding writes gray for gray input, 16-bit PNG/TIFF for 16-bit input, re-attaches alpha where
 the format keeps it (PNG, WebP, TIFF; dropped for JPEG and BMP) and embeds the ICC profile where
-the encoder can (all 8-bit formats and 16-bit PNG; not 16-bit TIFF). Files appear atomically:
-temp file in the destination folder, fsync, ``os.replace``.
+the encoder can (all 8-bit formats and 16-bit PNG; not 16-bit TIFF), and EXIF/XMP where given and
+the format holds them (:mod:`.metadata`). Files appear atomically: temp file in the destination
+folder, fsync, ``os.replace``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from PIL import ImageOps
 
 from .atomic import atomic_write_bytes
 from .errors import InputError
+from .metadata import Metadata, for_output, pillow_save_options, png_chunks, read_metadata
 
 DEFAULT_MAX_PIXELS = 50_000_000
 # Pillow format names we accept; MPO is what Pillow calls many camera JPEGs.
@@ -52,6 +54,7 @@ class Image:
     ``rgb``: float32 (H, W, 3) in [0, 1], RGB order, gray replicated to 3 channels.
     ``alpha``: float32 (H, W) in [0, 1], or None when the file has no alpha.
     ``bit_depth``: 8 or 16 (per channel, of the source file).
+    ``metadata``: the source's EXIF/XMP (orientation still as in the file), or None.
     """
 
     rgb: np.ndarray
@@ -60,6 +63,7 @@ class Image:
     is_gray: bool
     icc_profile: bytes | None
     source_format: str  # "png", "jpeg", "webp", "bmp", "tiff"
+    metadata: Metadata | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -103,6 +107,7 @@ def _decode(path: Path, im: PILImage.Image, max_pixels: int | None) -> Image:
             f"{path}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)")
     icc = im.info.get("icc_profile") or None
+    meta = read_metadata(im)  # before exif_transpose, whose copy has orientation 1
     is_16bit = _is_16bit(im, fmt)  # before exif_transpose, which returns a copy without the header
     if is_16bit and im.mode in ("RGB", "RGBA"):
         # Pillow has no 16-bit colour modes and would silently truncate to 8 bit; OpenCV decodes
@@ -111,17 +116,19 @@ def _decode(path: Path, im: PILImage.Image, max_pixels: int | None) -> Image:
             _verify_png(path)  # libpng would print its own stderr line for a truncated file
         pixels = _cv2_decode_16bit(path)
         pixels = _orient(pixels, im.getexif().get(0x0112, 1))
-        return _from_array(pixels, bit_depth=16, is_gray=_header_says_gray(im, fmt), icc=icc, fmt=fmt)
+        return _from_array(pixels, bit_depth=16, is_gray=_header_says_gray(im, fmt), icc=icc, fmt=fmt,
+                           meta=meta)
     im.load()
     im = ImageOps.exif_transpose(im)
     mode = im.mode
     # Pillow < 11 opens 16-bit gray PNG as 32-bit "I"; the values still fit 16 bits.
     if mode in ("I;16", "I;16B", "I;16L", "I;16N") or (mode == "I" and is_16bit):
         gray = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-        return _from_array(gray, bit_depth=16, is_gray=True, icc=icc, fmt=fmt)
+        return _from_array(gray, bit_depth=16, is_gray=True, icc=icc, fmt=fmt, meta=meta)
     if mode == "CMYK":
         # A CMYK profile does not describe the RGB result, so it must not travel with it.
-        return _from_array(np.asarray(im.convert("RGB")), bit_depth=8, is_gray=False, icc=None, fmt=fmt)
+        return _from_array(np.asarray(im.convert("RGB")), bit_depth=8, is_gray=False, icc=None, fmt=fmt,
+                           meta=meta)
     converted = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBX": "RGB",
                  "YCbCr": "RGB", "RGBA": "RGBA", "RGBa": "RGBA", "PA": "RGBA",
                  "P": "RGBA" if "transparency" in im.info else "RGB"}.get(mode)
@@ -129,10 +136,11 @@ def _decode(path: Path, im: PILImage.Image, max_pixels: int | None) -> Image:
         raise InputError(f"{path}: unsupported pixel mode {mode!r} (expected 8/16-bit gray, gray+alpha, "
                          "RGB, RGBA, palette or CMYK)")
     pixels = np.asarray(im.convert(converted) if converted != mode else im)
-    return _from_array(pixels, bit_depth=8, is_gray=converted in ("L", "LA"), icc=icc, fmt=fmt)
+    return _from_array(pixels, bit_depth=8, is_gray=converted in ("L", "LA"), icc=icc, fmt=fmt, meta=meta)
 
 
-def _from_array(pixels: np.ndarray, *, bit_depth: int, is_gray: bool, icc: bytes | None, fmt: str) -> Image:
+def _from_array(pixels: np.ndarray, *, bit_depth: int, is_gray: bool, icc: bytes | None, fmt: str,
+                meta: Metadata | None = None) -> Image:
     """uint8/uint16 (H, W[, C]) with C in 1..4 in RGB(A)/gray(+alpha) order -> Image."""
     values = pixels.astype(np.float32) / np.float32(2**bit_depth - 1)
     if values.ndim == 2:
@@ -142,7 +150,7 @@ def _from_array(pixels: np.ndarray, *, bit_depth: int, is_gray: bool, icc: bytes
     alpha = values[..., channels - 1] if channels in (2, 4) else None
     rgb = np.ascontiguousarray(np.broadcast_to(color, (*color.shape[:2], 3)))
     return Image(rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha),
-                 bit_depth=bit_depth, is_gray=is_gray, icc_profile=icc, source_format=fmt)
+                 bit_depth=bit_depth, is_gray=is_gray, icc_profile=icc, source_format=fmt, metadata=meta)
 
 
 def _is_16bit(im: PILImage.Image, fmt: str) -> bool:
@@ -253,13 +261,15 @@ def format_for_suffix(suffix: str) -> str:
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, *, alpha: np.ndarray | None = None,
                 is_gray: bool = False, bit_depth: int = 8, icc_profile: bytes | None = None,
-                fmt: str = "png", quality: int = 95) -> None:
+                fmt: str = "png", quality: int = 95, metadata: Metadata | None = None) -> None:
     """Encode and write atomically; a partial file is never visible under ``path``.
 
     ``rgb``: float32 (H, W, 3) in [0, 1] (clamped here); ``alpha``: float32 (H, W) or None.
     Gray output (BT.601 luma) when ``is_gray``; 16-bit only for ``png``/``tiff`` with
     ``bit_depth=16``; alpha kept for png/webp/tiff, dropped for jpg/bmp; ``quality`` (1..100)
-    applies to jpg/webp. The parent folder must exist.
+    applies to jpg/webp. ``metadata`` (the source's, e.g. ``Image.metadata``) is embedded with
+    orientation 1 and this image's size where the format holds it; None writes none. The parent
+    folder must exist.
     """
     if fmt not in WRITE_FORMATS:
         raise InputError(f"output format {fmt!r} is not one of {', '.join(WRITE_FORMATS)}")
@@ -272,15 +282,17 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, *, alpha: np.ndarray |
     if alpha is not None and fmt in ("png", "webp", "tiff"):
         planes.append(alpha)
     values = np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
+    meta = None if metadata is None else for_output(metadata, (rgb.shape[1], rgb.shape[0]))
     if bit_depth == 16 and fmt in ("png", "tiff"):
         pixels = np.rint(values * 65535.0).astype(np.uint16)
-        data = _encode_png16(pixels, icc_profile) if fmt == "png" else _encode_tiff16(pixels)
+        data = _encode_png16(pixels, icc_profile, meta) if fmt == "png" else _encode_tiff16(pixels)
     else:
-        data = _encode_8bit(np.rint(values * 255.0).astype(np.uint8), fmt, icc_profile, quality)
+        data = _encode_8bit(np.rint(values * 255.0).astype(np.uint8), fmt, icc_profile, quality, meta)
     atomic_write_bytes(path, data)
 
 
-def _encode_8bit(pixels: np.ndarray, fmt: str, icc: bytes | None, quality: int) -> bytes:
+def _encode_8bit(pixels: np.ndarray, fmt: str, icc: bytes | None, quality: int,
+                 meta: Metadata | None = None) -> bytes:
     """uint8 (H, W, C) gray/gray+alpha/RGB/RGBA -> encoded file bytes."""
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
     im = PILImage.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode)
@@ -291,12 +303,13 @@ def _encode_8bit(pixels: np.ndarray, fmt: str, icc: bytes | None, quality: int) 
         options["quality"] = quality
     if fmt == "tiff":
         options["compression"] = "tiff_adobe_deflate"  # uncompressed x4 outputs are huge
+    options.update(pillow_save_options(meta, fmt))  # may turn TIFF compression off (metadata.py)
     buffer = io.BytesIO()
     im.save(buffer, format={"jpg": "JPEG"}.get(fmt, fmt.upper()), **options)
     return buffer.getvalue()
 
 
-def _encode_png16(pixels: np.ndarray, icc: bytes | None) -> bytes:
+def _encode_png16(pixels: np.ndarray, icc: bytes | None, meta: Metadata | None = None) -> bytes:
     """uint16 (H, W, C), C = 1..4 -> 16-bit PNG bytes (PNG spec; OpenCV cannot embed ICC or 2 channels)."""
     height, width, channels = pixels.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
@@ -309,6 +322,7 @@ def _encode_png16(pixels: np.ndarray, icc: bytes | None) -> bytes:
     chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0))]
     if icc:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    chunks += [_png_chunk(kind, payload) for kind, payload in png_chunks(meta)]
     chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)))
     chunks.append(_png_chunk(b"IEND", b""))
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)

@@ -372,7 +372,11 @@ def test_progress_bars_and_tile_callback(tmp_path):
             seen.append(done)
         return nearest_x4(rgb)
 
-    err = io.StringIO()
+    class Terminal(io.StringIO):  # bars are drawn only on a terminal (plain lines elsewhere)
+        def isatty(self):
+            return True
+
+    err = Terminal()
     summary = run_batch(plan(src, out), tiled_sr, progress=True, tile_progress=True, err=err)
     assert summary.written == 1 and seen == [1, 2, 3, 4]
     assert "img" in err.getvalue() and "tile" in err.getvalue()

@@ -66,6 +66,21 @@ def _resolve_device(device: str) -> str:
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="F",
+              help="Output scale relative to the input (any factor > 0, e.g. 2, 1.5, 8; images): x4 by the "
+                   "model, then a Lanczos resize to round(F·W) x round(F·H) (antialiased when shrinking). "
+                   "Alpha and 16-bit data are resized the same way, in float32. Default: 4.")
+@click.option("--width", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Output width in pixels; height from the aspect ratio (x4, then resized as --outscale).")
+@click.option("--height", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Output height in pixels; width from the aspect ratio.")
+@click.option("--long-side", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Output long side in pixels, e.g. 3840; the other side from the aspect ratio. "
+                   "--outscale, --width, --height and --long-side exclude each other.")
+@click.option("--strip-metadata", is_flag=True,
+              help="Do not copy EXIF and XMP (camera, date, GPS...) to the outputs. By default they are "
+                   "copied where the format holds them (PNG, JPEG, WebP, 8-bit TIFF), with orientation 1 "
+                   "and the new size. The ICC colour profile is always kept.")
 @click.option("--video-codec", default=None,
               help="Video encoder for video inputs (.mp4 .mkv .mov .webm .avi): libx264 (default; libvpx-vp9 for "
                    ".webm), libx265, libvpx-vp9, ffv1 (lossless), ... Audio/subtitles are copied as they are.")
@@ -80,13 +95,16 @@ def _resolve_device(device: str) -> str:
               help="Process the K-th of N deterministic shares (0-based). Default: RANK/WORLD_SIZE if set.")
 @click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report of every file (status, sizes, seconds).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (bars, or per-image lines in a log).")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
          precision, seed, tile, tile_overlap, batch, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
-         shard, json_report, quiet, video_codec, crf, pix_fmt):
+         shard, json_report, quiet, video_codec, crf, pix_fmt,
+         outscale, width, height, long_side, strip_metadata):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
 
-    Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped.
+    Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped. For a single
+    image INPUT, an OUTPUT ending in .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff is that file (format
+    from its suffix). Without a terminal (a log), progress is one plain line per image.
     Exit code: 0 all succeeded, 1 some files failed, 2 usage error.
     """
     from .. import batch as batch_mod
@@ -95,18 +113,21 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
     if onnx_path is not None and weights is not None and backend != "torch":
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
+    output_size = _output_size(outscale, width, height, long_side)
+    image_file = _is_image_file_output(input_path, output_dir, fmt)
     unreadable: list[str] = []
     try:
         video_jobs = _plan_videos(input_path, output_dir, suffix)
         inputs = [] if video_jobs and input_path.is_file() else _collect_images(
             input_path, output_dir, unreadable, allow_none=bool(video_jobs))
-        jobs = batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix)
+        jobs = ([batch_mod.Job(src=src, rel=rel, dst=output_dir) for src, rel in inputs] if image_file
+                else batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix))
         if len(jobs) < len(inputs) and not quiet:
             click.echo(f"note: {len(inputs) - len(jobs)} file(s) left out: they are outputs of other inputs "
                        "(the output folder is inside the input folder)", err=True)
         jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
         video_jobs = batch_mod.select_shard(video_jobs, batch_mod.parse_shard(shard) if shard else None)
-        batch_mod.check_output_dir(output_dir if jobs or not video_jobs else video_jobs[0].dst.parent)
+        batch_mod.check_output_dir((output_dir.parent if image_file else output_dir) if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
         if threads:
@@ -131,12 +152,15 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
                    f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
                    f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
+    if not quiet and output_size is not None:
+        click.echo(output_size.describe(), err=True)
     try:
         result = batch_mod.BatchSummary()
         if jobs or not video_jobs:
             result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
                                          progress=not quiet, json_report=None if video_jobs else json_report,
-                                         tile_progress=not quiet)
+                                         tile_progress=not quiet, output_size=output_size,
+                                         strip_metadata=strip_metadata)
         if video_jobs:  # after the images; the JSON report then lists both
             from dataclasses import replace
 
@@ -179,6 +203,43 @@ def _collect_images(input_path: Path, output: Path, unreadable: list, *, allow_n
             return []
         raise
 
+
+
+def _output_size(outscale, width, height, long_side):
+    """The requested output size, or None for the model's x4; usage error for two at once or a bad value."""
+    from ..resize import OutputSize
+
+    given = {"--outscale": outscale, "--width": width, "--height": height, "--long-side": long_side}
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) > 1:
+        _fail(f"{' and '.join(named)} exclude each other; give one output size")
+    if not named:
+        return None
+    try:
+        return OutputSize(outscale=outscale, width=width, height=height, long_side=long_side)
+    except GtasrError as exc:
+        _fail(f"{named[0]} {given[named[0]]}: {exc}")
+
+
+def _is_image_file_output(input_path: Path, output: Path, fmt: str) -> bool:
+    """True when OUTPUT names one image file: an image suffix and not an existing folder.
+
+    Usage error for a folder INPUT with such an OUTPUT, or a --format that contradicts the suffix.
+    """
+    from ..batch import IMAGE_SUFFIXES
+    from ..imageio import format_for_suffix
+
+    if output.suffix.lower() not in IMAGE_SUFFIXES or output.is_dir():
+        return False
+    if input_path.is_dir():
+        _fail(f"OUTPUT {output} is an image file name, but INPUT {input_path} is a folder; give a folder "
+              "for the results")
+    from_suffix = format_for_suffix(output.suffix)
+    source = click.get_current_context().get_parameter_source("fmt")
+    if source is click.core.ParameterSource.COMMANDLINE and fmt not in ("same", from_suffix):
+        _fail(f"--format {fmt} contradicts OUTPUT {output} (a {from_suffix} file name); drop --format, "
+              "the suffix decides")
+    return True
 
 
 if __name__ == "__main__":
