@@ -12,5 +12,12 @@ python -m pip install -q --upgrade pip
 # torch 2.13.0 is the CPU build (~1.3 GB installed); any torch >= 2.4 works elsewhere.
 python -m pip install -q "torch==2.13.0" -e ".[test]"
 gtasr-eval fetch-assets
+# The web page test drives Debian's Chromium (tests/test_serve.py skips it, with a reason, without).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+            echo "warning: could not install chromium; the web page test will be skipped" >&2
+    fi
+fi
 export OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q -ra "$@"

@@ -1,0 +1,175 @@
+"""`gtasr-serve http` (the HTTP service and web page) and `gtasr-serve batch` (folders on a Ray cluster).
+
+The model options are gtasr-upscale's own (same names, defaults and help), taken from its command.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import GtasrError
+
+EXIT_USAGE = 2
+MODEL_OPTIONS = ("weights", "param_key", "network_config", "backend", "onnx_path", "device", "precision", "seed",
+                 "tile", "tile_overlap", "batch", "shared_norm", "threads")
+OUTPUT_OPTIONS = ("fmt", "quality", "suffix", "overwrite", "max_pixels")
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _upscale_options(*names: str, defaults: dict | None = None):
+    """Append gtasr-upscale's options ``names`` to a command (copies, so defaults can differ)."""
+    def decorate(command: click.Command) -> click.Command:
+        from .upscale import main as upscale_main
+
+        params = {p.name: p for p in upscale_main.params}
+        for name in names:
+            param = copy.copy(params[name])
+            if defaults and name in defaults:
+                param.default = defaults[name]
+            command.params.append(param)
+        return command
+    return decorate
+
+
+def _settings(kw: dict):
+    from ..serve.settings import UpscalerSettings
+
+    if kw["onnx_path"] is not None and kw["weights"] is not None and kw["backend"] != "torch":
+        _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
+    as_text = {k: (None if kw[k] is None else str(kw[k])) for k in ("weights", "onnx_path")}
+    return UpscalerSettings(weights=as_text["weights"], onnx=as_text["onnx_path"], network_config=kw["network_config"],
+                            param_key=kw["param_key"], backend=kw["backend"], device=kw["device"],
+                            precision=kw["precision"], seed=kw["seed"], tile=kw["tile"], tile_overlap=kw["tile_overlap"],
+                            batch=kw["batch"], shared_norm=kw["shared_norm"], threads=kw["threads"])
+
+
+def _address_option(f):
+    return click.option("--address", default="local", show_default=True,
+                        help="Ray cluster: local (start one here), auto (the cluster this machine belongs to), "
+                             "or HEAD:6379 / ray://HEAD:10001.")(f)
+
+
+@click.group(context_settings=_CONTEXT)
+def main():
+    """Serve the x4 upscaler over HTTP, or run gtasr-upscale's batch on a Ray cluster (pip extra: serve)."""
+
+
+@_upscale_options(*MODEL_OPTIONS, "max_pixels", defaults={"max_pixels": 4_000_000})
+@main.command(context_settings=_CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 for all interfaces).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@_address_option
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Model copies (Serve replicas).")
+@click.option("--cpus-per-replica", type=click.FloatRange(min=0), default=None,
+              help="CPUs reserved per replica (also its default --threads). Default: all CPUs of this machine.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tiles merged into one engine call across concurrent requests.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="How long the first tile of a batch waits for tiles of other requests.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32, show_default=True,
+              help="Uploads larger than this are refused (413).")
+@click.option("--max-ongoing-requests", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests one replica works on at once; more wait in Serve's queue.")
+def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_batch_size, batch_wait_ms,
+         max_upload_mb, max_ongoing_requests, **kw):
+    """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""
+    settings = _settings(kw)
+    if settings.batch > max_batch_size:
+        _fail(f"--batch {settings.batch} is larger than --max-batch-size {max_batch_size}")
+    from ..serve import cluster
+    from ..serve.service import ServiceOptions, deploy
+
+    options = ServiceOptions(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=kw["max_pixels"] or None,
+                             max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
+                             max_ongoing_requests=max_ongoing_requests)
+    cpus = cpus_per_replica if cpus_per_replica is not None else float(len(os.sched_getaffinity(0)))
+    if address == "local":  # bad weights/options: one line here, not a replica traceback
+        try:
+            settings.build(default_threads=max(1, int(cpus))).close()
+        except GtasrError as exc:
+            _fail(str(exc))
+    cluster.connect(address)
+    click.echo(f"gtasr-serve: http://{host}:{port}/  (Ctrl-C stops)", err=True)
+    try:
+        deploy(settings, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
+               gpus_per_replica=gpus_per_replica, blocking=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except RuntimeError as exc:  # Serve reports a replica that could not start this way
+        _fail(" ".join(str(exc).split())[:500])
+
+
+@_upscale_options(*MODEL_OPTIONS, *OUTPUT_OPTIONS)
+@main.command(context_settings=_CONTEXT)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))
+@_address_option
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Workers (each loads the model once). Default: one per GPU, or per --cpus-per-actor CPUs.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.01), default=1, show_default=True,
+              help="CPUs reserved per worker (also its default --threads).")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs per worker; 1 = one GPU worker per GPU of the cluster.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="A dead worker is restarted and its task retried this many times.")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="--address local only: CPUs Ray may use.")
+@click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report of every file (status, sizes, seconds).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_actor, max_retries, num_cpus,
+          json_report, quiet, fmt, quality, suffix, overwrite, max_pixels, **kw):
+    """Upscale INPUT (a folder, an image, or a .txt list of paths) into OUTPUT on a Ray cluster.
+
+    Output names, bytes and skip rules are gtasr-upscale's (give the same --threads on CPUs).
+    Every node must see INPUT and OUTPUT at the same paths. Exit code: 0 ok, 1 some files failed, 2 usage.
+    """
+    from .. import batch as batch_mod
+    from ..atomic import atomic_write_text
+    from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
+
+    settings = _settings(kw)
+    try:
+        jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
+        batch_mod.check_output_dir(output_dir)
+    except GtasrError as exc:
+        _fail(str(exc))
+    options = ClusterOptions(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                             gpus_per_actor=gpus_per_actor, max_retries=max_retries, num_cpus=num_cpus)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), unit="img", disable=quiet, dynamic_ncols=True)
+
+    def on_file(record):
+        if record.status == "failed":
+            tqdm.write(f"error: {record.input}: {record.reason}", file=sys.stderr)
+        bar.update()
+
+    try:
+        result = run_on_cluster(jobs, settings, options, overwrite=overwrite, max_pixels=max_pixels or None,
+                                quality=quality, on_file=on_file)
+    except GtasrError as exc:
+        _fail(str(exc))
+    finally:
+        bar.close()
+    summary = result.summary
+    click.echo(summary.line(), err=True)
+    if json_report is not None:
+        import json
+
+        atomic_write_text(json_report, json.dumps(summary.to_json(), indent=1) + "\n")
+    sys.exit(summary.exit_code)
+
+
+if __name__ == "__main__":
+    main()

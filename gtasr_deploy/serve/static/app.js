@@ -1,0 +1,87 @@
+// Upload one photo, show progress, compare the x4 result with bicubic, offer the download.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let objectUrls = [];
+
+function setProgress(text, percent) {
+  const bar = $("progress");
+  bar.hidden = false;
+  if (percent === null) bar.removeAttribute("value"); // indeterminate while the server works
+  else bar.value = percent;
+  $("status").textContent = text;
+}
+
+function post(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `${path}?name=${encodeURIComponent(file.name)}&format=png`);
+    xhr.responseType = "blob";
+    if (onProgress) {
+      xhr.upload.onprogress = (e) => e.lengthComputable && onProgress("upload", e.loaded / e.total);
+      xhr.upload.onload = () => onProgress("work", null);
+      xhr.onprogress = (e) => e.lengthComputable && onProgress("download", e.loaded / e.total);
+    }
+    xhr.onload = async () => {
+      if (xhr.status === 200) return resolve(xhr.response);
+      let message = `HTTP ${xhr.status}`;
+      try { message = JSON.parse(await xhr.response.text()).error || message; } catch (_) { /* not JSON */ }
+      reject(new Error(message));
+    };
+    xhr.onerror = () => reject(new Error("network error: is the service still running?"));
+    xhr.send(file);
+  });
+}
+
+function showImage(img, blob) {
+  const url = URL.createObjectURL(blob);
+  objectUrls.push(url);
+  return new Promise((resolve, reject) => {
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser could not display the result"));
+    img.src = url;
+  });
+}
+
+async function upscale(file) {
+  objectUrls.forEach(URL.revokeObjectURL);
+  objectUrls = [];
+  $("error").hidden = true;
+  $("result-box").hidden = true;
+  const started = performance.now();
+  const phases = { upload: [0, 40, "Uploading"], work: [40, null, "Upscaling ×4"], download: [90, 10, "Receiving"] };
+  try {
+    const [sr, before] = await Promise.all([
+      post("/v1/upscale", file, (phase, fraction) => {
+        const [base, span, label] = phases[phase];
+        setProgress(`${label}…`, span === null ? null : Math.round(base + span * fraction));
+      }),
+      post("/v1/bicubic", file, null),
+    ]);
+    await Promise.all([showImage($("result"), sr), showImage($("before"), before)]);
+    const img = $("result");
+    $("compare").style.setProperty("--shown-width", `${img.naturalWidth}px`);
+    const link = $("download");
+    link.href = img.src;
+    link.download = `${file.name.replace(/\.[^.]*$/, "")}_x4.png`;
+    $("sizes").textContent = `${img.naturalWidth / 4}×${img.naturalHeight / 4} → ${img.naturalWidth}×${img.naturalHeight}`;
+    $("result-box").hidden = false;
+    setProgress(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s`, 100);
+    document.body.dataset.state = "done";
+  } catch (err) {
+    $("progress").hidden = true;
+    $("status").textContent = "";
+    $("error").textContent = err.message;
+    $("error").hidden = false;
+    document.body.dataset.state = "error";
+  }
+}
+
+$("file").addEventListener("change", (e) => e.target.files[0] && upscale(e.target.files[0]));
+$("slider").addEventListener("input", (e) => $("compare").style.setProperty("--split", `${e.target.value}%`));
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  if (e.dataTransfer.files[0]) upscale(e.dataTransfer.files[0]);
+});
