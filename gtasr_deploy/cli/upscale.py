@@ -153,7 +153,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                    f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
                    f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
     if not quiet and output_size is not None:
-        click.echo(output_size.describe(), err=True)
+        click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
     try:
         result = batch_mod.BatchSummary()
         if jobs or not video_jobs:
