@@ -22,6 +22,8 @@ sub-IFDs; BMP and 16-bit TIFF (OpenCV's encoder): none.
 from __future__ import annotations
 
 import re
+import struct
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image as PILImage
@@ -38,6 +40,9 @@ _SOURCE_LAYOUT_TAGS = frozenset({
 _JPEG_MARKER_MAX = 65533  # bytes in one JPEG APP segment after its length field
 _JPEG_XMP_HEADER = len(b"http://ns.adobe.com/xap/1.0/\x00")
 _XMP_SIZE_FIELDS = ("exif:PixelXDimension", "exif:PixelYDimension", "tiff:ImageWidth", "tiff:ImageLength")
+# What Pillow raises on EXIF it cannot parse or write back (odd types, bad offsets). Metadata is
+# carried on a best-effort basis: such EXIF is left out, the picture is never lost over it.
+_EXIF_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, SyntaxError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,11 @@ class Metadata:
 
 def read_metadata(im: PILImage.Image) -> Metadata | None:
     """EXIF and XMP of an opened file (call before ``ImageOps.exif_transpose``); None when it has neither."""
-    exif_tags = im.getexif()
-    exif = exif_tags.tobytes() if len(exif_tags) else None
+    try:
+        exif_tags = im.getexif()
+        exif = exif_tags.tobytes() if len(exif_tags) else None
+    except _EXIF_ERRORS:
+        exif = None
     xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
     if isinstance(xmp, str):  # PNG iTXt text on older Pillow
         xmp = xmp.encode("utf-8")
@@ -62,27 +70,34 @@ def read_metadata(im: PILImage.Image) -> Metadata | None:
 
 def for_output(metadata: Metadata, size: tuple[int, int]) -> Metadata:
     """The metadata as it should read on upright pixels of ``size`` = (width, height) (module docstring)."""
-    exif = None
-    if metadata.exif:
-        tags = _load_exif(metadata.exif)
-        for tag in _SOURCE_LAYOUT_TAGS:
-            tags.pop(tag, None)
-        if _ORIENTATION in tags:
-            tags[_ORIENTATION] = 1
-        if _EXIF_IFD in tags:
-            sub = tags.get_ifd(_EXIF_IFD)
-            sub[_PIXEL_X], sub[_PIXEL_Y] = size
-        exif = tags.tobytes() if len(tags) else None
+    try:
+        exif = _exif_for_output(metadata.exif, size) if metadata.exif else None
+    except _EXIF_ERRORS:
+        exif = None
     xmp = None if not metadata.xmp else _xmp_for_output(metadata.xmp, size)
     return Metadata(exif=exif, xmp=xmp)
 
 
+def _exif_for_output(exif: bytes, size: tuple[int, int]) -> bytes | None:
+    tags = _load_exif(exif)
+    for tag in _SOURCE_LAYOUT_TAGS:
+        tags.pop(tag, None)
+    if _ORIENTATION in tags:
+        tags[_ORIENTATION] = 1
+    if _EXIF_IFD in tags:
+        sub = tags.get_ifd(_EXIF_IFD)
+        sub[_PIXEL_X], sub[_PIXEL_Y] = size
+    return tags.tobytes() if len(tags) else None
+
+
 def _load_exif(data: bytes) -> PILImage.Exif:
     tags = PILImage.Exif()
-    tags.load(data)
-    for ifd in (_EXIF_IFD, _GPS_IFD):  # load sub-IFDs now: tobytes() only writes loaded ones
-        if ifd in tags:
-            tags.get_ifd(ifd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns per odd tag; a run's log must not fill with them
+        tags.load(data)
+        for ifd in (_EXIF_IFD, _GPS_IFD):  # load sub-IFDs now: tobytes() only writes loaded ones
+            if ifd in tags:
+                tags.get_ifd(ifd)
     return tags
 
 

@@ -183,3 +183,16 @@ def test_cli_strip_metadata(tmp_path):
         assert result.exit_code == 0, result.output
     check_carried(kept, (120, 160))
     check_stripped(stripped)
+
+
+def test_unparsable_exif_never_costs_the_picture(tmp_path):
+    pixels = RNG.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    # A count far past the end of the block, then truncated IFD entries.
+    junk = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x02\x00\x0f\x01\x02\x00\xff\xff\x00\x00\x99\x99\x99\x99\x10"
+    Image.fromarray(pixels).save(tmp_path / "junk.jpg", exif=junk, quality=100)
+    image = read_image(tmp_path / "junk.jpg")
+    assert image.size == (6, 8)
+    write_image(tmp_path / "out.jpg", image.rgb, fmt="jpg", metadata=image.metadata)
+    assert read_image(tmp_path / "out.jpg").size == (6, 8)
+    meta = for_output(Metadata(exif=junk, xmp=None), (6, 8))  # the write side alone, too
+    assert meta.exif is None or meta.exif.startswith(b"Exif")
