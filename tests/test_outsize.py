@@ -253,3 +253,12 @@ def test_single_output_format_conflict_and_existing_folder(photo, tmp_path):
     result = CliRunner().invoke(main, [str(photo / "a.png"), str(folder), *WEIGHTS, "-q"])
     assert result.exit_code == 0, result.output
     assert [p.suffix for p in folder.iterdir() if p.is_file()] == [".png"]
+
+
+def test_single_output_that_is_the_input_or_with_a_suffix_is_a_usage_error(photo, tmp_path):
+    before = (photo / "a.png").read_bytes()
+    result = CliRunner().invoke(main, [str(photo / "a.png"), str(photo / "a.png"), *WEIGHTS, "--overwrite"])
+    assert result.exit_code == 2 and "is INPUT itself" in result.output
+    assert (photo / "a.png").read_bytes() == before
+    result = CliRunner().invoke(main, [str(photo / "a.png"), str(tmp_path / "o.png"), *WEIGHTS, "--suffix", "_x4"])
+    assert result.exit_code == 2 and "--suffix" in result.output and not (tmp_path / "o.png").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     if onnx_path is not None and weights is not None and backend != "torch":
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
     output_size = _output_size(outscale, width, height, long_side)
-    image_file = _is_image_file_output(input_path, output_dir, fmt)
+    image_file = _is_image_file_output(input_path, output_dir, fmt, suffix)
     unreadable: list[str] = []
     try:
         video_jobs = _plan_videos(input_path, output_dir, suffix)
@@ -221,10 +222,11 @@ def _output_size(outscale, width, height, long_side):
         _fail(f"{named[0]} {given[named[0]]}: {exc}")
 
 
-def _is_image_file_output(input_path: Path, output: Path, fmt: str) -> bool:
+def _is_image_file_output(input_path: Path, output: Path, fmt: str, suffix: str) -> bool:
     """True when OUTPUT names one image file: an image suffix and not an existing folder.
 
-    Usage error for a folder INPUT with such an OUTPUT, or a --format that contradicts the suffix.
+    Usage error for a folder INPUT with such an OUTPUT, an OUTPUT that is INPUT itself, a --format
+    that contradicts the suffix, or a --suffix (it names files inside an output folder).
     """
     from ..batch import IMAGE_SUFFIXES
     from ..imageio import format_for_suffix
@@ -234,6 +236,10 @@ def _is_image_file_output(input_path: Path, output: Path, fmt: str) -> bool:
     if input_path.is_dir():
         _fail(f"OUTPUT {output} is an image file name, but INPUT {input_path} is a folder; give a folder "
               "for the results")
+    if os.path.realpath(output) == os.path.realpath(input_path):
+        _fail(f"OUTPUT {output} is INPUT itself; give another file name (the input is never replaced)")
+    if suffix:
+        _fail(f"--suffix {suffix!r} names files in an output folder; OUTPUT {output} is already a file name")
     from_suffix = format_for_suffix(output.suffix)
     source = click.get_current_context().get_parameter_source("fmt")
     if source is click.core.ParameterSource.COMMANDLINE and fmt not in ("same", from_suffix):
