@@ -59,6 +59,16 @@ class BatchStats:
     requests_merged: int = 0  # engine calls that carried tiles of more than one request
 
 
+def install(upscaler, proxy: "BatchedEngine") -> None:
+    """Put ``proxy`` wherever ``upscaler`` (or an object it owns, e.g. its pipeline) holds the real
+    engine: the Upscaler API has no engine argument, and its inner layout is not ours to rely on."""
+    owners = [upscaler, *(v for v in vars(upscaler).values() if hasattr(v, "__dict__"))]
+    for owner in owners:
+        for name, value in list(vars(owner).items()):
+            if value is proxy.engine:
+                setattr(owner, name, proxy)
+
+
 class BatchedEngine:
     """Engine proxy: tile calls go to ``submit``; everything else (``info``, ``close``...) is the engine's."""
 

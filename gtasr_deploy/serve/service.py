@@ -26,7 +26,7 @@ from ray import serve
 
 from ..errors import GtasrError
 from ..tiling import plan_tiles
-from .batching import BatchedEngine, TileCall
+from .batching import BatchedEngine, TileCall, install
 from .codec import FORMATS, MEDIA_TYPES, ProcessingError, bicubic, process_upload, safe_name
 from .settings import UpscalerSettings
 
@@ -112,7 +112,7 @@ class UpscaleService:
         self.settings, self.options = settings, options
         self.upscaler = settings.build(default_threads=threads)
         self.engine = BatchedEngine(self.upscaler.engine, self._submit)
-        self.upscaler.engine = self.engine
+        install(self.upscaler, self.engine)
         self._tiles.set_max_batch_size(options.max_batch_size)
         self._tiles.set_batch_wait_timeout_s(options.batch_wait_s)
         # Requests block a thread while their tiles wait for a batch; the batch itself must never
@@ -127,8 +127,7 @@ class UpscaleService:
     async def health(self) -> dict:
         info, opts = self.engine.engine.info, self.upscaler.options
         return {"status": "ok", "backend": info.backend, "device": info.device, "precision": info.precision,
-                "tile": opts.tile, "tile_overlap": opts.overlap, "batch": opts.batch,
-                "shared_norm": opts.shared_norm, "seed": self.upscaler.seed, **asdict(self.options),
+                "tiling": asdict(opts), "seed": self.upscaler.seed, **asdict(self.options),
                 "batching": asdict(self.engine.stats)}
 
     @app.get("/")
