@@ -4,8 +4,11 @@ imageio / run_batch / the CLI, read back; orientation 1 and the new sizes; --str
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -196,3 +199,22 @@ def test_unparsable_exif_never_costs_the_picture(tmp_path):
     assert read_image(tmp_path / "out.jpg").size == (6, 8)
     meta = for_output(Metadata(exif=junk, xmp=None), (6, 8))  # the write side alone, too
     assert meta.exif is None or meta.exif.startswith(b"Exif")
+
+
+def test_16bit_colour_source_rotated_by_hand_gets_orientation_1(tmp_path):
+    # 16-bit colour is decoded by OpenCV and rotated by hand; its EXIF must still say 1 afterwards.
+    deep = RNG.integers(0, 65536, (30, 40, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "deep.png"), deep[..., ::-1])
+    payload = camera_exif(40, 30).tobytes()[6:]
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    data = (tmp_path / "deep.png").read_bytes()
+    (tmp_path / "deep.png").write_bytes(data[:33] + chunk + data[33:])  # right after IHDR
+    image = read_image(tmp_path / "deep.png")
+    assert image.bit_depth == 16 and image.size == (30, 40)
+    write_image(tmp_path / "out.png", image.rgb, bit_depth=16, metadata=image.metadata)
+    with Image.open(tmp_path / "out.png") as im:
+        exif = im.getexif()
+        assert exif[ORIENTATION] == 1 and exif[MAKE] == "Canon"
+        assert (exif.get_ifd(EXIF_IFD)[PIXEL_X], exif.get_ifd(EXIF_IFD)[PIXEL_Y]) == (30, 40)
+    out = read_image(tmp_path / "out.png")
+    assert out.size == (30, 40) and np.allclose(out.rgb, image.rgb, atol=1 / 65535)
