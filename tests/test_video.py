@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -232,8 +233,13 @@ def test_cli_video_file_and_folder(clip, tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "a.mp4").write_bytes(clip.read_bytes())
     Image.fromarray(frame_image(1)).save(folder / "still.png")
-    result = runner.invoke(main, [str(folder), str(tmp_path / "out"), "--suffix", "_x4"])
+    result = runner.invoke(main, [str(folder), str(tmp_path / "out"), "--suffix", "_x4",
+                                  "--json", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
+    assert "1 file(s) + 1 video(s)" in result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted((Path(f["output"]).name, f["status"], tuple(f["output_size"])) for f in report["files"]) == [
+        ("a_x4.mp4", "written", (4 * W, 4 * H)), ("still_x4.png", "written", (4 * W, 4 * H))]
     assert (tmp_path / "out" / "still_x4.png").is_file()
     assert len(probe(tmp_path / "out" / "sub" / "a_x4.mp4")["frames"]) == N
     result = runner.invoke(main, [str(folder), str(tmp_path / "out"), "--suffix", "_x4"])  # re-run: skipped

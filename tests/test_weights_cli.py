@@ -223,3 +223,17 @@ def test_version_on_every_command(module, name):
     main = importlib.import_module(f"gtasr_deploy.cli.{module}").main
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"{name}, version {__version__}"
+
+
+@pytest.mark.parametrize("module,args", [("export", []), ("bench", []), ("eval", ["compare", "hr/"]),
+                                         ("upscale", ["in/", "out/"])])
+def test_weights_names_reach_every_command(module, args, tmp_path, monkeypatch):
+    """--weights NAME goes through the registry in every command that takes --weights (before any work)."""
+    import importlib
+
+    monkeypatch.setenv(reg.DIR_ENV, str(tmp_path))
+    main = importlib.import_module(f"gtasr_deploy.cli.{module}").main
+    result = CliRunner().invoke(main, [*args, "--weights", "ctmsr"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: weights 'ctmsr' are not fetched (looked in {tmp_path}); "
+                                     "run gtasr-weights fetch ctmsr")

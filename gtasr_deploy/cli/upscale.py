@@ -150,7 +150,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     if not quiet:
         info = upscaler.engine.info
         opts = upscaler.options
-        click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
+        videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
+        click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}, backend {info.backend} on {info.device} ({info.precision}), "
                    f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
                    f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
     if not quiet and output_size is not None:
