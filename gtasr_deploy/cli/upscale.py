@@ -106,6 +106,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped. For a single
     image INPUT, an OUTPUT ending in .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff is that file (format
     from its suffix). Without a terminal (a log), progress is one plain line per image.
+    Videos (.mp4 .mkv .mov .webm .avi; a file, or those in a folder; the video extra): every frame
+    x4 with one fixed noise, frame count/rate/timestamps kept, audio and subtitles copied; a video
+    OUTPUT name writes that file. See --video-codec, --crf, --pix-fmt.
     Exit code: 0 all succeeded, 1 some files failed, 2 usage error.
     """
     from .. import batch as batch_mod
