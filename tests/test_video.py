@@ -250,3 +250,22 @@ def test_cli_video_file_and_folder(clip, tmp_path):
     result = runner.invoke(main, [str(clip), str(tmp_path / "y.mp4"), "--video-codec", "nope264"])
     assert result.exit_code == 1 and "no such encoder" in result.output
     assert not (tmp_path / "y.mp4").exists()
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    """Irregular frame times (a phone's VFR clip) come out at the same times, not re-timed to a rate."""
+    ticks = [0, 1, 3, 4, 7, 8]
+    src = tmp_path / "vfr.mkv"
+    with av.open(str(src), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        for i, tick in enumerate(ticks):
+            frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
+            frame.pts, frame.time_base = tick, 1 / RATE
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    upscale_video(src, tmp_path / "out.mkv", nearest4)
+    before, after = probe(src)["times"], probe(tmp_path / "out.mkv")["times"]
+    assert len(after) == len(ticks)
+    assert [t - after[0] for t in after] == pytest.approx([t - before[0] for t in before], abs=1e-3)
+    assert before[1] - before[0] == pytest.approx(0.08) and before[2] - before[1] == pytest.approx(0.16)
