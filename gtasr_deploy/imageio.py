@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import struct
 import warnings
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -64,6 +65,7 @@ class Image:
     icc_profile: bytes | None
     source_format: str  # "png", "jpeg", "webp", "bmp", "tiff"
     metadata: Metadata | None = None
+    frames: int = 1  # frames/pages in the file (animated PNG/WebP, multi-page TIFF); the first is decoded
 
     @property
     def size(self) -> tuple[int, int]:
@@ -83,12 +85,18 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+    except OSError as exc:  # missing, symlink loop, name too long...: the OS's reason, not "corrupt"
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever; a device is no image
+        raise InputError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); expected an image file")
+    try:
+        if info.st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes)")
         with _no_pillow_bomb_check(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd tags; one line per file only
             with PILImage.open(path) as im:
-                return _decode(path, im, max_pixels)
+                return replace(_decode(path, im, max_pixels), frames=getattr(im, "n_frames", 1))
     except PILImage.UnidentifiedImageError:
         raise InputError(f"{path}: {_unidentified_reason(path)}") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
@@ -220,9 +228,25 @@ def _no_pillow_bomb_check() -> Iterator[None]:
         PILImage.MAX_IMAGE_PIXELS = previous
 
 
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def _unidentified_reason(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(12)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):  # Pillow cannot open float RGB TIFFs; OpenCV can tell
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+        if pixels is not None and pixels.dtype.kind == "f":
+            return (f"TIFF with {pixels.dtype.itemsize * 8}-bit float samples is not supported "
+                    "(expected 8/16-bit integer samples)")
     for magic, name in _MAGIC.items():
         if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
             return f"truncated or corrupt {name} header"

@@ -27,6 +27,7 @@ from gtasr_deploy.batch import (
     run_batch,
     select_shard,
 )
+from gtasr_deploy.completion import RECORD_DIR
 from gtasr_deploy.errors import BackendUnavailableError, InputError
 from gtasr_deploy.imageio import upscale_alpha
 
@@ -62,6 +63,11 @@ def image(path: Path, mode: str = "RGB", size=(5, 3), **options) -> Path:
 def leftovers(folder: Path) -> list[Path]:
     """Temp files anywhere under ``folder``."""
     return [p for p in folder.rglob("*") if p.name.startswith(".gtasr-")]
+
+
+def outputs(folder: Path) -> list[str]:
+    """Names in ``folder`` but the completion records' folder (temp files would show)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != RECORD_DIR)
 
 
 def plan(src: Path, out: Path, **options) -> list[Job]:
@@ -107,9 +113,11 @@ def test_plan_mirrors_structure_with_format_and_suffix(tmp_path):
     image(src / "sub" / "a.jpg")
     image(src / "b.png")
     jobs = plan(src, tmp_path / "out", fmt="webp", suffix="_x4")
-    assert [j.dst for j in jobs] == [tmp_path / "out" / "b_x4.webp", tmp_path / "out" / "sub" / "a_x4.webp"]
+    assert [j.dst for j in jobs] == [tmp_path / "out" / "b_png_x4.webp", tmp_path / "out" / "sub" / "a_jpg_x4.webp"]
     jobs = plan(src, tmp_path / "out", fmt="same")
     assert [j.dst.name for j in jobs] == ["b.png", "a.jpg"]
+    jobs = plan(src, tmp_path / "out", fmt="png")
+    assert [j.dst.name for j in jobs] == ["b.png", "a_jpg.png"]  # tagged even with no a.png beside it
 
 
 def test_plan_collisions_keep_both(tmp_path):
@@ -117,15 +125,15 @@ def test_plan_collisions_keep_both(tmp_path):
     for name in ["photo.jpg", "photo.png", "photo.webp", "photo_jpg.png", "Photo.PNG"]:
         image(src / name)
     names = {j.src.name: j.dst.name for j in plan(src, tmp_path / "out", fmt="png")}
-    # Photo.PNG and photo.png both are PNGs: the first in sorted order ("P" < "p") keeps the plain
-    # name; photo_jpg.png is itself an input, so photo.jpg gets _2.
-    assert names == {"Photo.PNG": "Photo.png", "photo.png": "photo_png.png", "photo_jpg.png": "photo_jpg.png",
-                     "photo.jpg": "photo_jpg_2.png", "photo.webp": "photo_webp.png"}
+    # photo_jpg.png looks tagged, so it is tagged too; Photo.PNG and photo.png differ only in case:
+    # each gets the hash of its own path.
+    assert names["photo.jpg"] == "photo_jpg.png" and names["photo_jpg.png"] == "photo_jpg_png.png"
+    assert names["photo.webp"] == "photo_webp.png"
+    assert names["Photo.PNG"].startswith("Photo_") and names["photo.png"].startswith("photo_")
     assert len({n.casefold() for n in names.values()}) == len(names)
     names = {j.src.name: j.dst.name for j in plan(src, tmp_path / "out", fmt="jpg")}
-    # Photo.PNG and photo.png both want photo_png.jpg (case-insensitively): the later one gets _2.
-    assert names == {"photo.jpg": "photo.jpg", "Photo.PNG": "Photo_png.jpg", "photo.png": "photo_png_2.jpg",
-                     "photo_jpg.png": "photo_jpg.jpg", "photo.webp": "photo_webp.jpg"}
+    assert names["photo.jpg"] == "photo.jpg" and names["photo_jpg.png"] == "photo_jpg_png.jpg"
+    assert len({n.casefold() for n in names.values()}) == len(names)
 
 
 def test_plan_refuses_to_replace_inputs_and_bad_options(tmp_path):
@@ -223,7 +231,7 @@ def test_run_batch_mixed_folder(tmp_path):
         f"error: {src / 'huge.png'}: image is 20x20 = 400 pixels, over the limit of 399 "
         "(raise it with --max-pixels if the file is trusted)",
         f"error: {src / 'text.png'}: not an image file (expected PNG, JPEG, WebP, BMP or TIFF)"])
-    assert lines[-1] == "4 written, 0 skipped (exists), 4 failed"
+    assert lines[-1] == "4 written, 0 skipped (done), 4 failed"
     assert "Traceback" not in err.getvalue()
     assert (summary.written, summary.failed, summary.exit_code) == (4, 4, 1)
     with PILImage.open(out / "rgb.png") as im:
@@ -232,7 +240,7 @@ def test_run_batch_mixed_folder(tmp_path):
         assert (im.mode, im.size) == ("L", (16, 16))
     with PILImage.open(out / "alpha.png") as im:
         assert (im.mode, im.size, im.info["icc_profile"]) == ("RGBA", (12, 8), SRGB_ICC)
-    assert (out / "sub dir" / "photo ü.png").is_file()
+    assert (out / "sub dir" / "photo ü_jpg.png").is_file()
     assert not (out / "cut.png").exists() and not leftovers(out)
     data = json.loads(report.read_text())
     assert data["summary"] == {"written": 4, "skipped": 0, "failed": 4, "interrupted": False, "exit_code": 1}
@@ -284,7 +292,7 @@ def test_existing_outputs_skipped_unless_overwrite(tmp_path):
     sr, err = CountingSr(), io.StringIO()
     summary = run_batch(jobs, sr, progress=False, err=err)
     assert (summary.skipped, sr.calls, summary.exit_code) == (3, 0, 0)
-    assert err.getvalue() == "0 written, 3 skipped (exists), 0 failed\n"
+    assert err.getvalue() == "0 written, 3 skipped (done), 0 failed\n"
     summary = run_batch(jobs, sr, overwrite=True, progress=False, summary=False, err=io.StringIO())
     assert (summary.written, sr.calls) == (3, 3)
 
@@ -311,14 +319,14 @@ def test_interrupted_run_then_resume_completes_the_set(tmp_path, how):
     with pytest.raises(KeyboardInterrupt):
         run_batch(jobs, interrupt_on_third, progress=False, json_report=report, err=err)
     assert signal.getsignal(signal.SIGTERM) is previous_handler
-    assert sorted(p.name for p in out.iterdir()) == names[:2]  # complete files only, no temp files
-    assert err.getvalue().splitlines()[-1] == "interrupted: 2 written, 0 skipped (exists), 0 failed"
+    assert outputs(out) == names[:2]  # complete files only, no temp files
+    assert err.getvalue().splitlines()[-1] == "interrupted: 2 written, 0 skipped (done), 0 failed"
     assert json.loads(report.read_text())["summary"]["interrupted"] is True
 
     resumed = CountingSr()
     summary = run_batch(jobs, resumed, progress=False, err=io.StringIO())
     assert (summary.skipped, summary.written, resumed.calls, summary.exit_code) == (2, 3, 3, 0)
-    assert sorted(p.name for p in out.iterdir()) == names
+    assert outputs(out) == names
     for name in names:
         with PILImage.open(out / name) as im:
             assert im.size == (20, 12)
@@ -358,7 +366,7 @@ def test_shards_together_produce_the_whole_set(tmp_path):
     written = [run_batch(select_shard(jobs, (k, 3), env={}), nearest_x4, progress=False,
                          err=io.StringIO()).written for k in range(3)]
     assert written == [3, 2, 2]
-    assert sorted(p.name for p in out.iterdir()) == [f"{i}.png" for i in range(7)]
+    assert outputs(out) == [f"{i}.png" for i in range(7)]
 
 
 def test_progress_bars_and_tile_callback(tmp_path):

@@ -30,7 +30,7 @@ def test_folder_of_two_images_gives_two_x4_pngs(two_images, tmp_path):
     result = CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS])
     assert result.exit_code == 0, result.output
     assert Image.open(out / "a.png").size == (112, 80)
-    assert Image.open(out / "b photo.png").size == (36, 52)
+    assert Image.open(out / "b photo_jpg.png").size == (36, 52)  # tagged: not a PNG input
     # same seed → same bytes; re-run skips existing outputs
     first = (out / "a.png").read_bytes()
     again = CliRunner().invoke(main, [str(two_images), str(out), "-q", *WEIGHTS])
@@ -109,7 +109,7 @@ def test_mixed_folder_end_to_end(tmp_path):
     for name in ("empty.png", "notes.png", "trunc.png", "huge.png"):
         assert sum(name in line for line in errors) == 1
     assert "Traceback" not in result.output
-    assert "5 written, 0 skipped (exists), 4 failed" in result.output
+    assert "5 written, 0 skipped (done), 4 failed" in result.output
     assert Image.open(out / "photo.png").size == (40, 48)
     assert Image.open(out / "photo_jpg.png").size == (40, 48)
     with Image.open(out / "sub dir" / "alpha ü.png") as im:
@@ -118,7 +118,7 @@ def test_mixed_folder_end_to_end(tmp_path):
         assert im.mode == "L"
     deep = cv2.imread(str(out / "deep16.png"), cv2.IMREAD_UNCHANGED)
     assert deep.dtype == np.uint16 and deep.shape == (32, 32, 3)
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and ".gtasr" not in p.parts) == sorted(
         ["photo.png", "photo_jpg.png", "alpha ü.png", "gray.png", "deep16.png"])
     import json
 
@@ -132,7 +132,8 @@ def test_output_folder_equal_to_input_folder_does_not_upscale_its_own_results(tw
     assert first.exit_code == 0 and "2 written" in first.output, first.output
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 written, 2 skipped" in again.output, again.output
-    assert sorted(p.name for p in two_images.iterdir()) == ["a.png", "a_x4.png", "b photo.jpg", "b photo_x4.png"]
+    assert sorted(p.name for p in two_images.iterdir()) == [".gtasr", "a.png", "a_x4.png", "b photo.jpg",
+                                                            "b photo_jpg_x4.png"]
 
 
 def test_unreadable_subfolder_is_reported_and_fails_the_run(two_images, tmp_path, monkeypatch):
@@ -143,7 +144,8 @@ def test_unreadable_subfolder_is_reported_and_fails_the_run(two_images, tmp_path
     real_walk = os.walk
 
     def walk(top, onerror=None, **kw):  # as if in/locked could not be listed (root reads everything)
-        onerror(PermissionError(13, "Permission denied", str(Path(top) / "locked")))
+        if onerror is not None:  # the video search walks too, without onerror
+            onerror(PermissionError(13, "Permission denied", str(Path(top) / "locked")))
         yield from real_walk(top, onerror=onerror, **kw)
 
     monkeypatch.setattr(batch.os, "walk", walk)

@@ -198,15 +198,23 @@ def test_cli_score(pair_dirs, tmp_path, assets):
     sr, gt = pair_dirs
     out = tmp_path / "s.csv"
     result = CliRunner().invoke(main, [str(sr), "--gt", str(gt), "--csv", str(out), "-q"])
-    assert result.exit_code == 0, result.output
+    # c has no GT and d no SR: the summary says so and so does the exit code
+    assert result.exit_code == 1, result.output
     assert "3 image(s), 2 paired with a GT" in result.stdout and "psnr" in result.stdout
+    assert "1 not scored, e.g. c: no GT" in result.stdout
+    assert "error: psnr: 1 image(s) not scored, e.g. c: no GT" in result.output
+    assert "error: GT without SR (1), not scored: d" in result.output
     mean = list(csv.DictReader(out.open()))[-1]
     assert f"{float(mean['ssim']):.4f}" in result.stdout
     # explicit subcommand and options before the folder route the same way
     again = CliRunner().invoke(main, ["score", str(sr), "--gt", str(gt), "-q"])
-    assert again.exit_code == 0 and again.stdout == result.stdout
+    assert again.exit_code == 1 and again.stdout == result.stdout
     first = CliRunner().invoke(main, ["--gt", str(gt), str(sr), "-q"])
-    assert first.exit_code == 0 and first.stdout == result.stdout
+    assert first.exit_code == 1 and first.stdout == result.stdout
+    (sr / "c.png").unlink()
+    (gt / "d.png").unlink()
+    complete = CliRunner().invoke(main, [str(sr), "--gt", str(gt), "-q"])
+    assert complete.exit_code == 0 and "not scored" not in complete.output, complete.output
 
 
 def test_cli_score_goes_on_past_a_bad_image_and_says_what_was_not_scored(pair_dirs, tmp_path):

@@ -24,7 +24,9 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    from ..batch import printable
+
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -59,19 +61,21 @@ def main() -> None:
 def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     """Score every image of SR_DIR (PSNR/SSIM on Y, BT.601, no border crop; LPIPS-Alex; LSD; NIQE).
 
-    Exit code: 0 every metric scored every image it applies to, 1 something was not scored (an
-    unreadable image, no SR/GT pair, a metric unavailable or left out for some images), 2 usage error.
+    Exit code: 0 every image was scored by every metric; 1 something was not scored (an unreadable
+    image, an SR image without a GT or a GT without an SR when --gt is given, a metric unavailable
+    or left out for some images, e.g. too small for it); 2 usage error.
     """
-    from ..evaluation.folders import format_summary, parse_metrics, score_folders, write_csv
+    from ..evaluation.folders import check_csv_target, format_summary, parse_metrics, score_folders, write_csv
 
     def progress(done, total, stem):
         click.echo(f"[{done}/{total}] {stem}", err=True)
 
-    from ..batch import check_report_path
+    from ..batch import check_report_path, printable
 
     try:
-        if csv_path is not None:
-            check_report_path(csv_path, "--csv")  # before scoring, not after
+        if csv_path is not None:  # before scoring, not after; never over an image
+            check_csv_target(csv_path, sr_dir, gt_dir)
+            check_report_path(csv_path, "--csv")
         report = score_folders(sr_dir, gt_dir, metrics=parse_metrics(metrics), cache_dir=cache_dir,
                                progress=None if quiet else progress)
         if csv_path is not None:
@@ -81,7 +85,7 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     click.echo(format_summary(report))
     problems = report.problems()
     for line in problems:
-        click.echo(f"error: {line}", err=True)
+        click.echo(printable(f"error: {line}"), err=True)
     sys.exit(1 if problems else 0)
 
 
@@ -91,7 +95,8 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
               help="Comma list of bicubic, gtasr, dat-light, realesrgan; a peer that is not installed is skipped.")
 @click.option("--degrade", type=click.Choice(["realesrgan", "bicubic"]), default="realesrgan", show_default=True,
               help="LR making: the training degradation (seeded, per photo) or PIL bicubic x1/4.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the degradation and of GTASR's noise.")
+@click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the degradation and of GTASR's noise.")
 @click.option("--weights", callback=weights_callback,
               help="GTASR weights (.pth or .safetensors, or a name fetched with gtasr-weights). "
                    "Default: the embedded demo weights.")

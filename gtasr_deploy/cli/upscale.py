@@ -53,7 +53,8 @@ def _resolve_device(device: str) -> str:
               help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Torch engine precision (fp16 is meant for CUDA; it also runs on a CPU).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the unit noise added to up(LR).")
+@click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the unit noise added to up(LR).")
 @click.option("--tile", type=int, default=None,
               help="LR tile size in px (a multiple of the size rule); 0 = whole image. "
                    "Default: 256 (paper), 128 (demo); images that fit run whole.")
@@ -89,7 +90,9 @@ def _resolve_device(device: str) -> str:
               help="Video constant quality (lower is better) for libx264/libx265/VP9/AV1. Default: 18.")
 @click.option("--pix-fmt", default=None, help="Video pixel format. Default: yuv420p (plays everywhere).")
 @click.option("--suffix", default="", help="Appended to output file stems, e.g. _x4.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them, so re-runs resume).")
+@click.option("--overwrite", is_flag=True,
+              help="Redo every output and replace files this tool did not write (default: skip outputs finished "
+                   "for the same input and settings, so re-runs resume; refuse to replace other files).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=50_000_000, show_default=True,
               help="Refuse inputs with more pixels than this (decompression-bomb guard); 0 = no limit.")
 @click.option("--shard", default=None, metavar="K/N",
@@ -103,13 +106,15 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
          outscale, width, height, long_side, strip_metadata):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
 
-    Writes <name>.png per input (mirroring sub-folders); existing outputs are skipped. For a single
+    Writes <name>.png per input (mirroring sub-folders; an input in another format is tagged,
+    photo.jpg -> photo_jpg.png, so names never depend on which other files exist). An output is
+    skipped only when its completion record (OUTPUT/.gtasr/) shows it was finished for the same
+    input file and settings; a stale one is redone; a file this tool did not write is left alone
+    and reported unless --overwrite. For a single
     image INPUT, an OUTPUT ending in .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff is that file (format
     from its suffix). Without a terminal (a log), progress is one plain line per image.
-    Videos (.mp4 .mkv .mov .webm .avi; a file, or those in a folder; the video extra): every frame
-    x4 with one fixed noise, frame count/rate/timestamps kept, audio and subtitles copied; a video
-    OUTPUT name writes that file. See --video-codec, --crf, --pix-fmt.
-    Exit code: 0 all succeeded, 1 some files failed, 2 usage error.
+    Exit code: 0 all succeeded, 1 some files failed, 2 usage error (nothing done), 130 interrupted
+    (Ctrl-C, SIGTERM, SIGHUP: finished files are kept, no partial ones).
     """
     from .. import batch as batch_mod
 
@@ -119,13 +124,18 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
     output_size = _output_size(outscale, width, height, long_side)
     image_file = _is_image_file_output(input_path, output_dir, fmt, suffix)
-    unreadable: list[str] = []
+    unreadable: list[tuple[str, str]] = []  # (folder, reason): folders the search could not enter
+    # folders a usage error must not leave behind (created by the checks below)
+    made = batch_mod.missing_dirs([output_dir.parent if image_file else output_dir,
+                                   *([json_report.parent] if json_report is not None else [])])
     try:
         video_jobs = _plan_videos(input_path, output_dir, suffix)
         inputs = [] if video_jobs and input_path.is_file() else _collect_images(
             input_path, output_dir, unreadable, allow_none=bool(video_jobs))
         jobs = ([batch_mod.Job(src=src, rel=rel, dst=output_dir) for src, rel in inputs] if image_file
                 else batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix))
+        if json_report is not None:  # every shard's inputs and outputs, not only this one's
+            batch_mod.check_json_target(json_report, jobs)
         if len(jobs) < len(inputs) and not quiet:
             click.echo(f"note: {len(inputs) - len(jobs)} file(s) left out: they are outputs of other inputs "
                        "(the output folder is inside the input folder)", err=True)
@@ -145,6 +155,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                             batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
                             shared_norm=shared_norm)
     except GtasrError as exc:
+        batch_mod.remove_empty_dirs(made)
         _fail(str(exc))
 
     def sr_fn(rgb, on_tile=None):
@@ -153,8 +164,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     if not quiet:
         info = upscaler.engine.info
         opts = upscaler.options
-        videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
-        click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}, backend {info.backend} on {info.device} ({info.precision}), "
+        click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
                    f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
                    f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
     if not quiet and output_size is not None:
@@ -164,8 +174,12 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         if jobs or not video_jobs:
             result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
                                          progress=not quiet, json_report=None if video_jobs else json_report,
-                                         tile_progress=not quiet, output_size=output_size,
-                                         strip_metadata=strip_metadata)
+                                         tile_progress=not quiet, unlisted=unreadable,
+                                         output_size=output_size, strip_metadata=strip_metadata,
+                                         settings=batch_mod.picture_settings(
+                                             weights=weights, onnx=onnx_path, network_config=network_config,
+                                             param_key=param_key, engine=upscaler.engine.info,
+                                             tiling=upscaler.options, seed=seed))
         if video_jobs:  # after the images; the JSON report then lists both
             from dataclasses import replace
 
@@ -182,9 +196,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         sys.exit(130)
     finally:
         upscaler.close()
-    for line in unreadable:  # folders the search could not enter: their images were not upscaled
-        click.echo(f"error: {line}", err=True)
-    sys.exit(1 if unreadable else result.exit_code)
+    sys.exit(result.exit_code)
 
 
 def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:

@@ -163,22 +163,23 @@ class FolderReport:
     gt_given: bool = False
 
     def problems(self) -> list[str]:
-        """One line per thing that failed: unreadable files, no SR/GT pair at all, and metrics that
-        scored none of the images they apply to or left some out. Empty when everything scored."""
+        """One line per thing not scored: unreadable files, no SR/GT pair at all, GT images without
+        an SR, metrics unavailable, and metrics that left images out (an SR image without a GT
+        included). Empty exactly when :func:`format_summary` reports nothing as not scored."""
         lines = list(self.unreadable)
         paired = sum(r.gt_path is not None for r in self.rows)
         if self.gt_given and self.rows and not paired:
             lines.append("no SR image pairs with a GT image (files pair by stem)")
+        if self.gt_without_sr:
+            lines.append(f"GT without SR ({len(self.gt_without_sr)}), not scored: {', '.join(self.gt_without_sr)}")
         for name, (_, count) in self.summary().items():
             if name in self.unavailable:
                 lines.append(f"{name}: unavailable: {self.unavailable[name]}")
                 continue
-            # an SR image without a GT is not a failure of a full-reference metric: it does not apply
-            applies = [r for r in self.rows if r.gt_path is not None or not METRICS[name].full_reference]
-            left_out = [f"{r.stem}: {r.notes[name]}" for r in applies if name in r.notes]
+            left_out = _left_out(self.rows, name)
             if left_out:
                 lines.append(f"{name}: {len(left_out)} image(s) not scored, e.g. {left_out[0]}")
-            elif count == 0 and applies:
+            elif count == 0 and self.rows:
                 lines.append(f"{name}: scored no image")
         return lines
 
@@ -235,7 +236,7 @@ class Scorer:
         model = self._model(name)
         if model is None:
             return math.nan
-        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), np.float32))[None]  # noqa: E731
+        to_t = lambda a: torch.from_numpy(np.array(a.transpose(2, 0, 1), np.float32))[None]  # noqa: E731
         with torch.no_grad():
             if name == "lpips":
                 return float(model(to_t(sr) * 2 - 1, to_t(gt) * 2 - 1)[0])
@@ -263,6 +264,13 @@ class Scorer:
                     self.unavailable[name] = str(err)
                 except InputError as err:  # this image only, e.g. NIQE on an image under 96 px
                     notes[name] = str(err)
+                except MemoryError:
+                    notes[name] = f"out of memory on this {sr.shape[1]}x{sr.shape[0]} image"
+                except RuntimeError as err:  # a learned metric's own network refusing this image
+                    if name not in self._models:
+                        raise
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                    notes[name] = f"{name} failed on this image ({first[:200]})"
                 if math.isnan(values[name]) and name in self.unavailable:
                     notes[name] = "unavailable"
         return values, notes
@@ -300,8 +308,9 @@ def score_folders(sr_dir: str | Path, gt_dir: str | Path | None = None, *,
         try:
             sr = read_image(sr_path).rgb
             gt = read_image(gt_path).rgb if gt_path is not None else None
-        except InputError as exc:  # one bad file: say which, score the rest
-            unreadable.append(str(exc))
+        except (InputError, MemoryError) as exc:  # one bad file: say which, score the rest
+            unreadable.append(str(exc) if isinstance(exc, InputError)
+                              else f"{sr_path}: out of memory decoding it or its GT")
             if progress is not None:
                 progress(i + 1, len(srs), stem)
             continue
@@ -344,6 +353,36 @@ def write_csv(report: FolderReport, path: str | Path) -> None:
         raise InputError(f"--csv {path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _left_out(rows: Sequence[ImageScore], name: str) -> list[str]:
+    """'<stem>: <why>' for each image that metric ``name`` did not score."""
+    return [f"{r.stem}: {r.notes[name]}" for r in rows if name in r.notes]
+
+
+def check_csv_target(path: str | Path, sr_dir: str | Path, gt_dir: str | Path | None) -> None:
+    """InputError unless ``--csv`` may be written at ``path``: never over an image of either folder,
+    an image name, or an existing file that is not an earlier CSV of this command."""
+    from ..preflight import check_report_target
+
+    images = [*_listed(sr_dir), *(_listed(gt_dir) if gt_dir is not None else [])]
+    check_report_target(path, images, option="--csv", is_report=_is_score_csv)
+
+
+def _listed(folder: str | Path) -> list[Path]:
+    try:
+        return [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    except OSError:  # a missing folder is score_folders' error to report
+        return []
+
+
+def _is_score_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:3] == ["stem", "sr", "gt"] and header[-1:] == ["notes"]
+
+
 def format_value(name: str, value: float) -> str:
     """A metric value with the metric's printed precision; '-' for NaN."""
     if math.isnan(value):
@@ -363,7 +402,7 @@ def format_summary(report: FolderReport) -> str:
             lines.append(f"  {name:8s} {arrow}  unavailable: {report.unavailable[name]}")
         else:
             line = f"  {name:8s} {arrow}  {format_value(name, mean):>10s}  (n={count})"
-            skipped = [f"{r.stem}: {r.notes[name]}" for r in report.rows if name in r.notes]
+            skipped = _left_out(report.rows, name)
             if skipped:  # say why images were left out, with the first reason
                 line += f"  {len(skipped)} not scored, e.g. {skipped[0]}"
             lines.append(line)

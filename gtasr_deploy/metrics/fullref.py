@@ -84,8 +84,11 @@ def ssim(a: np.ndarray, b: np.ndarray, *, peak: float = 255.0) -> float:
     """
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    if a.ndim != 2 or a.shape != b.shape or min(a.shape) < _SSIM_SIZE:
+    if a.ndim != 2 or a.shape != b.shape:
         raise InputError(f"SSIM planes: got {a.shape} and {b.shape}; expected equal (H,W) with H, W >= {_SSIM_SIZE}")
+    if min(a.shape) < _SSIM_SIZE:  # no whole window fits
+        raise InputError(f"SSIM: image of {a.shape[1]}x{a.shape[0]} px is too small; expected H, W >= "
+                         f"{_SSIM_SIZE} (the Gaussian window)")
     g = _gaussian_1d(_SSIM_SIZE, _SSIM_SIGMA)
     c1, c2 = (_SSIM_K1 * peak) ** 2, (_SSIM_K2 * peak) ** 2
     mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)

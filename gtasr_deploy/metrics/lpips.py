@@ -15,6 +15,7 @@ Sobel maps work too):
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -69,6 +70,24 @@ def expected_shapes(net: Net) -> dict[str, tuple[int, ...]]:
         channels = [op[2] for op in stage if op[0] == "conv"][-1]
         shapes[f"NetLinLayer_{i}/Conv_0/kernel"] = (1, 1, channels, 1)
     return shapes
+
+
+@functools.lru_cache(maxsize=None)
+def min_side(net: Net) -> int:
+    """Smallest side (px) every layer of the backbone accepts: each output at least 1 px."""
+    side = 1
+    while not _fits(side, _NETS[_check_net(net)][2]):
+        side += 1
+    return side
+
+
+def _fits(side: int, stages: tuple) -> bool:
+    for op in (op for stage in stages for op in stage):
+        kernel, stride, pad = (op[1], op[2], 0) if op[0] == "pool" else (op[3], op[4], op[5])
+        side = (side + 2 * pad - kernel) // stride + 1
+        if side < 1:
+            return False
+    return True
 
 
 def _check_net(net: str) -> Net:
@@ -160,6 +179,9 @@ class LPIPS(nn.Module):
         """Per-sample LPIPS distance (N,) between two (N,3,H,W) batches in [-1,1]."""
         if a.ndim != 4 or a.shape[1] != 3 or a.shape != b.shape:
             raise InputError(f"LPIPS inputs: got shapes {tuple(a.shape)} and {tuple(b.shape)}; expected equal (N,3,H,W)")
+        if min(a.shape[2:]) < min_side(self.net):
+            raise InputError(f"LPIPS-{self.net}: image of {a.shape[3]}x{a.shape[2]} px is too small; "
+                             f"each side must be at least {min_side(self.net)} px")
         n = a.shape[0]
         total = a.new_zeros(n)
         # One backbone pass over both batches: half the kernel launches when used as a loss.

@@ -1,0 +1,114 @@
+"""Checks made before any work: devices, output folders, report paths (usage errors, exit 2).
+
+A usage error must leave nothing behind, so the folders these checks create are listed first
+(:func:`missing_dirs`) and removed again, when still empty, if a later check fails
+(:func:`remove_empty_dirs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from .atomic import atomic_write_bytes, remove_stale_temps
+from .errors import InputError
+
+# Suffixes a report is never written under: such a path is an image (an input, an output).
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def check_device(device: str) -> None:
+    """InputError unless ``device`` names a torch device that exists here (``auto`` always does)."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+
+
+def _prove_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write + remove a probe file in it; OSError when that fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".gtasr-write-probe-{os.getpid()}"
+    atomic_write_bytes(probe, b"")
+    probe.unlink()
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed and prove it writable with a probe file — before any work.
+
+    Temp files left in it by killed runs of this tool (``.gtasr-<pid>-<hex>.tmp`` of a dead pid)
+    are removed here, so every run of a folder starts clean."""
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"output {out_dir} is a file, not a folder; give a folder for the results")
+        _prove_writable(out_dir)
+        remove_stale_temps(out_dir)
+    except OSError as exc:
+        raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
+                         "another folder or fix its permissions") from None
+    return out_dir
+
+
+def check_report_path(path: str | os.PathLike, option: str = "--json") -> Path:
+    """Prove a report file's folder exists or can be made, and is writable — before any work."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise InputError(f"{option} {path} is a folder; give a file name for the report")
+        _prove_writable(path.parent)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def check_report_target(path: str | os.PathLike, protected: Iterable[Path], *, option: str,
+                        is_report: Callable[[Path], bool]) -> None:
+    """InputError unless writing a report at ``path`` replaces nothing it must not.
+
+    Refused: an image name (a report never is one), any path in ``protected`` (the run's inputs,
+    outputs and records, compared resolved and case-insensitively), and an existing non-empty
+    file that ``is_report`` does not recognise as an earlier report of the same kind."""
+    path = Path(path)
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        raise InputError(f"{option} {path}: that is an image name; give the report a name such as "
+                         f"report{'.json' if option == '--json' else '.csv'}")
+    key = os.path.realpath(path).casefold()
+    for other in protected:
+        if os.path.realpath(other).casefold() == key:
+            raise InputError(f"{option} {path} is a file this run reads or writes ({other}); "
+                             "give the report another name")
+    try:
+        existing = path.is_file() and path.stat().st_size > 0
+    except OSError:
+        existing = False
+    if existing and not is_report(path):
+        raise InputError(f"{option} {path} exists and is not an earlier report; refusing to replace "
+                         "it (remove it or give another name)")
+
+
+def missing_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The folders that do not exist yet among ``paths`` and their parents, deepest first."""
+    missing: list[Path] = []
+    for path in paths:
+        folder = Path(os.path.abspath(path))
+        while not os.path.exists(folder) and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+    return sorted(set(missing), key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty_dirs(folders: Iterable[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty; others stay as they are."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
