@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,7 +67,6 @@ class VideoReport:
     reencoded: tuple[str, ...] = ()  # "audio #1 (aac -> libopus)"
     dropped: tuple[str, ...] = ()  # "subtitle #2 (subrip): webm cannot hold it"
     seconds: float = 0.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     def line(self) -> str:
         kept = [f"copied {', '.join(self.copied)}"] if self.copied else []
@@ -265,7 +264,7 @@ def _transcode(av: Any, inp: Any, vin: Any, temp: Path, fmt: str, frame_fn: Fram
                 out.mux(packet)
             elif index in encode:
                 for frame in packet.decode():
-                    frame.pts = None  # let the encoder count samples (the resampler re-times anyway)
+                    frame.pts = None  # the encoder counts samples from 0 (a new codec's own priming)
                     out.mux(encode[index].encode(frame))
         for stream in (vout, *encode.values()):
             out.mux(stream.encode(None))
