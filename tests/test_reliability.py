@@ -478,7 +478,7 @@ def test_odd_single_inputs_and_outputs_never_give_a_traceback(tmp_path, kind):
         save(src, pixels(1))
         out.write_text("a file")
     result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS])
-    assert result.exit_code in (1, 2) and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code in (1, 2) and isinstance(result.exception, (SystemExit, type(None)))
     assert "Traceback" not in result.output and result.output.startswith("error: ")
     assert result.output.count("error: ") == 1
 
@@ -490,7 +490,7 @@ def test_hostile_folder_through_the_cli(tmp_path):
     src, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
     bad = hostile_folder(src)
     result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS, "--json", str(report)])
-    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
@@ -513,7 +513,7 @@ def test_eval_scores_tiny_pairs_it_can_and_says_why_not_the_rest(tmp_path):
         save(gt / f"{stem}.png", pixels(i, h, w))
         save(sr / f"{stem}.png", pixels(100 + i, h, w))
     result = CliRunner().invoke(eval_main, [str(sr), "--gt", str(gt), "-q", "--metrics", "psnr,ssim,lpips,lsd,niqe"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert isinstance(result.exception, (SystemExit, type(None))), result.exception
     assert "Traceback" not in result.output and result.exit_code == 1
     assert f"{len(sizes)} image(s), {len(sizes)} paired with a GT" in result.stdout
     psnr = next(line for line in result.stdout.splitlines() if line.strip().startswith("psnr"))
@@ -575,3 +575,19 @@ def test_eval_error_lines_stay_one_line(tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert any("bad\\nname.png" in line for line in errors)
     assert not any(line.startswith("name.png") for line in result.output.splitlines())
+
+
+def test_compare_refuses_photos_too_small_before_writing_and_reports_what_it_cannot_score(tmp_path):
+    hr, out = tmp_path / "hr", tmp_path / "out"
+    save(hr / "big.png", pixels(0, 64, 64))
+    save(hr / "tiny.png", pixels(1, 2, 2))
+    args = ["compare", str(hr), "--out", str(out), "--methods", "bicubic", "--degrade", "bicubic",
+            "--metrics", "psnr,ssim", "-q"]
+    result = CliRunner().invoke(eval_main, args)
+    assert result.exit_code == 2 and "tiny.png: too small for a x4 comparison" in result.output
+    assert not out.exists()
+    save(hr / "tiny.png", pixels(1, 8, 8))  # x4 -> 2x2 LR, 8x8 SR: PSNR yes, SSIM no
+    result = CliRunner().invoke(eval_main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "- bicubic: ssim: 1 image(s) not scored, e.g. tiny: SSIM: image of 8x8 px is too small" in result.stdout
+    assert "error: bicubic: ssim: 1 image(s) not scored" in result.output

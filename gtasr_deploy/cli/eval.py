@@ -115,11 +115,13 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     """Make LR from the photos in HR_DIR, run each method, print a markdown table, write a crop grid.
 
     `gtasr-eval OUT/<method> --gt OUT/gt` reproduces a row of the table exactly.
+    Exit code: 0 every metric scored every photo, 1 something was not scored (listed under the
+    table), 2 usage error.
     """
-    from ..evaluation.compare import CompareConfig, run_compare
+    from ..evaluation.compare import CompareConfig, problems, run_compare
     from ..evaluation.peers import MethodOptions
 
-    from ..batch import check_device
+    from ..batch import check_device, printable
 
     try:
         check_device(device)
@@ -134,6 +136,10 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     click.echo((result.out_dir / "compare.md").read_text(encoding="utf-8"), nl=False)
     if result.reports:
         click.echo(f"grid: {result.out_dir / 'grid.png'}", err=True)
+    left_out = problems(result)
+    for line in left_out:
+        click.echo(printable(f"error: {line}"), err=True)
+    sys.exit(1 if left_out else 0)
 
 
 @main.command("fetch-assets", context_settings=_CONTEXT)

@@ -130,19 +130,21 @@ def prepare_inputs(hr_dir: Path, out_dir: Path, config: CompareConfig) -> dict[s
     if not hrs:
         raise InputError(f"{hr_dir}: no images ({', '.join(IMAGE_SUFFIXES)}); expected HR photos")
     _check_fresh(out_dir, ["gt", "lr", *config.methods], set(hrs))
-    (out_dir / "gt").mkdir(parents=True, exist_ok=True)
-    (out_dir / "lr").mkdir(exist_ok=True)
-    lrs = {}
+    pairs = {}  # every photo checked before anything is written: a bad one is a usage error
     for index, (stem, path) in enumerate(hrs.items()):
         gt = crop_to_multiple(np.rint(read_image(path).rgb * 255.0).astype(np.uint8))
+        if min(gt.shape[:2]) < SCALE:
+            raise InputError(f"{path}: too small for a x{SCALE} comparison; expected at least {SCALE} px per side")
         try:
-            lr = make_lr(gt, degrade=config.degrade, seed=config.seed, index=index)
+            pairs[stem] = gt, make_lr(gt, degrade=config.degrade, seed=config.seed, index=index)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
+    (out_dir / "gt").mkdir(parents=True, exist_ok=True)
+    (out_dir / "lr").mkdir(exist_ok=True)
+    for stem, (gt, lr) in pairs.items():
         write_image(out_dir / "gt" / f"{stem}.png", _to_unit(gt))
         write_image(out_dir / "lr" / f"{stem}.png", _to_unit(lr))
-        lrs[stem] = lr
-    return lrs
+    return {stem: lr for stem, (_, lr) in pairs.items()}
 
 
 # ------------------------------------------------------------------------------------ running
@@ -196,6 +198,11 @@ def run_compare(hr_dir: str | Path, out_dir: str | Path, config: CompareConfig =
 
 
 # ------------------------------------------------------------------------------------ outputs
+def problems(result: CompareResult) -> list[str]:
+    """'<method>: <what was not scored>' for every method (see FolderReport.problems)."""
+    return [f"{name}: {line}" for name, report in result.reports.items() for line in report.problems()]
+
+
 def format_table(result: CompareResult) -> str:
     """Markdown: settings, one row per method with the metric means, then skipped/unavailable."""
     cfg = result.config
@@ -214,10 +221,12 @@ def format_table(result: CompareResult) -> str:
         summary = report.summary()
         lines.append(f"| {name} | " + " | ".join(format_value(m, summary[m][0]) for m in cfg.metrics) + " |")
     notes = {m: r for report in result.reports.values() for m, r in report.unavailable.items()}
-    if result.skipped or notes:
+    left_out = problems(result)
+    if result.skipped or notes or left_out:
         lines.append("")
     lines += [f"- skipped {reason}" for reason in result.skipped.values()]  # the reason starts with the name
     lines += [f"- {m} unavailable: {reason}" for m, reason in notes.items()]
+    lines += [f"- {line}" for line in left_out if ": unavailable: " not in line]
     lines += ["", f"Reproduce a row: `gtasr-eval {result.out_dir}/<method> --gt {result.out_dir}/gt`"]
     return "\n".join(lines) + "\n"
 
