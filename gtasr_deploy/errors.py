@@ -29,3 +29,7 @@ class BackendUnavailableError(GtasrError):
 
 class EngineBuildError(GtasrError):
     """Exporting a graph or building an inference engine failed."""
+
+
+class OutOfMemoryError(GtasrError):
+    """An image did not fit in memory even at the smallest tile and batch the pipeline can try."""

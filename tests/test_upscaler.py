@@ -10,7 +10,15 @@ import torch
 
 from gtasr_deploy.engines.base import Engine, EngineInfo
 from gtasr_deploy.errors import ConfigError
-from gtasr_deploy.upscaler import TileOptions, upscale_tensor
+from gtasr_deploy.inference.pipeline import Pipeline, TilePolicy
+
+
+def TileOptions(*, tile, overlap, batch=1, shared_norm=False):  # noqa: N802 - reads like the policy it builds
+    return TilePolicy(tile=tile, overlap=overlap, batch=batch, norm="shared" if shared_norm else "tile")
+
+
+def upscale_tensor(engine, lq, *, options, seed=0, progress=None):
+    return Pipeline(engine, options, seed=seed)(lq, progress=progress)
 
 
 class NearestEngine(Engine):
@@ -18,12 +26,12 @@ class NearestEngine(Engine):
 
     def __init__(self, multiple=8, tile_lr=None):
         self.info = EngineInfo(backend="fake", device="cpu", precision="fp32", size_multiple=multiple,
-                               tile_lr=tile_lr, batch_range=(1, 1, 16))
+                               tile_lr=tile_lr, batch_range=(1, 1, 16), norm_groups=1, norm_modes=("tile",))
         self.calls = []
 
-    def _run(self, x_t, lq, sigma):
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
         self.calls.append(lq.shape)
-        return lq.repeat(4, axis=2).repeat(4, axis=3)
+        return lq.repeat(4, axis=2).repeat(4, axis=3), None
 
 
 def _lq(h, w, seed=0):
@@ -124,23 +132,34 @@ def test_no_seams_with_fixture_network(fixture_engine):
     assert ratio_hard > ratio_feather  # the metric does see a hard cut
 
 
-def test_shared_norm_replay_of_one_tile_is_the_plain_forward(fixture_model):
-    """Pooled statistics of a single input are its own: replay must reproduce the normal output."""
-    from gtasr_deploy.model.shared_norm import SharedGroupNormStats
+def test_shared_statistics_of_one_tile_reproduce_the_plain_forward(fixture_model):
+    """Pooled statistics of a single input are its own: normalising with them must give the normal output."""
+    from gtasr_deploy.engines.torch_engine import TorchEngine
+    from gtasr_deploy.model.shared_norm import pool_statistics
 
-    torch.manual_seed(0)
-    x, lq = torch.randn(1, 3, 64, 96), torch.rand(1, 3, 16, 24) * 2 - 1
-    stats = SharedGroupNormStats(fixture_model)
-    with torch.no_grad():
-        ref = fixture_model(x, 1.0, lq)
-        with stats.record():
-            recorded = fixture_model(x, 1.0, lq)
-        with stats.replay():
-            replayed = fixture_model(x, 1.0, lq)
-        after = fixture_model(x, 1.0, lq)
-    assert torch.equal(recorded, ref) and torch.equal(after, ref)  # hooks removed, record is passive
-    assert (replayed - ref).abs().max() < 1e-4
-    assert len(stats.norms) > 10
+    rng = np.random.default_rng(0)
+    feeds = {"x_t": rng.standard_normal((1, 3, 64, 96), dtype=np.float32),
+             "lq": rng.uniform(-1, 1, (1, 3, 16, 24)).astype(np.float32), "sigma": np.ones(1, np.float32)}
+    engine = TorchEngine(fixture_model)
+    ref = engine(**feeds)
+    stats = engine.tile_statistics(**feeds)
+    assert stats.shape == (1, 2, engine.info.norm_groups) and engine.info.norm_groups > 10
+    replayed = engine(**feeds, norm_stats=pool_statistics(stats))
+    assert np.array_equal(engine(**feeds), ref)  # the statistics pass leaves the model as it was
+    assert np.abs(replayed - ref).max() < 1e-4
+    assert not np.allclose(engine(**feeds, norm_stats=pool_statistics(stats) * 1.5), ref, atol=1e-3)
+
+
+def test_pool_statistics_is_the_variance_of_the_union():
+    """Equal-size groups: pooled (mean, var) of per-tile (mean, var) equals the statistics of all values."""
+    from gtasr_deploy.model.shared_norm import pool_statistics
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(3.0, 2.0, (5, 4, 100))  # 5 tiles, 4 groups, 100 values each
+    tiles = np.stack([values.mean(-1), values.var(-1)], 1)
+    pooled = pool_statistics(tiles)
+    union = values.transpose(1, 0, 2).reshape(4, -1)
+    assert np.allclose(pooled[0], union.mean(-1), atol=1e-5) and np.allclose(pooled[1], union.var(-1), rtol=1e-5)
 
 
 def test_shared_norm_brings_tiles_closer_to_the_whole_image():
@@ -152,7 +171,7 @@ def test_shared_norm_brings_tiles_closer_to_the_whole_image():
 
     from PIL import Image
 
-    engine = TorchEngine(load_model(EMBEDDED_WEIGHTS))
+    engine = TorchEngine(load_model(EMBEDDED_WEIGHTS))  # fp32
     photo = Path(__file__).parents[1] / "samples" / "chelsea_lr.png"  # a real photo (CC0)
     rgb = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)[:128, :128] / 255
     lq = np.ascontiguousarray(rgb.transpose(2, 0, 1)) * 2 - 1
@@ -165,6 +184,6 @@ def test_shared_norm_brings_tiles_closer_to_the_whole_image():
     assert np.abs(again - shared).max() <= 1e-4  # batch-independent too
 
 
-def test_shared_norm_needs_the_torch_backend():
-    with pytest.raises(ConfigError, match="need the torch backend"):
+def test_shared_norm_is_refused_by_an_engine_that_does_not_declare_it():
+    with pytest.raises(ConfigError, match="cannot share GroupNorm statistics"):
         upscale_tensor(NearestEngine(), _lq(40, 40), options=TileOptions(tile=16, overlap=4, shared_norm=True))

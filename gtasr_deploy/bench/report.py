@@ -342,16 +342,22 @@ def _e2e_section(rows: list[dict]) -> list[str]:
         e = r["e2e"]
         if not e:
             continue
-        body.append([r["preset"], r["backend"], r["precision"], r["tile"], r["batch"], e["images"], e["calls"],
+        passes = e.get("passes_per_tile")
+        body.append([r["preset"], r["backend"], r["precision"], r["tile"], r["batch"], e.get("norm", "tile"),
+                     e["images"], e.get("tiles", "—"), "—" if passes is None else f"{passes:.2f}", e["calls"],
                      e["total_s"], e["decode_s"], e["tiling_blend_s"], e["model_s"], e["encode_s"],
                      e["model_only_s"], f"{100 * e['overhead_vs_model_only']:+.1f}%",
                      f"{e['executed_over_output_px']:.2f}x"])
     if not body:
         return []
-    header = ["preset", "backend", "precision", "LR tile", "batch", "images", "calls", "total s", "decode s",
+    header = ["preset", "backend", "precision", "LR tile", "batch", "norm", "images", "tiles", "passes / tile",
+              "calls", "total s", "decode s",
               "tiling+blend s", "model s", "encode s", "model-only s of those calls", "overhead vs model-only",
               "executed / output LR px"]
     return ["## End to end (folder run: decode, tiling, model, blending, encode)", "",
+            "The pipeline is the CLI's default. With shared GroupNorm statistics (norm = shared) every tile of a "
+            "multi-tile image runs twice (statistics pass, then the output pass): passes / tile says how many "
+            "network passes each tile took, and the calls, model-only time and overhead include both passes. "
             "Overhead = total / (calls × model-only median) − 1: the cost outside the network. The last "
             "column is the overlap + padding overhead: LR pixels the network executed per output LR pixel.", "",
             *_table(header, body)]

@@ -56,6 +56,7 @@ class Scenario:
     graph_batch_max: int = 1  # the largest batch of this tile in the whole bench (one graph for all)
     images: tuple[str, ...] = ()  # LR inputs of the end-to-end run; empty: model-only
     seed: int = 0
+    norm: str = "shared"  # the end-to-end run's normalisation policy (the CLI default)
     matmul_size: int | None = None  # n of the reference matmul; None: timing.MATMUL_SIZE for the device
 
     @classmethod
@@ -93,18 +94,19 @@ def graph_path(scenario: Scenario) -> Path:
 
 def load_network(scenario: Scenario):
     """D in eval mode on the CPU: the given weights, or a seeded random initialisation."""
-    from ..model import build_model, load_model
+    from ..inference.loader import load_denoiser
 
-    if scenario.weights is not None:
-        return load_model(scenario.weights, network_config=scenario.network)
-    torch.manual_seed(scenario.seed)
-    return build_model(scenario.network)
+    network = scenario.network
+    preset = network if isinstance(network, str) and scenario.weights is None else None
+    config = None if preset is not None else network
+    return load_denoiser(scenario.weights, network_config=config, preset=preset, random_ok=True,
+                         seed=scenario.seed).model
 
 
 def ensure_graph(scenario: Scenario, log=None) -> Path:
     """Export the fp32 (and, for fp16, the converted) graph unless the cache already holds it."""
     from ..export.onnx import ExportResult, export_fp16, export_onnx
-    from ..export.trt_cache import read_onnx_sidecar, sidecar_path_for
+    from ..contract import read_onnx_sidecar, sidecar_path_for
 
     log = log or (lambda line: print(line, file=sys.stderr))
     target = graph_path(scenario)
@@ -177,44 +179,60 @@ def time_model(scenario: Scenario) -> dict[str, Any]:
 
 
 class TimedEngine:
-    """Wraps an engine for the folder run: same ``info`` and call, and records every call's time
-    and shape (so executed pixels are measured, not re-derived from the tiler)."""
+    """Wraps an engine for the folder run: same ``info`` and calls, and records every call's time,
+    shape and kind (so executed pixels and network passes are measured, not re-derived)."""
 
     def __init__(self, engine) -> None:
         self.engine, self.info = engine, engine.info
         self.seconds: list[float] = []
         self.lr_px: list[int] = []
         self.batches: list[int] = []
+        self.statistics_calls = 0  # pass-1 calls of shared normalisation
 
-    def __call__(self, *, x_t, lq, sigma):
+    def _timed(self, call, lq):
         start = time.perf_counter()
-        out = self.engine(x_t=x_t, lq=lq, sigma=sigma)
+        out = call()
         self.seconds.append(time.perf_counter() - start)
         self.lr_px.append(int(lq.shape[0] * lq.shape[2] * lq.shape[3]))
         self.batches.append(int(lq.shape[0]))
         return out
 
+    def __call__(self, *, x_t, lq, sigma, norm_stats=None):
+        return self._timed(lambda: self.engine(x_t=x_t, lq=lq, sigma=sigma, norm_stats=norm_stats), lq)
+
+    def tile_statistics(self, *, x_t, lq, sigma):
+        self.statistics_calls += 1
+        return self._timed(lambda: self.engine.tile_statistics(x_t=x_t, lq=lq, sigma=sigma), lq)
+
+    def close(self) -> None:
+        self.engine.close()
+
 
 def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str, Any]:
-    """Decode → tile + model + blend → encode for every image, timed per stage (seconds, summed).
+    """Decode → pipeline → encode for every image, timed per stage (seconds, summed).
 
-    ``tiling_blend_s`` is the pipeline time outside the engine calls (padding, up(), noise, tile
-    crops, host blending). ``model_only_s`` is what the executed calls cost in the model-only
-    timing (calls × median), the yardstick for the pipeline's overhead."""
+    The pipeline is exactly the CLI's default (:class:`~gtasr_deploy.inference.Pipeline` with the
+    default overlap and shared GroupNorm statistics: two network passes per tile when an image has
+    more than one tile), so this row predicts a timed ``gtasr-upscale`` run. ``tiling_blend_s`` is the
+    pipeline time outside the engine calls (padding, up(), noise, tile crops, pooling, blending).
+    ``model_only_s`` is what the executed calls — both passes — cost in the model-only timing
+    (calls × median), the yardstick for the pipeline's overhead."""
     from ..imageio import read_image, write_image
-    from ..upscaler import TileOptions, default_overlap, upscale_tensor
+    from ..inference.pipeline import Pipeline, TilePolicy, default_overlap
 
     timed = TimedEngine(engine)
-    options = TileOptions(tile=scenario.tile, overlap=default_overlap(scenario.tile), batch=scenario.batch)
+    policy = TilePolicy(tile=scenario.tile, overlap=default_overlap(scenario.tile), batch=scenario.batch,
+                        norm=scenario.norm)
+    pipeline = Pipeline(timed, policy, seed=scenario.seed)
     stages = {"decode_s": 0.0, "pipeline_s": 0.0, "encode_s": 0.0}
-    output_lr_px = 0
+    output_lr_px = tiles = 0
     with tempfile.TemporaryDirectory(prefix="gtasr-bench-") as out_dir:
         for index, path in enumerate(scenario.images):
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
             lq = np.ascontiguousarray(image.rgb.transpose(2, 0, 1)) * 2.0 - 1.0
-            sr = upscale_tensor(timed, lq, options=options, seed=scenario.seed)
+            sr = pipeline(lq)
             t2 = time.perf_counter()
             write_image(Path(out_dir) / f"{index}.png", np.ascontiguousarray(sr.transpose(1, 2, 0)))
             t3 = time.perf_counter()
@@ -222,10 +240,14 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
             stages["pipeline_s"] += t2 - t1
             stages["encode_s"] += t3 - t2
             output_lr_px += image.rgb.shape[0] * image.rgb.shape[1]
+            tiles += pipeline.work(*image.rgb.shape[:2])[0]
     model_s = sum(timed.seconds)
     total_s = stages["decode_s"] + stages["pipeline_s"] + stages["encode_s"]
     model_only_s = len(timed.seconds) * model_median_s
-    return {"images": len(scenario.images), "overlap": options.overlap, "calls": len(timed.seconds),
+    return {"images": len(scenario.images), "overlap": policy.overlap, "norm": policy.norm,
+            "tiles": tiles, "network_passes": sum(timed.batches),
+            "passes_per_tile": sum(timed.batches) / tiles if tiles else None,
+            "calls": len(timed.seconds), "statistics_calls": timed.statistics_calls,
             "partial_batches": sum(b != scenario.batch for b in timed.batches),
             "decode_s": stages["decode_s"], "tiling_blend_s": stages["pipeline_s"] - model_s, "model_s": model_s,
             "encode_s": stages["encode_s"], "total_s": total_s, "model_only_s": model_only_s,
@@ -273,7 +295,7 @@ def unavailable_reason(backend: str, device: str) -> str | None:
     if backend == "tensorrt":
         if not cuda:
             return "TensorRT needs an NVIDIA GPU; this run is on the CPU (no CUDA device available)"
-        from ..export.tensorrt_build import explain_unavailable
+        from ..engines.tensorrt_build import explain_unavailable
 
         return explain_unavailable()
     return None

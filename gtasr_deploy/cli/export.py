@@ -25,34 +25,18 @@ RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM w
 
 
 def _load(weights: Path | None, param_key: str, network_config: Path | None, preset: str | None):
-    """(model, name, preset, weights_sha256)."""
-    from ..model import PRESETS, build_model, load_model
-    from ..model.checkpoint import file_sha256
+    """The model to export: --weights, else the embedded demo weights, else (only --preset /
+    --network-config) random weights of that network, as :func:`~gtasr_deploy.inference.load_denoiser` does."""
+    from ..inference.loader import load_denoiser
 
-    if preset is not None and network_config is not None:
-        raise ConfigError(f"gtasr-export: --preset {preset} and --network-config {network_config} both given; "
-                          "pass one of them")
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"gtasr-export: unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    config = network_config if network_config is not None else preset
-    if weights is None and config is None:
-        from ..upscaler import EMBEDDED_WEIGHTS
-
-        if EMBEDDED_WEIGHTS.is_file():  # the same default as gtasr-upscale
-            weights = EMBEDDED_WEIGHTS
-    if weights is not None:
-        model = load_model(weights, network_config=config, param_key=param_key)
-        return model, weights.stem, preset, file_sha256(weights)
-    spec = config if config is not None else "paper"
-    model = build_model(str(spec))
-    name = network_config.stem if network_config is not None else spec
-    return model, name, (None if network_config is not None else spec), None
+    return load_denoiser(weights, network_config=network_config, preset=preset, param_key=param_key,
+                         random_ok=True)
 
 
 def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
     """Build (or reuse) the TensorRT engine when TensorRT and a GPU are here; else one line why not."""
     try:
-        from ..export import tensorrt_build
+        from ..engines import tensorrt_build
     except ImportError as err:
         click.echo(f"no TensorRT engine built: the TensorRT builder module is missing ({err})")
         return
@@ -83,34 +67,68 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
               show_default=True, help="Output folder.")
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"),
               show_default=True, help="Folder of cached TensorRT engines (with --fp16).")
-def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
-    """Export GTASR's denoiser D to ONNX for one static LR tile and a dynamic batch axis."""
+@click.option("--check", "check_paths", multiple=True, type=click.Path(path_type=Path), metavar="IMAGE",
+              help="After exporting, upscale these images (files or folders; repeatable) with torch fp32 and "
+                   "with each exported graph on ONNX Runtime and compare (max/mean difference, PSNR, NaN/Inf); "
+                   "exit 1 when the fp32 graph differs by more than 1/255 or the fp16 graph is below 40 dB.")
+def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
+         check_paths) -> None:
+    """Export GTASR's denoiser D to ONNX for one static LR tile and a dynamic batch axis.
+
+    Nothing already in --out is replaced until the new graph passed every check."""
     try:
-        _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache)
+        images = _check_images(check_paths)
+        failed = _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir,
+                         engine_cache, images)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
+    sys.exit(1 if failed else 0)
 
 
-def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache) -> None:
+def _check_images(paths) -> list[Path]:
+    from ..batch import collect_inputs
+
+    images: list[Path] = []
+    for path in paths:
+        images += [src for src, _ in collect_inputs(path)]
+    return images
+
+
+def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
+            images) -> bool:
+    """Export (and check); True when a check failed."""
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
-    from ..upscaler import preset_name, default_tile
+    from ..upscaler import default_tile
 
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
-    model, name, preset, weights_sha = _load(weights, param_key, network_config, preset)
+    loaded = _load(weights, param_key, network_config, preset)
+    model = loaded.model
     if tile is None:  # the upscaler's default for this network (weights of a preset's shape count)
-        tile = default_tile(model.config.size_multiple, preset or preset_name(model.config))
+        tile = default_tile(model.config.size_multiple, loaded.preset)
     check_tile((tile, tile), model.config.size_multiple)
-    if weights_sha is None:
-        click.echo(RANDOM_WEIGHTS_WARNING.format(name=name), err=True)
-    result = export_onnx(model, out_dir, name=name, tile_lr=(tile, tile), batch_max=batch, opset=opset,
-                         weights_sha256=weights_sha, preset=preset, log=click.echo)
+    if loaded.random:
+        click.echo(RANDOM_WEIGHTS_WARNING.format(name=loaded.name), err=True)
+    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=(tile, tile), batch_max=batch, opset=opset,
+                         weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
     click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
+    graphs = [result.onnx_path]
     if fp16:
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
+        graphs.append(half.onnx_path)
         _build_tensorrt(half.onnx_path, engine_cache)
+    if not images:
+        return False
+    from .check import run_check
+
+    failed = False
+    for graph in graphs:
+        click.echo(f"check: torch fp32 vs {graph.name} on ONNX Runtime, {len(images)} image(s)")
+        failed |= run_check(images, reference=dict(model=loaded, backend="torch", precision="fp32"),
+                            candidate=dict(backend="onnxruntime", onnx=graph), tile=tile)
+    return failed
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """The one engine interface every backend implements (torch, onnxruntime, tensorrt).
 
-An engine evaluates the one-step denoiser D on host arrays::
+An engine evaluates the one-step denoiser D on host arrays of a fixed-shape batch::
 
-    sr = engine(x_t=x_t, lq=lq, sigma=sigma)
+    sr = engine(x_t=x_t, lq=lq, sigma=sigma)                        # each tile its own GroupNorm statistics
+    stats = engine.tile_statistics(x_t=x_t, lq=lq, sigma=sigma)     # (N, 2, S) those statistics
+    sr = engine(x_t=x_t, lq=lq, sigma=sigma, norm_stats=pooled)     # every tile normalised with ``pooled``
 
 * ``x_t``   float32 (N, 3, 4h, 4w) — noisy upsampled LR, values around [-1, 1] plus noise
 * ``lq``    float32 (N, 3, h, w)   — the LR image in [-1, 1]
 * ``sigma`` float32 (N,)           — noise level per sample (1.0 for one-step inference)
+* ``norm_stats`` float32 (2, S)    — pooled GroupNorm (mean, variance), :mod:`gtasr_deploy.model.shared_norm`
 * ``sr``    float32 (N, 3, 4h, 4w) — D(x_t, sigma, lq), not clamped
 
+What an engine can do is data (:class:`EngineInfo`: static tile or any shape, batch range,
+precision, normalisation modes), read by the pipeline — never an exception to catch.
 Keyword-only arguments on purpose: the authors' module takes ``(x_t, sigma, lq)``, exported
 graphs take ``(x_t, lq, sigma)``; names cannot be confused, positions can.
 Host arrays on purpose: tiles are blended on the host, so image size is bounded by RAM.
@@ -21,9 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..contract import SCALE
 from ..errors import ConfigError, InputError
 
-SCALE = 4
+NORM_MODES = ("tile", "shared")  # per-tile GroupNorm statistics; statistics shared across an image's tiles
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,10 +38,12 @@ class EngineInfo:
 
     backend: str  # "torch" | "onnxruntime" | "tensorrt"
     device: str  # "cpu", "cuda:0", "CUDAExecutionProvider", ...
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "bf16" | "fp16"
     size_multiple: int  # every LR side must be a multiple of this (SPEC §2 size rule)
     tile_lr: tuple[int, int] | None  # static LR (h, w) the engine was built for; None = any valid shape
     batch_range: tuple[int, int, int]  # (min, opt, max) batch the engine accepts
+    norm_groups: int  # S: groups over all GroupNorms (length of the statistics vectors)
+    norm_modes: tuple[str, ...] = NORM_MODES
     scale: int = SCALE
 
     @property
@@ -48,19 +56,39 @@ class Engine(abc.ABC):
 
     info: EngineInfo
 
-    def __call__(self, *, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    def __call__(self, *, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray,
+                 norm_stats: np.ndarray | None = None) -> np.ndarray:
         x_t, lq, sigma = self.check_inputs(x_t=x_t, lq=lq, sigma=sigma)
-        return self._run(x_t, lq, sigma)
+        if norm_stats is not None:
+            norm_stats = self._check_norm_stats(norm_stats)
+        sr, _ = self._run(x_t, lq, sigma, norm_stats, False)
+        return sr
+
+    def tile_statistics(self, *, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """float32 (N, 2, S): each sample's own GroupNorm (mean, variance), in module order."""
+        x_t, lq, sigma = self.check_inputs(x_t=x_t, lq=lq, sigma=sigma)
+        self._need_mode("shared")
+        _, stats = self._run(x_t, lq, sigma, None, True)
+        return stats
 
     @abc.abstractmethod
-    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        """Evaluate D on validated, contiguous float32 arrays."""
+    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray, norm_stats: np.ndarray | None,
+             want_stats: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Evaluate D on validated, contiguous float32 arrays: (sr, tile statistics if ``want_stats``)."""
 
-    def shared_norm_statistics(self):
-        """A :class:`~gtasr_deploy.model.shared_norm.SharedGroupNormStats` over this engine's network.
-        Only engines that run the network in PyTorch can offer it."""
-        raise ConfigError(f"{self.info.backend} engine: shared GroupNorm statistics across tiles need the "
-                          "torch backend (--backend torch)")
+    def _need_mode(self, mode: str) -> None:
+        if mode not in self.info.norm_modes:
+            raise ConfigError(f"{self.info.backend} engine: normalisation mode {mode!r} is not supported "
+                              f"by this engine (it supports {list(self.info.norm_modes)})")
+
+    def _check_norm_stats(self, norm_stats) -> np.ndarray:
+        self._need_mode("shared")
+        norm_stats = np.ascontiguousarray(norm_stats, dtype=np.float32)
+        expected = (2, self.info.norm_groups)
+        if tuple(norm_stats.shape) != expected:
+            raise InputError(f"{self.info.backend} engine: input 'norm_stats' has shape "
+                             f"{tuple(norm_stats.shape)}, expected {expected}")
+        return norm_stats
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources. Safe to call twice."""

@@ -44,7 +44,7 @@ def _open_tensorrt(*, onnx_path, **_) -> Engine:
 
 def _tensorrt_usable() -> bool:
     try:
-        from ..export.tensorrt_build import explain_unavailable
+        from .tensorrt_build import explain_unavailable
     except ImportError:
         return False
     return explain_unavailable() is None

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import INPUTS, OUTPUTS, io_shapes, read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
-from ..export.trt_cache import read_onnx_sidecar
 from .base import Engine, EngineInfo
 
-INPUTS = ("x_t", "lq", "sigma")
-OUTPUT = "sr"
 CPU_EP = "CPUExecutionProvider"
 INSTALL_HINT = "pip install 'gtasr-deploy[onnx]'"
 
@@ -70,35 +68,54 @@ class OrtEngine(Engine):
             if threads < 1:
                 raise ConfigError(f"onnxruntime engine: threads={threads}, expected >= 1 (or None for the default)")
             options.intra_op_num_threads = int(threads)
-        self._session = ort.InferenceSession(str(onnx_path), sess_options=options,
-                                             providers=[name for name, _ in provider_list],
-                                             provider_options=[opts for _, opts in provider_list])
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), sess_options=options,
+                                                 providers=[name for name, _ in provider_list],
+                                                 provider_options=[opts for _, opts in provider_list])
+        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for bad files
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"onnxruntime engine: cannot load {onnx_path} ({first}); the file is corrupt, "
+                              "truncated or not a graph from gtasr-export — re-export it") from None
         tile = tuple(sidecar["tile_lr"])
-        self._check_graph(onnx_path, tile, sidecar["scale"])
         batch = sidecar["batch"]
         self.info = EngineInfo(backend="onnxruntime", device=self._session.get_providers()[0],
                                precision=sidecar["precision"], size_multiple=int(sidecar["size_multiple"]),
                                tile_lr=tile, batch_range=(batch["min"], batch["opt"], batch["max"]),
-                               scale=int(sidecar["scale"]))
+                               norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))
+        self._check_graph(onnx_path)
+        self._no_stats = np.zeros((2, self.info.norm_groups), np.float32)
         self.path = onnx_path
 
-    def _check_graph(self, onnx_path: Path, tile: tuple[int, int], scale: int) -> None:
+    def _check_graph(self, onnx_path: Path) -> None:
         """The graph must be ours and agree with its sidecar (cheap: no hashing of large files)."""
-        got = {i.name: i.shape for i in self._session.get_inputs()}
+        got = {i.name: i.shape for i in (*self._session.get_inputs(), *self._session.get_outputs())}
+        inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
-        if sorted(got) != sorted(INPUTS) or outputs != [OUTPUT]:
-            raise ConfigError(f"onnxruntime engine: {onnx_path} has inputs {sorted(got)} and outputs {outputs}, "
-                              f"expected inputs {list(INPUTS)} and output ['{OUTPUT}']; re-export with gtasr-export")
-        h, w = tile
-        expected = {"x_t": [3, h * scale, w * scale], "lq": [3, h, w]}
-        for name, dims in expected.items():
-            if list(got[name][1:]) != dims:
-                raise ConfigError(f"onnxruntime engine: {onnx_path} input '{name}' is {got[name]}, but its sidecar "
-                                  f"says tile {h}x{w} (expected [N, {', '.join(map(str, dims))}]); re-export it")
+        if sorted(inputs) != sorted(INPUTS) or sorted(outputs) != sorted(OUTPUTS):
+            raise ConfigError(f"onnxruntime engine: {onnx_path} has inputs {sorted(inputs)} and outputs "
+                              f"{sorted(outputs)}, expected inputs {list(INPUTS)} and outputs {list(OUTPUTS)}; "
+                              "re-export with gtasr-export")
+        info = self.info
+        for name, shape in io_shapes(info.tile_lr, 1, info.norm_groups, info.scale).items():
+            dims = list(got[name])
+            if name in ("norm_stats", "norm_mix"):
+                fixed, want = dims, list(shape)
+            else:
+                fixed, want = dims[1:], list(shape[1:])
+            if fixed != want:
+                raise ConfigError(f"onnxruntime engine: {onnx_path} tensor '{name}' is {dims}, but its sidecar "
+                                  f"says tile {info.tile_lr[0]}x{info.tile_lr[1]} with {info.norm_groups} norm "
+                                  f"groups (expected {want} after the batch axis); re-export it")
 
-    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        (sr,) = self._session.run([OUTPUT], {"x_t": x_t, "lq": lq, "sigma": sigma})
-        return sr
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
+        shared = norm_stats is not None
+        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": norm_stats if shared else self._no_stats,
+                 "norm_mix": np.ones(1, np.float32) if shared else np.zeros(1, np.float32)}
+        if want_stats:
+            (stats,) = self._session.run(["tile_stats"], feeds)
+            return None, stats
+        (sr,) = self._session.run(["sr"], feeds)
+        return sr, None
 
     def close(self) -> None:
         self._session = None

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError
-from ..export.trt_cache import profile_shapes
+from ..contract import profile_shapes
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"

@@ -18,12 +18,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..contract import INPUTS, OUTPUTS, io_shapes
 from ..errors import ConfigError, EngineBuildError
-from ..export import tensorrt_build, trt_cache
+from . import tensorrt_build, trt_cache
 from .base import Engine, EngineInfo
 
-INPUTS = ("x_t", "lq", "sigma")
-OUTPUTS = ("sr",)
+BATCHED = ("x_t", "lq", "sigma", "sr", "tile_stats")  # tensors whose leading axis is the batch
 
 T = TypeVar("T")
 
@@ -51,13 +51,6 @@ def load_with_one_rebuild(build: Callable[[bool], Path], load: Callable[[Path], 
         return load(path)
     except EngineDeserializeError as err:
         raise EngineBuildError(f"{err} even after a rebuild; check the TensorRT installation and driver") from err
-
-
-def io_shapes(tile_lr: tuple[int, int], batch: int, scale: int = trt_cache.SCALE) -> dict[str, tuple[int, ...]]:
-    """Shapes of every engine tensor for ``batch`` tiles of ``tile_lr`` LR pixels."""
-    h, w = tile_lr
-    hr = (batch, 3, h * scale, w * scale)
-    return {"x_t": hr, "lq": (batch, 3, h, w), "sigma": (batch,), "sr": hr}
 
 
 def check_engine_io(trt, engine, where: str) -> None:
@@ -113,7 +106,7 @@ class TensorRTEngine(Engine):
         self._device = torch.device("cuda", torch.cuda.current_device())
         self.info = EngineInfo(backend="tensorrt", device=str(self._device), precision=here.precision,
                                size_multiple=int(sidecar["size_multiple"]), tile_lr=here.tile_lr,
-                               batch_range=here.batch_range)
+                               batch_range=here.batch_range, norm_groups=int(sidecar["norm_groups"]))
         self._allocate()
         self._bound_batch = None  # batch whose input shapes the context currently holds
         self._use_graph = bool(cuda_graph)
@@ -137,7 +130,7 @@ class TensorRTEngine(Engine):
     def _allocate(self) -> None:
         """Device and pinned host buffers at max batch; smaller batches use the leading slice."""
         torch = self._torch
-        shapes = io_shapes(self.info.tile_lr, self.info.max_batch, self.info.scale)
+        shapes = io_shapes(self.info.tile_lr, self.info.max_batch, self.info.norm_groups, self.info.scale)
         self._dev = {n: torch.empty(s, dtype=torch.float32, device=self._device) for n, s in shapes.items()}
         self._host = {n: torch.empty(s, dtype=torch.float32, pin_memory=True) for n, s in shapes.items()}
         for name, tensor in self._dev.items():
@@ -148,7 +141,7 @@ class TensorRTEngine(Engine):
     def _bind_batch(self, n: int) -> None:
         if n == self._bound_batch:
             return
-        for name, shape in io_shapes(self.info.tile_lr, n, self.info.scale).items():
+        for name, shape in io_shapes(self.info.tile_lr, n, self.info.norm_groups, self.info.scale).items():
             if name in INPUTS and not self._context.set_input_shape(name, shape):
                 raise ConfigError(f"TensorRT engine: set_input_shape('{name}', {shape}) rejected; "
                                   f"the engine's batch range is {self.info.batch_range}")
@@ -174,14 +167,19 @@ class TensorRTEngine(Engine):
             return
         self._graph, self._graph_batch = graph, n
 
-    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
         torch = self._torch
         if self._closed:
             raise ConfigError("TensorRT engine: called after close()")
         n = lq.shape[0]
-        for name, array in (("x_t", x_t), ("lq", lq), ("sigma", sigma)):
-            self._host[name][:n].copy_(torch.from_numpy(array))
-            self._dev[name][:n].copy_(self._host[name][:n], non_blocking=True)
+        shared = norm_stats is not None
+        stats = norm_stats if shared else np.zeros((2, self.info.norm_groups), np.float32)
+        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": stats,
+                 "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
+        for name, array in feeds.items():
+            rows = slice(0, n) if name in BATCHED else slice(None)
+            self._host[name][rows].copy_(torch.from_numpy(array))
+            self._dev[name][rows].copy_(self._host[name][rows], non_blocking=True)
         self._bind_batch(n)
         if self._use_graph and self._graph_batch != n:
             self._capture(n)
@@ -189,10 +187,12 @@ class TensorRTEngine(Engine):
             self._graph.replay()
         else:
             self._execute()
-        out = self._host["sr"][:n]
-        out.copy_(self._dev["sr"][:n], non_blocking=True)
+        name = "tile_stats" if want_stats else "sr"
+        out = self._host[name][:n]
+        out.copy_(self._dev[name][:n], non_blocking=True)
         torch.cuda.current_stream(self._device).synchronize()
-        return out.numpy().copy()
+        result = out.numpy().copy()
+        return (None, result) if want_stats else (result, None)
 
     def close(self) -> None:
         """Free the graph, context, engine and buffers (in that order). Safe to call twice."""

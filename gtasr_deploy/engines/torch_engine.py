@@ -1,70 +1,26 @@
 """PyTorch engine: D in eager mode on CPU or CUDA (see :mod:`gtasr_deploy.engines.base`).
 
-fp32 runs the model as it is. fp16 (meant for CUDA; on CPU it runs, slowly, to check numerics)
-runs a half-precision copy with the same fp32 islands as the fp16 ONNX graph (SPEC §4,
-:mod:`gtasr_deploy.export.fp16`): c_skip/c_out/c_noise, the positional embedding, the embedding
-MLP and every block's embedding projection, every GroupNorm with its affine, the attention
-bias + softmax (``WindowAttention`` already casts the logits to fp32) and the final D
-combination; inputs and outputs stay fp32. On CUDA, ``cuda_graph=True`` captures one CUDA graph
-per batch size on static device buffers and replays it.
+fp32 runs the model as it is; bf16 and fp16 run a reduced-precision copy with the fp32 islands of
+the fp16 ONNX graph (:func:`gtasr_deploy.model.precond.reduced_precision`). bf16 is the CPU fast
+path on processors that compute it natively (AMX, AVX512-BF16; see :mod:`gtasr_deploy.cpu`);
+fp16 is meant for CUDA (on a CPU it runs, slowly, to check numerics). Inputs and outputs stay
+fp32. GroupNorm statistics are read and shared through :class:`~gtasr_deploy.model.shared_norm.NormIO`,
+the same code the exported graph is traced from. On CUDA, ``cuda_graph=True`` captures one CUDA
+graph per batch size for the per-tile mode and replays it.
 """
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import BackendUnavailableError, ConfigError
-from ..model.network import GroupNorm, SongUNetSwin, WindowAttention
-from ..model.precond import Denoiser, preconditioning
+from ..model.precond import Denoiser, reduced_precision
+from ..model.shared_norm import NormIO
 from .base import Engine, EngineInfo
 
-PRECISIONS = ("fp32", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(DTYPES)
 MAX_BATCH = 1 << 16  # eager mode takes any batch; this only bounds the tiler's batching
-
-
-class Fp32GroupNorm(GroupNorm):
-    """GroupNorm computed in fp32 on fp32 parameters, returned in the input dtype (an fp32 island)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
-
-
-class Fp16Denoiser(nn.Module):
-    """D with an fp16 backbone and fp32 islands; same call and fp32 I/O as :class:`Denoiser`."""
-
-    def __init__(self, denoiser: Denoiser) -> None:
-        super().__init__()
-        self.config = denoiser.config
-        self.sigma_data = denoiser.sigma_data
-        self.model = _half_with_islands(copy.deepcopy(denoiser.model))
-
-    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor | float, lq: torch.Tensor) -> torch.Tensor:
-        n = x_t.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device).reshape(-1).expand(n)
-        c_skip, c_out, c_noise = preconditioning(sigma, self.sigma_data)
-        f = self.model(x_t.half(), c_noise, lq.half()).float()
-        return c_skip[:, None, None, None] * x_t.float() + c_out[:, None, None, None] * f
-
-
-def _half_with_islands(backbone: SongUNetSwin) -> SongUNetSwin:
-    """Cast the backbone to fp16, then restore fp32 for the island parameters."""
-    backbone.half()
-    backbone.map_layer0.float()  # embedding MLP (fed by the fp32 positional embedding)
-    backbone.map_layer1.float()
-    for name, module in backbone.named_modules():
-        if isinstance(module, GroupNorm):
-            module.float()
-            module.__class__ = Fp32GroupNorm  # same parameters and state-dict keys, fp32 lowering
-        elif name.endswith(".affine"):  # per-block embedding projection: depends on sigma only
-            module.float()
-        elif isinstance(module, WindowAttention):
-            module.relative_position_bias_table.data = module.relative_position_bias_table.data.float()
-    return backbone
 
 
 class TorchEngine(Engine):
@@ -80,23 +36,27 @@ class TorchEngine(Engine):
                                           "(torch.cuda.is_available() is False); use device='cpu'")
         if cuda_graph and self.device.type != "cuda":
             raise ConfigError(f"torch engine: cuda_graph=True needs a CUDA device, got {device!r}")
-        model = model.eval()
-        self.model = (Fp16Denoiser(model) if precision == "fp16" else model).to(self.device).eval()
+        self.model = reduced_precision(model.eval(), DTYPES[precision]).to(self.device).eval()
+        self._norm_io = NormIO(self.model)
         self.info = EngineInfo(backend="torch", device=str(self.device), precision=precision,
                                size_multiple=model.config.size_multiple,
                                tile_lr=None if tile_lr is None else (int(tile_lr[0]), int(tile_lr[1])),
-                               batch_range=(1, 1, MAX_BATCH), scale=model.config.scale)
+                               batch_range=(1, 1, MAX_BATCH), norm_groups=self._norm_io.size,
+                               scale=model.config.scale)
         self._cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple] = {}  # input shapes → (graph, static inputs, static output)
 
-    def _run(self, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
         with torch.inference_mode():
-            inputs = [torch.from_numpy(a).to(self.device, non_blocking=True) for a in (x_t, lq, sigma)]
-            if self._cuda_graph:
-                out = self._replay(*inputs)
-            else:
-                out = self.model(inputs[0], inputs[2], inputs[1])
-            return out.float().cpu().numpy()
+            x_t, lq, sigma = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in (x_t, lq, sigma))
+            if norm_stats is None and not want_stats:
+                out = self._replay(x_t, lq, sigma) if self._cuda_graph else self.model(x_t, sigma, lq)
+                return out.float().cpu().numpy(), None
+            shared = None if norm_stats is None else torch.from_numpy(norm_stats).to(self.device)
+            with self._norm_io.installed(), self._norm_io.call(shared):
+                out = self.model(x_t, sigma, lq)
+                stats = self._norm_io.tile_statistics() if want_stats else None
+            return out.float().cpu().numpy(), None if stats is None else stats.cpu().numpy()
 
     def _replay(self, x_t: torch.Tensor, lq: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Run through a CUDA graph captured once per input shape (static buffers, copied in)."""
@@ -118,14 +78,6 @@ class TorchEngine(Engine):
             buffer.copy_(value)
         graph.replay()
         return out.clone()
-
-    def shared_norm_statistics(self):
-        if self._cuda_graph:
-            raise ConfigError("torch engine: shared GroupNorm statistics use forward hooks, which CUDA graphs "
-                              "do not capture; disable cuda_graph")
-        from ..model.shared_norm import SharedGroupNormStats
-
-        return SharedGroupNormStats(self.model)
 
     def close(self) -> None:
         self._graphs.clear()

@@ -4,12 +4,15 @@ TensorRT 10.12+ builds strongly-typed networks, so the precision of every tensor
 in the ONNX graph. This pass rewrites the fp32 graph from :mod:`gtasr_deploy.export.onnx`:
 
 * fp32 islands (every float node below keeps fp32 weights and fp32 tensors):
-  - ``sigma`` : nodes that depend on the input ``sigma`` only — c_skip/c_out/c_noise, the
-    positional embedding, the embedding MLP and every block's embedding projection (``affine``);
+  - ``sigma`` : nodes that depend on the inputs ``sigma``, ``norm_stats``, ``norm_mix`` only —
+    c_skip/c_out/c_noise, the positional embedding, the embedding MLP and every block's embedding
+    projection (``affine``), slices of the shared statistics;
   - ``tail`` : nodes that are not ancestors of the backbone's last conv (``conv_last``) — the final
     D combination c_skip·x_t + c_out·F;
-  - ``group_norm`` : every GroupNorm, i.e. Reshape → InstanceNormalization → Reshape → Mul → Add
-    with its affine (the lowering the dynamo exporter emits; anything else is refused);
+  - ``group_norm`` : every node traced inside a GroupNorm (the exporter records the module class
+    in each node's ``pkg.torch.onnx.class_hierarchy`` metadata): statistics, the blend with the
+    shared ``norm_stats``, normalisation and affine; also the plain lowering Reshape →
+    InstanceNormalization → Reshape → Mul → Add, should a graph have it;
   - ``attention`` : the bias Add and Softmax of every window attention (logits are cast to fp32
     right after QKᵀ, as ``WindowAttention.forward`` does on the fp16 torch path);
   - ``constant`` : float nodes fed by constants only, and ``not_allowed`` : float ops outside
@@ -43,6 +46,13 @@ FP16_OPS = frozenset({
 DATA_INPUTS = {"Resize": (0,)}
 NEUTRAL_OPS = frozenset({"Shape", "Size"})  # read shapes only, accept any dtype
 BACKBONE_LAST_CONV = "conv_last.weight"  # weight name suffix of F's last conv (network.py)
+SIDE_INPUTS = frozenset({"sigma", "norm_stats", "norm_mix"})  # small inputs whose consumers stay fp32
+HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+GROUP_NORM_CLASS = "gtasr_deploy.model.network.GroupNorm"
+
+
+def _inside_group_norm(node: onnx.NodeProto) -> bool:
+    return any(p.key == HIERARCHY_KEY and GROUP_NORM_CLASS in p.value for p in node.metadata_props)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +152,10 @@ def classify(model: onnx.ModelProto) -> dict[int, str]:
         d = deps[node.output[0]]
         if index not in backbone:
             kinds[index] = "tail"
-        elif d == {"sigma"}:
+        elif d and d <= SIDE_INPUTS:
             kinds[index] = "sigma"
+        elif _inside_group_norm(node):
+            kinds[index] = "group_norm"
         elif not d:
             kinds[index] = "constant"
         else:

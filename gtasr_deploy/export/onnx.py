@@ -1,13 +1,16 @@
 """Export D to ONNX (SPEC §4): one graph per static LR tile, dynamic batch, sidecar JSON, validation.
 
-Graph contract: inputs ``x_t`` (N,3,4h,4w) f32, ``lq`` (N,3,h,w) f32, ``sigma`` (N,) f32 in that
-order; output ``sr`` (N,3,4h,4w) f32 = D(x_t, sigma, lq) with c_skip/c_out inside. h, w static
-(the Swin window partition is traced for that shape); N dynamic, the intended min/opt/max in the
-sidecar. The dynamo exporter is used: the TorchScript exporter stops on this network (SPEC §4).
-Dynamo lowers every GroupNorm as Reshape → InstanceNormalization → Reshape → Mul → Add, the form
-the fp16 pass (:mod:`gtasr_deploy.export.fp16`) keeps in fp32; that pass refuses any other form.
+The graph contract (inputs, outputs, shapes, sidecar) is :mod:`gtasr_deploy.contract`: D with
+c_skip/c_out inside, GroupNorm statistics as an input (shared across tiles) and an output (each
+tile's own), traced through the same :class:`~gtasr_deploy.model.shared_norm.NormIO` the torch
+engine runs. h, w static (the Swin window partition is traced for that shape); N dynamic, the
+intended min/opt/max in the sidecar. The dynamo exporter is used: the TorchScript exporter stops on
+this network (SPEC §4). Every node traced inside a GroupNorm carries that class in its metadata,
+which is how the fp16 pass (:mod:`gtasr_deploy.export.fp16`) keeps them in fp32.
 
-Files: ``<out>/<name>_tile<N>_<fp32|fp16>.onnx`` and the sidecar ``<same stem>.json``.
+Nothing is replaced until it is complete and valid: graph and sidecar are written under temp
+names, checked (onnx.checker, contract, ONNX Runtime against torch in :mod:`.verify`) and only
+then renamed over ``<out>/<name>_tile<N>_<fp32|fp16>.onnx`` and its sidecar ``<same stem>.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,29 +32,32 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import TEMP_PREFIX, atomic_path, atomic_write_bytes
+from ..contract import FORMAT, INPUTS, OUTPUTS, sidecar_path_for, validate_onnx_sidecar
 from ..errors import ConfigError, EngineBuildError
-from ..atomic import atomic_path, atomic_write_bytes
+from ..hashing import file_sha256
 from ..model.precond import Denoiser
-from .trt_cache import file_sha256, sidecar_path_for, validate_onnx_sidecar
+from ..model.shared_norm import NormIO
 
-FORMAT = "gtasr-onnx/1"
-INPUTS = ("x_t", "lq", "sigma")
-OUTPUTS = ("sr",)
 DEFAULT_OPSET = 17
-FP32_TOLERANCE = 1e-4  # max abs error vs torch (SPEC §4)
 PROTOBUF_LIMIT = 2 * 1024**3
+BATCH_INPUTS = ("x_t", "lq", "sigma")  # the inputs with a (dynamic) batch axis
 Log = Callable[[str], None]
 
 
 class GraphIO(nn.Module):
-    """The exported signature: ``(x_t, lq, sigma) -> sr`` (the graph's input order), D inside."""
+    """The exported signature (:mod:`gtasr_deploy.contract`), D inside; trace it inside ``norm_io.installed()``."""
 
     def __init__(self, denoiser: Denoiser) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.norm_io = NormIO(denoiser)
 
-    def forward(self, x_t: torch.Tensor, lq: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x_t, sigma, lq)
+    def forward(self, x_t: torch.Tensor, lq: torch.Tensor, sigma: torch.Tensor, norm_stats: torch.Tensor,
+                norm_mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.norm_io.call(norm_stats, norm_mix):
+            sr = self.denoiser(x_t, sigma, lq)
+            return sr, self.norm_io.tile_statistics()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +96,14 @@ def example_inputs(tile_lr: tuple[int, int], batch: int, *, seed: int = 0, scale
     return {"x_t": x_t, "lq": lq, "sigma": sigma}
 
 
+def _trace_feeds(model: Denoiser, tile_lr: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    feeds = example_inputs(tile_lr, 2)  # batch 2: a size-1 example would be specialised to static
+    groups = NormIO(model).size
+    stats = np.stack([np.zeros(groups), np.ones(groups)]).astype(np.float32)
+    return (*(torch.from_numpy(feeds[name]) for name in BATCH_INPUTS), torch.from_numpy(stats),
+            torch.zeros(1))
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's chatter (missing torchvision ops, opset 18 → 17 conversion notes):
@@ -109,14 +127,14 @@ def export_fp32_graph(model: Denoiser, onnx_path: str | Path, *, tile_lr: tuple[
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = GraphIO(model).eval()
-    feeds = example_inputs(tile_lr, 2)  # batch 2: a size-1 example would be specialised to static
-    args = tuple(torch.from_numpy(feeds[name]) for name in INPUTS)
+    args = _trace_feeds(model, tile_lr)
     batch = torch.export.Dim("batch", min=1)
-    with torch.inference_mode(False), torch.no_grad(), _quiet_exporter():
+    dynamic = {**{name: {0: batch} for name in BATCH_INPUTS}, "norm_stats": None, "norm_mix": None}
+    with torch.inference_mode(False), torch.no_grad(), _quiet_exporter(), wrapper.norm_io.installed():
         try:
             program = torch.onnx.export(wrapper, args, dynamo=True, opset_version=opset, input_names=list(INPUTS),
                                         output_names=list(OUTPUTS), optimize=True, verbose=False,
-                                        dynamic_shapes={"x_t": {0: batch}, "lq": {0: batch}, "sigma": {0: batch}})
+                                        dynamic_shapes=dynamic)
         except Exception as err:  # the exporter raises many types; all mean the same to a user
             raise EngineBuildError(f"export: torch.onnx.export(dynamo=True) failed: {type(err).__name__}: "
                                    f"{str(err).splitlines()[0] if str(err) else ''}") from err
@@ -154,6 +172,8 @@ def check_graph(onnx_path: Path) -> tuple[int, list[str], list[str]]:
         raise EngineBuildError(f"export: {onnx_path} has inputs {inputs} / outputs {outputs}, "
                                f"expected {list(INPUTS)} / {list(OUTPUTS)}")
     for vi in (*model.graph.input, *model.graph.output):
+        if vi.name not in (*BATCH_INPUTS, *OUTPUTS):
+            continue
         dim0 = vi.type.tensor_type.shape.dim[0]
         if not dim0.dim_param:
             raise EngineBuildError(f"export: the dynamo exporter made the batch axis of '{vi.name}' static "
@@ -178,6 +198,7 @@ def write_sidecar(onnx_path: Path, *, model: Denoiser, tile_lr: tuple[int, int],
         "opset": opset,
         "precision": precision,
         "package_version": __version__,
+        "norm_groups": NormIO(model).size,
         "inputs": inputs,
         "outputs": outputs,
     }
@@ -187,20 +208,25 @@ def write_sidecar(onnx_path: Path, *, model: Denoiser, tile_lr: tuple[int, int],
     return sidecar
 
 
-def compare_with_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...]) -> dict[int, float]:
-    """Max |ORT CPU − torch| per batch size on random inputs (same feeds to both)."""
-    from ..engines.onnxruntime import OrtEngine
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A private folder inside ``out_dir`` for graphs being written and checked; removed afterwards."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}export-{os.getpid()}-", dir=out_dir))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
-    sidecar = json.loads(sidecar_path_for(onnx_path).read_text(encoding="utf-8"))
-    errors = {}
-    with OrtEngine(onnx_path, providers="cpu") as engine, torch.inference_mode():
-        for batch in batches:
-            feeds = example_inputs(tuple(sidecar["tile_lr"]), batch, seed=batch)
-            got = engine(**feeds)
-            want = model(torch.from_numpy(feeds["x_t"]), torch.from_numpy(feeds["sigma"]),
-                         torch.from_numpy(feeds["lq"])).numpy()
-            errors[batch] = float(np.abs(got - want).max())
-    return errors
+
+def _publish(staged: Path, final: Path) -> tuple[Path, Path]:
+    """Move a checked graph and its sidecar over the final names (graph first, then the sidecar)."""
+    os.replace(staged, final)
+    data = staged.with_name(staged.name + ".data")
+    if data.exists():  # external data: the graph records this file name
+        os.replace(data, final.with_name(final.name + ".data"))
+    os.replace(sidecar_path_for(staged), sidecar_path_for(final))
+    return final, sidecar_path_for(final)
 
 
 def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tuple[int, int], batch_max: int = 1,
@@ -209,7 +235,10 @@ def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tup
     """Export the fp32 graph + sidecar, check it, and compare with torch at batch 1 (and 2 if allowed).
 
     ``model`` is D in eval mode on the CPU. Raises EngineBuildError when ORT differs from torch by
-    more than :data:`FP32_TOLERANCE`."""
+    more than :data:`~gtasr_deploy.export.verify.FP32_TOLERANCE`; an existing graph of the same name
+    is only replaced by one that passed every check."""
+    from .verify import check_against_torch
+
     if batch_max < 1:
         raise ConfigError(f"export: --batch {batch_max}, expected >= 1 (the largest batch the graph is meant for)")
     tile_lr = check_tile(tile_lr, model.config.size_multiple)
@@ -217,22 +246,19 @@ def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tup
         raise ConfigError("export: pass the fp32 model on the CPU (load_model(..., device='cpu')); "
                           "the fp16 graph is derived from the fp32 one")
     model = model.eval()
-    onnx_path = Path(out_dir) / graph_file_name(name, tile_lr, "fp32")
-    log(f"exporting {onnx_path} (LR tile {tile_lr[0]}x{tile_lr[1]}, batch 1..{batch_max}, opset {opset})")
-    export_fp32_graph(model, onnx_path, tile_lr=tile_lr, opset=opset)
-    sidecar = write_sidecar(onnx_path, model=model, tile_lr=tile_lr, batch_max=batch_max, precision="fp32",
-                            weights_sha256=weights_sha256, preset=preset)
-    if sidecar["opset"] != opset:
-        log(f"note: requested opset {opset}, the exporter wrote opset {sidecar['opset']} (recorded in the sidecar)")
-    errors = compare_with_torch(model, onnx_path, batches=(1, 2) if batch_max >= 2 else (1,))
-    for batch, err in errors.items():
-        log(f"ONNX Runtime CPU vs torch, batch {batch}: max abs error {err:.3g}")
-    worst = max(errors.values())
-    if not worst <= FP32_TOLERANCE:
-        raise EngineBuildError(f"export: {onnx_path} differs from torch by {worst:.3g} max abs, expected "
-                               f"<= {FP32_TOLERANCE:g} for fp32; the graph is wrong — please report it")
-    return ExportResult(onnx_path=onnx_path, sidecar_path=sidecar_path_for(onnx_path), sidecar=sidecar,
-                        max_abs_error=errors)
+    out_dir = Path(out_dir)
+    final = out_dir / graph_file_name(name, tile_lr, "fp32")
+    log(f"exporting {final} (LR tile {tile_lr[0]}x{tile_lr[1]}, batch 1..{batch_max}, opset {opset})")
+    with _staging(out_dir) as stage:
+        staged = stage / final.name
+        export_fp32_graph(model, staged, tile_lr=tile_lr, opset=opset)
+        sidecar = write_sidecar(staged, model=model, tile_lr=tile_lr, batch_max=batch_max, precision="fp32",
+                                weights_sha256=weights_sha256, preset=preset)
+        if sidecar["opset"] != opset:
+            log(f"note: requested opset {opset}, the exporter wrote opset {sidecar['opset']} (recorded in the sidecar)")
+        errors = check_against_torch(model, staged, batches=(1, 2) if batch_max >= 2 else (1,), log=log)
+        onnx_path, sidecar_path = _publish(staged, final)
+    return ExportResult(onnx_path=onnx_path, sidecar_path=sidecar_path, sidecar=sidecar, max_abs_error=errors)
 
 
 def export_fp16(fp32: ExportResult, model: Denoiser, *, log: Log = print) -> ExportResult:
@@ -241,81 +267,21 @@ def export_fp16(fp32: ExportResult, model: Denoiser, *, log: Log = print) -> Exp
     import onnx
 
     from .fp16 import convert_to_fp16
+    from .verify import check_fp16
 
     side = fp32.sidecar
     tile_lr = tuple(side["tile_lr"])
-    onnx_path = fp32.onnx_path.with_name(fp32.onnx_path.name.replace("_fp32.onnx", "_fp16.onnx"))
+    final = fp32.onnx_path.with_name(fp32.onnx_path.name.replace("_fp32.onnx", "_fp16.onnx"))
     graph, report = convert_to_fp16(onnx.load(str(fp32.onnx_path)))
     log(f"fp16 graph: {report.fp16_nodes} fp16 nodes, {report.fp32_nodes} fp32 island nodes {report.islands}, "
         f"{report.casts} casts")
-    _save_atomic(lambda path, external: onnx.save(graph, str(path), save_as_external_data=external),
-                 onnx_path, graph.ByteSize())
-    sidecar = write_sidecar(onnx_path, model=model, tile_lr=tile_lr, batch_max=side["batch"]["max"],
-                            precision="fp16", weights_sha256=side["weights_sha256"], preset=side["preset"])
-    errors = compare_graphs(fp32.onnx_path, onnx_path, example_inputs(tile_lr, 1))
-    log(f"fp16 vs fp32 graph on ONNX Runtime CPU, random inputs: max abs error {errors:.3g}")
-    if not np.isfinite(errors):
-        raise EngineBuildError(f"export: the fp16 graph {onnx_path} produces non-finite values (fp16 overflow "
-                               "outside the fp32 islands); use the fp32 graph")
-    psnr = photo_psnr(fp32.onnx_path, onnx_path, tile_lr)
-    if psnr is None:
-        log("fp16 vs fp32 PSNR on a photo: skipped (matplotlib's sample photo is not installed: "
-            "pip install 'gtasr-deploy[eval]')")
-    else:
-        log(f"fp16 vs fp32 PSNR on a real photo (grace_hopper.jpg at {tile_lr[0]}x{tile_lr[1]} LR): {psnr:.2f} dB")
-    return ExportResult(onnx_path=onnx_path, sidecar_path=sidecar_path_for(onnx_path), sidecar=sidecar,
-                        max_abs_error={1: errors}, photo_psnr_db=psnr)
-
-
-def compare_graphs(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
-    """Max |candidate − reference| of two exported graphs on ORT CPU for the same feeds."""
-    from ..engines.onnxruntime import OrtEngine
-
-    outputs = []
-    for path in (reference, candidate):
-        with OrtEngine(path, providers="cpu") as engine:
-            outputs.append(engine(**feeds))
-    return float(np.abs(outputs[1] - outputs[0]).max())
-
-
-def sample_photo_lq(tile_lr: tuple[int, int]) -> np.ndarray | None:
-    """A real photo as an LR tile: float32 (1, 3, h, w) in [-1, 1], or None when unavailable.
-
-    matplotlib's grace_hopper.jpg, centre-cropped to the tile's aspect ratio and resized with
-    PIL bicubic (antialiased) — the LR a user would feed, not a synthetic pattern."""
-    try:
-        from matplotlib import cbook
-    except ImportError:
-        return None
-    from PIL import Image
-
-    h, w = tile_lr
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
-        im = im.convert("RGB")
-        width, height = im.size
-        crop_w, crop_h = min(width, height * w // h), min(height, width * h // w)
-        left, top = (width - crop_w) // 2, (height - crop_h) // 2
-        im = im.crop((left, top, left + crop_w, top + crop_h)).resize((w, h), Image.Resampling.BICUBIC)
-        rgb = np.asarray(im, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]) * 2.0 - 1.0
-
-
-def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed: int = 0) -> float | None:
-    """PSNR (dB, [0,1] images) of the fp16 graph's output against the fp32 graph's on a photo.
-
-    One-step inference as the upscaler does it: x_K = up(lq) + eps (seeded), sigma = 1."""
-    from ..engines.onnxruntime import OrtEngine
-    from ..schedule import unit_noise, up
-
-    lq = sample_photo_lq(tile_lr)
-    if lq is None:
-        return None
-    x_k = up(torch.from_numpy(lq))
-    x_k += unit_noise(tuple(x_k.shape), seed)
-    feeds = {"x_t": x_k.numpy(), "lq": lq, "sigma": np.ones(1, np.float32)}
-    images = []
-    for path in (fp32_path, fp16_path):
-        with OrtEngine(path, providers="cpu") as engine:
-            images.append(np.clip((engine(**feeds) + 1.0) * 0.5, 0.0, 1.0).astype(np.float64))
-    mse = float(np.mean((images[0] - images[1]) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+    with _staging(final.parent) as stage:
+        staged = stage / final.name
+        _save_atomic(lambda path, external: onnx.save(graph, str(path), save_as_external_data=external),
+                     staged, graph.ByteSize())
+        sidecar = write_sidecar(staged, model=model, tile_lr=tile_lr, batch_max=side["batch"]["max"],
+                                precision="fp16", weights_sha256=side["weights_sha256"], preset=side["preset"])
+        error, psnr = check_fp16(fp32.onnx_path, staged, tile_lr, log=log)
+        onnx_path, sidecar_path = _publish(staged, final)
+    return ExportResult(onnx_path=onnx_path, sidecar_path=sidecar_path, sidecar=sidecar,
+                        max_abs_error={1: error}, photo_psnr_db=psnr)

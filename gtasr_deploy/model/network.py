@@ -28,9 +28,14 @@ class GroupNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.norm_io = None  # a shared_norm.NormIO while statistics are read or shared (two-pass tiling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        if self.norm_io is not None:
+            return self.norm_io.normalize(self, x)
+        # fp32 whatever the activation dtype (an fp32 island of reduced precision, SPEC §4); no-op in fp32
+        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
 
 
 class Conv(nn.Module):

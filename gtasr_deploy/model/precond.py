@@ -10,11 +10,13 @@ with σd = sigma_data = 0.5 as released. D(x, 0, lq) == x exactly for any weight
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from .config import NetworkConfig
-from .network import SongUNetSwin
+from .network import GroupNorm, SongUNetSwin, WindowAttention
 
 SIGMA_UNIT = 0.1  # the release divides sigma by 0.1 inside c_skip / c_out
 C_NOISE_OFFSET = 0.002
@@ -42,6 +44,7 @@ class Denoiser(nn.Module):
         self.config = config
         self.sigma_data = config.sigma_data
         self.model = SongUNetSwin(config)
+        self.compute_dtype = torch.float32  # the backbone's dtype; see reduced_precision()
 
     @property
     def size_multiple(self) -> int:
@@ -51,8 +54,31 @@ class Denoiser(nn.Module):
         n = x_t.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device).reshape(-1).expand(n)
         c_skip, c_out, c_noise = preconditioning(sigma, self.sigma_data)
-        f = self.model(x_t, c_noise, lq).float()
+        dtype = self.compute_dtype
+        f = self.model(x_t.to(dtype), c_noise, lq.to(dtype)).float()
         return c_skip[:, None, None, None] * x_t.float() + c_out[:, None, None, None] * f
+
+
+def reduced_precision(denoiser: Denoiser, dtype: torch.dtype) -> Denoiser:
+    """A copy of D whose backbone runs in ``dtype`` (fp16 or bf16) with fp32 islands (SPEC §4).
+
+    Islands, as in the fp16 ONNX graph: c_skip/c_out/c_noise and the final combination (in
+    :class:`Denoiser`), the positional embedding, the embedding MLP and every block's embedding
+    projection (``affine``), every GroupNorm with its affine (fp32 inside ``GroupNorm.forward``),
+    the attention bias + softmax (``WindowAttention`` casts the logits to fp32). I/O stays fp32."""
+    if dtype == torch.float32:
+        return denoiser
+    out = copy.deepcopy(denoiser)
+    backbone = out.model.to(dtype)
+    backbone.map_layer0.float()
+    backbone.map_layer1.float()
+    for name, module in backbone.named_modules():
+        if isinstance(module, GroupNorm) or name.endswith(".affine"):
+            module.float()
+        elif isinstance(module, WindowAttention):
+            module.relative_position_bias_table.data = module.relative_position_bias_table.data.float()
+    out.compute_dtype = dtype
+    return out
 
 
 def count_parameters(module: nn.Module) -> int:

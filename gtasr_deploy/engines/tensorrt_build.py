@@ -20,13 +20,13 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, ConfigError, EngineBuildError
+from .. import contract
 from . import trt_cache
 
 PIP_HINT = "pip install 'gtasr-deploy[tensorrt]'"
 MIN_TENSORRT = (10, 0)  # execute_async_v3 / num_io_tensors / strong typing; the extra pins >= 10.12
 DEFAULT_WORKSPACE_GB = 8.0
 MAX_LISTED_PARSER_ERRORS = 10
-GRAPH_INPUTS = ("x_t", "lq", "sigma")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -126,9 +126,9 @@ def _network_flags(trt) -> int:
 
 def _check_network_inputs(network, onnx_path: Path) -> None:
     names = [network.get_input(i).name for i in range(network.num_inputs)]
-    if sorted(names) != sorted(GRAPH_INPUTS):
+    if sorted(names) != sorted(contract.INPUTS):
         raise EngineBuildError(f"TensorRT network from {onnx_path}: inputs are {names}, expected "
-                               f"{list(GRAPH_INPUTS)} (re-export the graph with gtasr-export)")
+                               f"{list(contract.INPUTS)} (re-export the graph with gtasr-export)")
 
 
 def _attach_timing_cache(config, path: Path | None, log: Callable[[str], None]):
@@ -177,7 +177,7 @@ def build_serialized_engine(onnx_path: str | Path, onnx_sidecar: dict, *,
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
-    for name, (shape_min, shape_opt, shape_max) in trt_cache.profile_shapes(onnx_sidecar).items():
+    for name, (shape_min, shape_opt, shape_max) in contract.profile_shapes(onnx_sidecar).items():
         profile.set_shape(name, shape_min, shape_opt, shape_max)
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, timing_path, log)
@@ -205,7 +205,7 @@ def get_or_build_engine(onnx_path: str | Path, *, cache_dir: str | Path = "engin
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ConfigError(f"TensorRT build: ONNX graph {onnx_path} not found; export it first with gtasr-export")
-    sidecar = trt_cache.read_onnx_sidecar(onnx_path)
+    sidecar = contract.read_onnx_sidecar(onnx_path)
     actual_sha = trt_cache.file_sha256(onnx_path)
     if actual_sha != sidecar["onnx_sha256"]:
         raise ConfigError(f"TensorRT build: {onnx_path} has sha256 {actual_sha[:16]}…, its sidecar records "
@@ -224,7 +224,7 @@ def get_or_build_engine(onnx_path: str | Path, *, cache_dir: str | Path = "engin
                                    timing_cache_path=timing_path, log=log)
     atomic_write_bytes(engine_path, data)
     trt_cache.write_engine_sidecar(engine_path, spec, size_multiple=sidecar["size_multiple"],
-                                   extra={"onnx_path": str(onnx_path), "workspace_gb": workspace_gb,
+                                   norm_groups=sidecar["norm_groups"], extra={"onnx_path": str(onnx_path), "workspace_gb": workspace_gb,
                                           "opset": sidecar["opset"]})
     log(f"TensorRT engine: wrote {engine_path} ({len(data) / 2**20:.1f} MiB)")
     return engine_path

@@ -4,9 +4,7 @@ A serialized TensorRT engine is only valid for the exact graph, optimisation pro
 TensorRT version and GPU it was built on. Every one of those goes into the cache key and the
 engine's sidecar JSON, so a stale engine is rebuilt instead of loaded (SPEC §4).
 
-Also home of :func:`read_onnx_sidecar`, the validator for the sidecar the ONNX exporter writes
-next to ``export/<name>_tile<N>_<fp32|fp16>.onnx``, and :func:`profile_shapes`, the one place
-where the (min, opt, max) input shapes of the batch profile are derived from it.
+The ONNX graph's own sidecar and I/O shapes are the graph contract (:mod:`gtasr_deploy.contract`).
 """
 
 from __future__ import annotations
@@ -19,108 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes
+from ..contract import SCALE, validate_batch_range, validate_onnx_sidecar
 from ..errors import ConfigError
 from ..hashing import file_sha256  # noqa: F401  (re-exported: trt_cache.file_sha256)
 
-SCALE = 4
-PRECISIONS = ("fp32", "fp16")
-ONNX_SIDECAR_KEYS = ("onnx_sha256", "tile_lr", "size_multiple", "batch", "precision", "opset", "scale")
-ENGINE_SIDECAR_FORMAT = 1
+ENGINE_SIDECAR_FORMAT = 2  # 2: GroupNorm statistics I/O (norm_groups)
 # The fields that decide whether a cached engine may be loaded (SPEC §4 cache key).
 KEY_FIELDS = ("onnx_sha256", "tile_lr", "batch_range", "precision", "trt_version", "gpu_name",
               "compute_capability")
-
-
-def sidecar_path_for(onnx_path: str | Path) -> Path:
-    """``export/x.onnx`` -> ``export/x.json`` (the sidecar shares the graph's stem)."""
-    return Path(onnx_path).with_suffix(".json")
-
-
-def validate_batch_range(batch, *, where: str = "batch range") -> tuple[int, int, int]:
-    """Accept {"min","opt","max"} or a 3-sequence; return (min, opt, max) with 1 <= min <= opt <= max."""
-    if isinstance(batch, Mapping):
-        missing = [k for k in ("min", "opt", "max") if k not in batch]
-        if missing:
-            raise ConfigError(f"{where}: missing {missing}, expected keys 'min', 'opt', 'max'")
-        values = (batch["min"], batch["opt"], batch["max"])
-    else:
-        values = tuple(batch)
-        if len(values) != 3:
-            raise ConfigError(f"{where}: got {values!r}, expected (min, opt, max)")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{where}: got {values!r}, expected three integers (min, opt, max)")
-    lo, opt, hi = values
-    if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"{where}: got min={lo} opt={opt} max={hi}, expected 1 <= min <= opt <= max")
-    return lo, opt, hi
-
-
-def _validate_tile(tile, size_multiple: int, where: str) -> tuple[int, int]:
-    if (not isinstance(tile, (list, tuple)) or len(tile) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in tile)):
-        raise ConfigError(f"{where}: 'tile_lr' is {tile!r}, expected [h, w] with positive integers")
-    h, w = tile
-    if h % size_multiple or w % size_multiple:
-        raise ConfigError(f"{where}: 'tile_lr' {h}x{w} is not a multiple of size_multiple={size_multiple}")
-    return h, w
-
-
-def validate_onnx_sidecar(data: Mapping, *, where: str = "ONNX sidecar") -> dict:
-    """Check an exporter sidecar dict; return a normalised copy (tile_lr tuple, batch dict of ints)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: got {type(data).__name__}, expected a JSON object")
-    missing = [k for k in ONNX_SIDECAR_KEYS if k not in data]
-    if missing:
-        raise ConfigError(f"{where}: missing keys {missing}; expected at least {list(ONNX_SIDECAR_KEYS)} "
-                          "(re-export the graph with gtasr-export)")
-    out = dict(data)
-    sha = data["onnx_sha256"]
-    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise ConfigError(f"{where}: 'onnx_sha256' is {sha!r}, expected 64 lowercase hex digits")
-    multiple = data["size_multiple"]
-    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
-        raise ConfigError(f"{where}: 'size_multiple' is {multiple!r}, expected a positive integer")
-    out["tile_lr"] = _validate_tile(data["tile_lr"], multiple, where)
-    lo, opt, hi = validate_batch_range(data["batch"], where=f"{where}: 'batch'")
-    out["batch"] = {"min": lo, "opt": opt, "max": hi}
-    if data["precision"] not in PRECISIONS:
-        raise ConfigError(f"{where}: 'precision' is {data['precision']!r}, expected one of {list(PRECISIONS)}")
-    if not isinstance(data["opset"], int) or data["opset"] < 1:
-        raise ConfigError(f"{where}: 'opset' is {data['opset']!r}, expected a positive integer")
-    if data["scale"] != SCALE:
-        raise ConfigError(f"{where}: 'scale' is {data['scale']!r}, expected {SCALE}")
-    return out
-
-
-def read_onnx_sidecar(path: str | Path) -> dict:
-    """Read and validate the sidecar of an exported graph; ``path`` is the .onnx or the .json."""
-    path = Path(path)
-    json_path = path if path.suffix == ".json" else sidecar_path_for(path)
-    if not json_path.is_file():
-        raise ConfigError(f"ONNX sidecar {json_path} not found; expected it next to the graph "
-                          "(re-export the graph with gtasr-export)")
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"ONNX sidecar {json_path} is not readable JSON ({err}); re-export the graph") from err
-    return validate_onnx_sidecar(data, where=f"ONNX sidecar {json_path}")
-
-
-def profile_shapes(sidecar: Mapping) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """Optimisation-profile shapes for every input: {name: (min, opt, max)}.
-
-    Only the batch axis varies; x_t is (N, 3, 4h, 4w), lq (N, 3, h, w), sigma (N,).
-    """
-    side = validate_onnx_sidecar(sidecar)
-    h, w = side["tile_lr"]
-    scale = side["scale"]
-    batches = (side["batch"]["min"], side["batch"]["opt"], side["batch"]["max"])
-    per_input = {
-        "x_t": lambda n: (n, 3, h * scale, w * scale),
-        "lq": lambda n: (n, 3, h, w),
-        "sigma": lambda n: (n,),
-    }
-    return {name: tuple(shape(n) for n in batches) for name, shape in per_input.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,11 +115,11 @@ def engine_sidecar_path(engine_path: str | Path) -> Path:
     return Path(engine_path).with_suffix(".json")
 
 
-def write_engine_sidecar(engine_path: str | Path, spec: EngineSpec, *, size_multiple: int,
+def write_engine_sidecar(engine_path: str | Path, spec: EngineSpec, *, size_multiple: int, norm_groups: int,
                          extra: Mapping | None = None) -> Path:
     """Write ``<engine stem>.json`` with the key fields, the key itself and informational extras."""
     data = {"format": ENGINE_SIDECAR_FORMAT, **spec.fields(), "cache_key": cache_key(spec),
-            "size_multiple": int(size_multiple), "scale": SCALE}
+            "size_multiple": int(size_multiple), "norm_groups": int(norm_groups), "scale": SCALE}
     if extra:
         data["build"] = dict(extra)
     path = engine_sidecar_path(engine_path)
@@ -232,7 +136,7 @@ def read_engine_sidecar(engine_path: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"engine sidecar {path} is not readable JSON ({err}); rebuild the engine") from err
-    missing = [k for k in (*KEY_FIELDS, "size_multiple") if k not in data]
+    missing = [k for k in (*KEY_FIELDS, "size_multiple", "norm_groups") if k not in data]
     if missing:
         raise ConfigError(f"engine sidecar {path}: missing keys {missing}; rebuild the engine")
     return data

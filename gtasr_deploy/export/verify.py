@@ -1,0 +1,129 @@
+"""Export-time verification: an exported graph must compute what torch computes (SPEC §4).
+
+The one place where export meets the engines: it runs the staged graph on ONNX Runtime's CPU
+provider and the model on the torch engine with the same feeds, in both normalisation modes
+(each tile its own GroupNorm statistics, and statistics shared through ``norm_stats``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import EngineBuildError
+from ..model.precond import Denoiser
+from ..model.shared_norm import pool_statistics
+from ..schedule import unit_noise, up
+
+FP32_TOLERANCE = 1e-4  # max abs error vs torch (SPEC §4)
+Log = Callable[[str], None]
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def compare_with_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...]) -> dict[int, float]:
+    """Max |ORT CPU − torch| per batch size on random inputs, over sr and tile_stats, in both modes."""
+    from ..contract import read_onnx_sidecar
+    from ..engines.onnxruntime import OrtEngine
+    from ..engines.torch_engine import TorchEngine
+    from .onnx import example_inputs
+
+    tile = tuple(read_onnx_sidecar(onnx_path)["tile_lr"])
+    reference = TorchEngine(model)
+    errors = {}
+    with OrtEngine(onnx_path, providers="cpu") as engine:
+        for batch in batches:
+            feeds = example_inputs(tile, batch, seed=batch)
+            stats = engine.tile_statistics(**feeds)
+            want_stats = reference.tile_statistics(**feeds)
+            pooled = pool_statistics(want_stats)
+            errors[batch] = max(_max_abs(engine(**feeds), reference(**feeds)), _max_abs(stats, want_stats),
+                                _max_abs(engine(**feeds, norm_stats=pooled), reference(**feeds, norm_stats=pooled)))
+    return errors
+
+
+def check_against_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...], log: Log) -> dict[int, float]:
+    errors = compare_with_torch(model, onnx_path, batches=batches)
+    for batch, err in errors.items():
+        log(f"ONNX Runtime CPU vs torch, batch {batch} (per-tile and shared statistics): max abs error {err:.3g}")
+    worst = max(errors.values())
+    if not worst <= FP32_TOLERANCE:
+        raise EngineBuildError(f"export: the graph differs from torch by {worst:.3g} max abs, expected "
+                               f"<= {FP32_TOLERANCE:g} for fp32; the graph is wrong — please report it")
+    return errors
+
+
+def compare_graphs(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
+    """Max |candidate − reference| of two exported graphs on ORT CPU for the same feeds."""
+    from ..engines.onnxruntime import OrtEngine
+
+    outputs = []
+    for path in (reference, candidate):
+        with OrtEngine(path, providers="cpu") as engine:
+            outputs.append(engine(**feeds))
+    return _max_abs(outputs[1], outputs[0])
+
+
+def sample_photo_lq(tile_lr: tuple[int, int]) -> np.ndarray | None:
+    """A real photo as an LR tile: float32 (1, 3, h, w) in [-1, 1], or None when unavailable.
+
+    matplotlib's grace_hopper.jpg, centre-cropped to the tile's aspect ratio and resized with
+    PIL bicubic (antialiased) — the LR a user would feed, not a synthetic pattern."""
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        return None
+    from PIL import Image
+
+    h, w = tile_lr
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        im = im.convert("RGB")
+        width, height = im.size
+        crop_w, crop_h = min(width, height * w // h), min(height, width * h // w)
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+        im = im.crop((left, top, left + crop_w, top + crop_h)).resize((w, h), Image.Resampling.BICUBIC)
+        rgb = np.asarray(im, dtype=np.float32) / 255.0
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]) * 2.0 - 1.0
+
+
+def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed: int = 0) -> float | None:
+    """PSNR (dB, [0,1] images) of the fp16 graph's output against the fp32 graph's on a photo.
+
+    One-step inference as the upscaler does it: x_K = up(lq) + eps (seeded), sigma = 1."""
+    from ..engines.onnxruntime import OrtEngine
+
+    lq = sample_photo_lq(tile_lr)
+    if lq is None:
+        return None
+    x_k = up(torch.from_numpy(lq))
+    x_k += unit_noise(tuple(x_k.shape), seed)
+    feeds = {"x_t": x_k.numpy(), "lq": lq, "sigma": np.ones(1, np.float32)}
+    images = []
+    for path in (fp32_path, fp16_path):
+        with OrtEngine(path, providers="cpu") as engine:
+            images.append(np.clip((engine(**feeds) + 1.0) * 0.5, 0.0, 1.0).astype(np.float64))
+    mse = float(np.mean((images[0] - images[1]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def check_fp16(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], *, log: Log) -> tuple[float, float | None]:
+    """(max abs error vs the fp32 graph on random inputs, PSNR on a photo or None); refuses non-finite output."""
+    from .onnx import example_inputs
+
+    error = compare_graphs(fp32_path, fp16_path, example_inputs(tile_lr, 1))
+    log(f"fp16 vs fp32 graph on ONNX Runtime CPU, random inputs: max abs error {error:.3g}")
+    if not np.isfinite(error):
+        raise EngineBuildError(f"export: the fp16 graph {fp16_path.name} produces non-finite values (fp16 overflow "
+                               "outside the fp32 islands); use the fp32 graph")
+    psnr = photo_psnr(fp32_path, fp16_path, tile_lr)
+    if psnr is None:
+        log("fp16 vs fp32 PSNR on a photo: skipped (matplotlib's sample photo is not installed: "
+            "pip install 'gtasr-deploy[eval]')")
+    else:
+        log(f"fp16 vs fp32 PSNR on a real photo (grace_hopper.jpg at {tile_lr[0]}x{tile_lr[1]} LR): {psnr:.2f} dB")
+    return error, psnr

@@ -1,0 +1,113 @@
+"""Memory-aware tiles: how much memory one engine call takes, how much there is, and OOM detection.
+
+The model: the peak extra memory of one torch engine call is a fixed part plus a part that grows
+with the LR pixels of the batch, ``bytes ≈ fixed + per_lr_px × tile² × batch`` (weights are already
+resident). The per-preset numbers below were fitted to the peak RSS growth of one fp32 call in a
+fresh process, measured on this project's 2-core CPU build machine with
+``python benchmarks/measure_memory.py demo fp32 32 64 128 256`` (34, 61, 176, 525 MB) and
+``... paper fp32 64 128`` (299, 853 MB), and are applied with a safety margin. CUDA uses free device memory
+(``torch.cuda.mem_get_info``); the CPU uses the smallest of MemAvailable, the cgroup limit and
+RLIMIT_AS headroom.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+# (fixed bytes, bytes per LR pixel) of one fp32 call, per preset (measured; see the module docstring).
+MEMORY_MODEL = {"demo": (60e6, 7.1e3), "paper": (115e6, 45.1e3)}
+FALLBACK_MODEL = MEMORY_MODEL["paper"]  # custom networks: assume the big one
+PRECISION_FACTOR = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
+SAFETY = 1.5  # measured peaks vary with thread count and allocator; leave room for the rest of the run
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
+                "bad_alloc", "std::bad_alloc")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for allocation failures of any backend: MemoryError, torch (CPU/CUDA), ONNX Runtime."""
+    if isinstance(err, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(err, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    if isinstance(err, RuntimeError) or type(err).__name__ in ("RuntimeException", "Fail", "EPFail"):
+        text = str(err).lower()
+        return any(message in text for message in OOM_MESSAGES)
+    return False
+
+
+def estimate_call_bytes(tile: int, batch: int = 1, *, preset: str | None, precision: str = "fp32") -> float:
+    fixed, per_px = MEMORY_MODEL.get(preset or "", FALLBACK_MODEL)
+    return fixed + per_px * PRECISION_FACTOR.get(precision, 1.0) * tile * tile * batch
+
+
+def _cgroup_headroom() -> int | None:
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            return max(0, int(limit) - usage)
+    return None
+
+
+def _address_space_headroom() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/statm") as fh:
+            size = int(fh.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, soft - size)
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def available_bytes(device: str = "cpu") -> int | None:
+    """Memory one engine call may use now on ``device``; None when it cannot be told."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    values = [v for v in (_mem_available(), _cgroup_headroom(), _address_space_headroom()) if v is not None]
+    return min(values) if values else None
+
+
+def auto_tile(default: int, size_multiple: int, *, preset: str | None, precision: str = "fp32", batch: int = 1,
+              available: int | None) -> int:
+    """The largest tile ≤ ``default`` (a multiple of the size rule) whose estimated call fits ``available``.
+
+    ``default`` is the preset's tile, the one ``gtasr-export`` uses, so that with enough memory every
+    backend runs the same tiles. Never below the size rule."""
+    tile = default
+    if available is None:
+        return tile
+    while tile > size_multiple and estimate_call_bytes(tile, batch, preset=preset, precision=precision) * SAFETY > available:
+        tile = max(size_multiple, (tile // 2) // size_multiple * size_multiple)
+    return tile
