@@ -176,3 +176,19 @@ def test_help_of_every_command():
     for program in SCRIPTS:
         result = CliRunner().invoke(click_main(program), ["--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, program
+
+
+@pytest.mark.slow
+def test_demo_export_then_onnx_upscale_run_as_typed(tmp_path, monkeypatch):
+    """The README's demo export writes exactly the graph its ONNX Runtime line reads (about a minute)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    export_line = next(c for c in COMMANDS if c.startswith("gtasr-export") and "--weights" not in c)
+    ort_line = next(c for c in COMMANDS if "--backend onnxruntime" in c and "gtasr_demo" in c)
+    shutil.copytree(ROOT / "samples", tmp_path / "samples")
+    monkeypatch.chdir(tmp_path)
+    for text in (export_line, ort_line):
+        program, *args = shlex.split(text)
+        result = CliRunner().invoke(click_main(program), args)
+        assert result.exit_code == 0, f"{text}\n{result.output}"
+    out = Path(shlex.split(ort_line)[2])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["chelsea_lr.png", "coffee_lr.png"]
