@@ -285,18 +285,26 @@ def select_shard(jobs: Sequence[Job], shard: tuple[int, int] | None = None,
     ``shard`` wins; else RANK and WORLD_SIZE from ``env`` (torchrun, or set per job-array task);
     else everything. Shards are disjoint and together cover the plan.
     """
-    if shard is None and "WORLD_SIZE" in env:
-        try:
-            shard = (int(env.get("RANK", "0")), int(env["WORLD_SIZE"]))
-        except ValueError:
-            raise InputError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env['WORLD_SIZE']!r} are not "
-                             "integers") from None
-        _check_shard(shard, "RANK/WORLD_SIZE environment")
+    if shard is None:
+        shard = shard_from_env(env)
     if shard is None:
         return list(jobs)
     _check_shard(shard, "shard")
     k, n = shard
     return [job for i, job in enumerate(jobs) if i % n == k]
+
+
+def shard_from_env(env: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when WORLD_SIZE is set (torchrun, job arrays), else None."""
+    if "WORLD_SIZE" not in env:
+        return None
+    try:
+        shard = (int(env.get("RANK", "0")), int(env["WORLD_SIZE"]))
+    except ValueError:
+        raise InputError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env['WORLD_SIZE']!r} are not "
+                         "integers") from None
+    _check_shard(shard, "RANK/WORLD_SIZE environment")
+    return shard
 
 
 def local_device_from_env(env: Mapping[str, str] = os.environ, default: str = "cuda") -> str:

@@ -591,3 +591,15 @@ def test_compare_refuses_photos_too_small_before_writing_and_reports_what_it_can
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "- bicubic: ssim: 1 image(s) not scored, e.g. tiny: SSIM: image of 8x8 px is too small" in result.stdout
     assert "error: bicubic: ssim: 1 image(s) not scored" in result.output
+
+
+def test_a_shard_from_leftover_rank_and_world_size_is_said(tmp_path, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(4):
+        save(src / f"{i}.png", pixels(i, 8, 8))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS])
+    assert result.exit_code == 0, result.output
+    assert "note: RANK=1 WORLD_SIZE=2 in the environment: this run does share 1/2 (2 of the files)" in result.output
+    assert images_in(out) == ["1.png", "3.png"]

@@ -141,6 +141,10 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                        "(the output folder is inside the input folder)", err=True)
         jobs = batch_mod.select_shard(jobs, batch_mod.parse_shard(shard) if shard else None)
         video_jobs = batch_mod.select_shard(video_jobs, batch_mod.parse_shard(shard) if shard else None)
+        if shard is None and batch_mod.shard_from_env() is not None:  # a leftover export must not go unseen
+            k, n = batch_mod.shard_from_env()
+            click.echo(f"note: RANK={k} WORLD_SIZE={n} in the environment: this run does share {k}/{n} "
+                       f"({len(jobs)} of the files); --shard 0/1 does them all", err=True)
         batch_mod.check_output_dir((output_dir.parent if image_file else output_dir) if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
