@@ -10,7 +10,8 @@ What is kept, stated once:
   container can hold their codec. Audio it cannot hold (AAC into WebM) is re-encoded to the
   container's usual codec and the report says so; a subtitle or data stream it cannot hold is left
   out and the report says so (``.mkv`` holds every codec).
-* Container and stream tags (title, language...) are copied.
+* Container and stream tags (title, language...) are copied, and so is the display rotation of
+  phone clips (the pixels stay as stored; the player turns them, as it did the input).
 * Never a broken file under the final name: the output is written to a temp file in the output
   folder (:func:`gtasr_deploy.atomic.atomic_path`) and renamed only when the file is complete; an
   error or Ctrl-C removes the temp file.
@@ -129,7 +130,18 @@ def _open_input(av: Any, src: Path) -> Any:
         raise InputError(f"{src}: cannot read the video ({getattr(exc, 'strerror', None) or exc})") from None
 
 
-def _video_stream(out: Any, vin: Any, *, codec: str, crf: int | None, pix_fmt: str, size: tuple[int, int]) -> Any:
+def _display_rotation(av: Any, src: Path) -> int:
+    """Degrees (counter-clockwise) of the display matrix a phone writes; 0 when none. Read from the
+    first frame of a second reader: the output header (written at the first packet, often audio)
+    must carry it before any video frame of the main loop is decoded."""
+    with av.open(str(src)) as probe:
+        for frame in probe.decode(video=0):
+            return int(getattr(frame, "rotation", 0) or 0)
+    return 0
+
+
+def _video_stream(out: Any, vin: Any, *, codec: str, crf: int | None, pix_fmt: str, size: tuple[int, int],
+                  rotation: int = 0) -> Any:
     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
     vout = out.add_stream(codec, rate=rate)
     vout.width, vout.height = size
@@ -153,6 +165,8 @@ def _video_stream(out: Any, vin: Any, *, codec: str, crf: int | None, pix_fmt: s
         options["x265-params"] = "log-level=error"
     vout.options = options
     vout.metadata.update(vin.metadata)
+    if rotation:
+        vout.set_display_rotation(rotation)
     return vout
 
 
@@ -246,7 +260,11 @@ def _transcode(av: Any, inp: Any, vin: Any, temp: Path, fmt: str, frame_fn: Fram
     try:
         if codec not in out.supported_codecs:
             raise ConfigError(f"--video-codec {codec} cannot go into a {fmt} file; choose another codec or container")
-        vout = _video_stream(out, vin, codec=codec, crf=crf, pix_fmt=pix_fmt, size=size)
+        rotation = _display_rotation(av, src)
+        if rotation and not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+            raise BackendUnavailableError(f"{src} is displayed rotated by {rotation} degrees, and this PyAV "
+                                          f"{av.__version__} cannot write that; pip install -U av")
+        vout = _video_stream(out, vin, codec=codec, crf=crf, pix_fmt=pix_fmt, size=size, rotation=rotation)
         copy, encode, copied, reencoded, dropped = _plan_streams(inp, out, vin, fmt)
         out.metadata.update(inp.metadata)
         total, done, last_pts = _expected_frames(inp, vin), 0, None

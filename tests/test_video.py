@@ -269,3 +269,27 @@ def test_variable_frame_rate_timestamps_are_kept(tmp_path):
     assert len(after) == len(ticks)
     assert [t - after[0] for t in after] == pytest.approx([t - before[0] for t in before], abs=1e-3)
     assert before[1] - before[0] == pytest.approx(0.08) and before[2] - before[1] == pytest.approx(0.16)
+
+
+def test_display_rotation_of_phone_clips_is_carried(tmp_path):
+    src = tmp_path / "phone.mp4"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        video.set_display_rotation(90)
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    for suffix in (".mp4", ".mkv"):
+        upscale_video(src, tmp_path / f"out{suffix}", nearest4)
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            frame = next(c.decode(video=0))
+            assert frame.rotation == 90 and (frame.width, frame.height) == (4 * W, 4 * H)
+
+
+def test_no_rotation_where_the_input_has_none(clip, tmp_path):
+    upscale_video(clip, tmp_path / "out.mp4", nearest4)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 0
