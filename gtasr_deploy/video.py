@@ -12,6 +12,9 @@ What is kept, stated once:
   out and the report says so (``.mkv`` holds every codec).
 * Container and stream tags (title, language...) are copied, and so is the display rotation of
   phone clips (the pixels stay as stored; the player turns them, as it did the input).
+* Colour: frames are turned into RGB with the input's own matrix and range (BT.709 for most HD
+  video) and back with the same ones, and the output carries the input's colour tags, so a
+  player shows the colours it showed for the input (a BT.601 round trip would shift them).
 * Never a broken file under the final name: the output is written to a temp file in the output
   folder (:func:`gtasr_deploy.atomic.atomic_path`) and renamed only when the file is complete; an
   error or Ctrl-C removes the temp file.
@@ -46,6 +49,8 @@ FALLBACK_AUDIO = {"webm": "libopus", "mp4": "aac", "mov": "aac", "avi": "libmp3l
 CRF_CODECS = frozenset({"libx264", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"})
 DEFAULT_CRF = 18
 DEFAULT_PIX_FMT = "yuv420p"
+COLOUR_TAGS = ("colorspace", "color_primaries", "color_trc", "color_range")
+_UNSPECIFIED_COLORSPACE = 2  # AVCOL_SPC_UNSPECIFIED
 
 FrameFn = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 RGB -> (4H, 4W, 3) uint8 RGB
 ProgressFn = Callable[[int, int], None]  # (frames done, frames expected; 0 when unknown)
@@ -165,6 +170,10 @@ def _video_stream(out: Any, vin: Any, *, codec: str, crf: int | None, pix_fmt: s
         options["x265-params"] = "log-level=error"
     vout.options = options
     vout.metadata.update(vin.metadata)
+    for tag in COLOUR_TAGS:  # unspecified stays unspecified
+        value = getattr(vin.codec_context, tag, None)
+        if value not in (None, 0, 2) or (tag == "color_range" and value):
+            setattr(vout.codec_context, tag, value)
     if rotation:
         vout.set_display_rotation(rotation)
     return vout
@@ -296,12 +305,15 @@ def _transcode(av: Any, inp: Any, vin: Any, temp: Path, fmt: str, frame_fn: Fram
 def _encode_frame(out: Any, vout: Any, frame: Any, frame_fn: FrameFn, last_pts: Fraction | None, period: Fraction,
                   src: Path) -> Fraction:
     """Upscale and encode one frame; returns its time in seconds (the next frame must come later)."""
-    rgb = frame.to_ndarray(format="rgb24")
+    range_ = frame.color_range or None  # 0: unspecified (limited), 1: limited, 2: full
+    rgb = frame.to_ndarray(format="rgb24", src_color_range=range_)  # the frame's own matrix
     sr = np.ascontiguousarray(frame_fn(rgb))
     expected = (vout.height, vout.width, 3)
     if sr.shape != expected or sr.dtype != np.uint8:
         raise ValueError(f"frame_fn returned {sr.dtype} {sr.shape} for a frame of {src}; expected uint8 {expected}")
     new = av_frame_from(sr)
+    if frame.colorspace != _UNSPECIFIED_COLORSPACE or range_:  # back with the same matrix and range
+        new = new.reformat(format=vout.pix_fmt, dst_colorspace=frame.colorspace, dst_color_range=range_)
     time_base = frame.time_base or vout.codec_context.time_base
     seconds = frame.pts * time_base if frame.pts is not None else None
     if seconds is None or (last_pts is not None and seconds <= last_pts):

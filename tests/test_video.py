@@ -293,3 +293,32 @@ def test_no_rotation_where_the_input_has_none(clip, tmp_path):
     upscale_video(clip, tmp_path / "out.mp4", nearest4)
     with av.open(str(tmp_path / "out.mp4")) as c:
         assert next(c.decode(video=0)).rotation == 0
+
+
+@pytest.mark.parametrize("color_range", [1, 2])  # limited (TV) and full (JPEG) range
+def test_bt709_colours_and_tags_survive(tmp_path, color_range):
+    """HD video is BT.709: decoded and re-encoded with that matrix and tagged so, colours do not shift."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:, : W // 2], image[:, W // 2:] = (200, 30, 40), (30, 180, 60)
+    src = tmp_path / "hd.mp4"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        for tag in ("colorspace", "color_primaries", "color_trc"):
+            setattr(video.codec_context, tag, 1)  # BT.709
+        video.codec_context.color_range = color_range
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="itu709", dst_color_range=color_range)
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    upscale_video(src, tmp_path / "out.mp4", nearest4)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (1, 1, 1, color_range)
+        frame = next(c.decode(video=0))
+        rgb = frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
+    inner = rgb[8:-8, 8:-8].astype(int)  # away from the colour edge (chroma subsampling blurs it)
+    assert np.abs(inner[:, : 4 * W // 2 - 16] - (200, 30, 40)).max() <= 6
+    assert np.abs(inner[:, 4 * W // 2:] - (30, 180, 60)).max() <= 6
