@@ -214,14 +214,19 @@ def test_resolve_rules(tmp_path, monkeypatch):
     assert reg.REGISTRY["gtasr-final"].url(None).startswith("https://huggingface.co/Blaze-UESTC/GTASR/resolve/main/")
 
 
-@pytest.mark.parametrize("module,name", [("upscale", "gtasr-upscale"), ("export", "gtasr-export"),
-                                         ("bench", "gtasr-bench"), ("train", "gtasr-train"),
-                                         ("eval", "gtasr-eval"), ("weights", "gtasr-weights")])
-def test_version_on_every_command(module, name):
+def _scripts() -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("name", sorted(_scripts()))
+def test_version_on_every_command(name):
+    """Every console script of pyproject.toml, including ones added later."""
     import importlib
 
-    main = importlib.import_module(f"gtasr_deploy.cli.{module}").main
-    result = CliRunner().invoke(main, ["--version"])
+    module, _, attr = _scripts()[name].partition(":")
+    result = CliRunner().invoke(getattr(importlib.import_module(module), attr), ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"{name}, version {__version__}"
 
 

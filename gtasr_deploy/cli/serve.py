@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .. import __version__
 from ..errors import GtasrError
 
 EXIT_USAGE = 2
@@ -60,6 +61,7 @@ def _address_option(f):
 
 
 @click.group(context_settings=_CONTEXT)
+@click.version_option(__version__, prog_name="gtasr-serve")
 def main():
     """Serve the x4 upscaler over HTTP, or run gtasr-upscale's batch on a Ray cluster (pip extra: serve)."""
 
