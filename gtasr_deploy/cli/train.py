@@ -46,6 +46,14 @@ def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: s
     except GtasrError as err:
         click.echo(f"gtasr-train: error: {err}", err=True)
         sys.exit(1)
+    except MemoryError:
+        click.echo("gtasr-train: error: out of memory; lower data.batch_size (or use stageN.optim.grad_accum), "
+                   "data.crop or data.num_workers", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("gtasr-train: interrupted; the checkpoints in <out>/checkpoints are kept, --resume continues "
+                   "from the newest", err=True)
+        sys.exit(130)
     if path is not None:
         click.echo(f"weights: {path}")
 

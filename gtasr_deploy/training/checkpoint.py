@@ -11,10 +11,8 @@ newest one (highest stage, then step). Stage ends are kept as ``stage<k>_final.p
 
 from __future__ import annotations
 
-import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError
+from ..model.checkpoint import _read_pickle as read_pickle
 
 FORMAT = "gtasr-train/1"
 _NAME = re.compile(r"^ckpt_s(\d+)_(\d{8})\.pt$")
@@ -49,11 +48,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: training checkpoint not found")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from None
+    obj = read_pickle(path)  # tensors and plain containers only; the unpickler's own reason on failure
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r} (a checkpoint written by gtasr-train)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 try:
     import tomllib
 except ImportError:  # Python 3.10: the same parser from PyPI
@@ -22,22 +23,26 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..model.config import NetworkConfig, resolve_config
+from .config_types import checked_values
 from .data import AUGMENTS
 from .degradation import DegradationConfig
 
 RECIPES = ("gtasr", "ctmsr")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+AMP_MODES = ("none", "bf16", "fp16")
+MAX_CROP = 4096  # HR px per side; the paper trains at 256, and one 4096 px sample already takes 200 MB in fp32
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str, **extra: Any) -> Any:
-    """cls(**data) refusing unknown keys (listing the valid ones); lists become tuples."""
+    """cls(**data) refusing unknown keys (listing the valid ones) and values of the wrong type;
+    lists become tuples."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: got {data!r}; expected a table")
     valid = {f.name for f in fields(cls)} - set(extra)
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; valid keys: {sorted(valid)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    kwargs = checked_values(cls, data, where)
     try:
         return cls(**kwargs, **extra)
     except TypeError as exc:
@@ -51,8 +56,14 @@ class RunConfig:
     name: str = "gtasr"
     out_dir: str = ""  # default runs/<name>
     seed: int = 0
-    device: str = "auto"  # auto = cuda when available
-    amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
+    device: str = "auto"  # auto = cuda when available; else cpu, cuda or cuda:N
+    # Precision. "none": fp32, as the release trains (SPEC §5); on CUDA with PyTorch's defaults, as
+    # the release ran: cuDNN convolutions may use TF32, matmuls stay full fp32. "bf16" (CPU or CUDA) /
+    # "fp16" (CUDA): autocast over the networks and the losses — an explicit, stated option only: on
+    # CPU bf16 moved the input gradient of ω·LPIPS(x̂0, sg(x̂0 − Δ)), the DTM/Stab signal, by 26–48%
+    # (cosine 0.89–0.97; issue 21) and 26–111% (cosine 0.60–0.97) when re-measured with
+    # `python -m gtasr_deploy.training.precision` on the held-out photos.
+    amp: str = "none"
     log_every: int = 10
     val_every: int = 1000
     ckpt_every: int = 5000
@@ -62,8 +73,17 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.amp == "auto":
+            raise ConfigError('run.amp "auto" (bf16 autocast on CUDA) was removed: training defaults to fp32 as '
+                              'released; write amp = "none", or amp = "bf16" to choose reduced precision')
         if self.amp not in AMP_MODES:
             raise ConfigError(f"run.amp is {self.amp!r}; expected one of {list(AMP_MODES)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f'run.device is {self.device!r}; expected "auto", "cpu", "cuda" or "cuda:N"')
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ConfigError('run.amp "fp16" needs CUDA (a GradScaler on the GPU); on the CPU use "bf16" or "none"')
+        if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise ConfigError(f"run.name is {self.name!r}; expected a plain name (it names files: <out_dir>/<name>_ema.safetensors)")
         for name in ("log_every", "val_every", "ckpt_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"run.{name} is {getattr(self, name)}; expected >= 1")
@@ -111,11 +131,12 @@ class DataConfig:
         if not self.roots:
             raise ConfigError("data.roots is empty; expected at least one folder of HR images")
         for name in ("crop", "val_crop"):
-            if getattr(self, name) < 4 or getattr(self, name) % 4:
-                raise ConfigError(f"data.{name} is {getattr(self, name)}; expected a positive multiple of 4 (scale x4)")
-        if self.batch_size < 1 or self.num_workers < 0 or self.val_images < 1:
+            if not 4 <= getattr(self, name) <= MAX_CROP or getattr(self, name) % 4:
+                raise ConfigError(f"data.{name} is {getattr(self, name)}; expected a positive multiple of 4 (scale x4), "
+                                  f"at most {MAX_CROP}")
+        if not 1 <= self.batch_size <= 65536 or not 0 <= self.num_workers <= 256 or not 1 <= self.val_images <= 1024:
             raise ConfigError(f"data: batch_size {self.batch_size}, num_workers {self.num_workers}, "
-                              f"val_images {self.val_images}; expected >= 1, >= 0, >= 1")
+                              f"val_images {self.val_images}; expected 1..65536, 0..256, 1..1024")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +261,21 @@ def _stage(number: int, data: Mapping[str, Any]) -> StageConfig:
     return _build(StageConfig, data, where, stage=number, optim=optim, loss=loss)
 
 
+def _network_values(table: Mapping[str, Any]) -> dict[str, Any]:
+    """An inline [model.network] table, type-checked: every size in a network is a positive integer,
+    dropout a probability, the other numbers positive."""
+    values = checked_values(NetworkConfig, {k: v for k, v in table.items() if k in _NETWORK_DEFAULTS}, "model.network")
+    for key, value in values.items():
+        if isinstance(_NETWORK_DEFAULTS[key], float):
+            ok, expected = (0 <= value < 1, "a probability in [0, 1)") if key == "dropout" else (0 < value < math.inf, "a positive number")
+        else:
+            ok, expected = all(v >= 1 for v in (value if isinstance(value, tuple) else (value,))), "positive integers"
+        if not ok:
+            raise ConfigError(f"model.network.{key} is {list(value) if isinstance(value, tuple) else value}; expected {expected}")
+    return {**table, **values}  # unknown keys stay for NetworkConfig.from_dict to name
+
+
+_NETWORK_DEFAULTS = NetworkConfig().to_dict()
 _TOP_KEYS = ("recipe", "notes", "run", "model", "data", "degradation", "stage1", "stage2")
 
 
@@ -249,12 +285,16 @@ def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"recipe: unknown top-level keys {unknown}; valid keys: {list(_TOP_KEYS)}")
     recipe = raw.get("recipe", "gtasr")
-    model_tbl = dict(raw.get("model", {}))
+    model_tbl = raw.get("model", {})
+    if not isinstance(model_tbl, Mapping):
+        raise ConfigError(f"model: got {model_tbl!r}; expected a table with preset = \"paper\" | \"demo\" or [model.network]")
+    if not isinstance(model_tbl.get("network", {}), Mapping):
+        raise ConfigError(f"model.network: got {model_tbl['network']!r}; expected a table of network config fields")
     unknown = sorted(set(model_tbl) - {"preset", "network"})
     if unknown:
         raise ConfigError(f"model: unknown keys {unknown}; valid keys: ['network', 'preset']")
     if "network" in model_tbl:  # an inline table of NetworkConfig fields
-        network, spec = NetworkConfig.from_dict(model_tbl["network"]), "inline"
+        network, spec = NetworkConfig.from_dict(_network_values(model_tbl["network"])), "inline"
     else:
         spec = str(model_tbl.get("preset", "paper"))
         network = resolve_config(spec)
@@ -275,9 +315,15 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     """Read a TOML recipe. ``overrides`` maps dotted keys to values (``{"stage1.steps": 10}``)."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; expected a TOML recipe file (e.g. training/demo.toml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML recipe (not UTF-8 text; a binary file?)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
@@ -285,7 +331,10 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                break  # not a table: config_from_dict names the problem
+        else:
+            node[leaf] = value
     try:
         return config_from_dict(raw)
     except ConfigError as exc:

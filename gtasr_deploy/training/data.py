@@ -34,17 +34,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _EPOCH_SEED_STRIDE = 1_000_003
 
 
-def scan_images(roots: Sequence[str | Path]) -> list[str]:
-    """Every image file under ``roots`` (recursive, sorted, suffix case-insensitive)."""
+def scan_images(roots: Sequence[str | Path], key: str = "data.roots") -> list[str]:
+    """Every image file under ``roots`` (recursive, sorted, suffix case-insensitive); ``key`` names
+    the recipe key they came from in errors."""
     files: list[str] = []
     for root in roots:
         root = Path(root)
         if not root.is_dir():
-            raise ConfigError(f"data root {root} is not a folder; check data.roots (paths are relative to the "
+            raise ConfigError(f"{key}: {root} is not a folder; check {key} (paths are relative to the "
                               "current directory) or run `python -m gtasr_deploy.training.photos data/photos`")
         files += sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(r) for r in roots]}")
+        raise ConfigError(f"{key}: no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(r) for r in roots]}")
     return files
 
 
@@ -159,6 +160,13 @@ class CropDataset(Dataset):
         raise ConfigError(f"none of the {len(self.files)} training images can be decoded")
 
 
+def check_decodable(files: Sequence[str], key: str = "data.roots") -> None:
+    """ConfigError unless at least one of ``files`` decodes: checked before training, so a folder of
+    undecodable files is one clear error, not a failure inside a loader worker."""
+    if not any(read_rgb8(path) is not None for path in files):
+        raise ConfigError(f"{key}: none of the {len(files)} training images can be decoded (first: {files[0]})")
+
+
 def _sample_seed(seed: int, position: int) -> int:
     digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -245,5 +253,6 @@ def validation_crops(files: Sequence[str], *, crop: int, count: int) -> torch.Te
         if len(crops) == count:
             break
     if not crops:
-        raise ConfigError(f"no readable validation images among {len(files)} files")
+        raise ConfigError(f"none of the {len(files)} validation images can be decoded (first: {files[0] if files else '-'}); "
+                          "check data.val_roots (default: the training images of data.roots)")
     return torch.stack(crops)

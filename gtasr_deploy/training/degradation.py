@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from .config_types import checked_values
 from .kernels import (
     BlurConfig,
     check_kernel_sizes,
@@ -146,6 +147,8 @@ def _lists(value: Any) -> Any:
 
 def _replace_from(base: Any, data: Mapping[str, Any], where: str) -> Any:
     # Partial sub-tables override the parent's default (e.g. SECOND_ORDER), not the class default.
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: got {data!r}; expected a table of {type(base).__name__} keys")
     valid = {f.name for f in fields(base)}
     unknown = sorted(set(data) - valid)
     if unknown:
@@ -158,7 +161,7 @@ def _replace_from(base: Any, data: Mapping[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}.{name}: got {value!r}; expected a table of {type(current).__name__} keys")
             changes[name] = _replace_from(current, value, f"{where}.{name}")
         else:
-            changes[name] = tuple(value) if isinstance(value, list) else value
+            changes.update(checked_values(type(base), {name: value}, where))
     return replace(base, **changes)
 
 

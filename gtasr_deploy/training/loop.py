@@ -22,23 +22,25 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import BackendUnavailableError, CheckpointError, ConfigError, GtasrError
+from ..atomic import atomic_write_text
+from ..errors import CheckpointError, ConfigError, GtasrError
 from ..model import build_model, save_model
 from ..model.checkpoint import check_state_dict, read_checkpoint
 from ..schedule import unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
-from .data import cached_file_list, make_loader, scan_images, validation_crops
+from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops
 from .degradation import degrade, mix_clean
+from .distributed import Dist, setup_distributed
 from .logs import RunLogger
 from .losses import Batch, copy_for_target, ema_update, stage1_losses, stage2_losses
+from .precision import autocast_for, precision_note
 
 
 class TrainingDivergedError(GtasrError):
@@ -48,42 +50,6 @@ class TrainingDivergedError(GtasrError):
 def _seed(*parts: object) -> int:
     """A 63-bit seed from the parts; distinct streams for data, degradation, losses and dropout."""
     return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """One process per device under torchrun (WORLD_SIZE > 1), else a single process."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"run.device is {device!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if want_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return Dist(rank=rank, world=world, device=torch.device("cuda", local))
-    return Dist(rank=rank, world=world, device=torch.device(device if device not in ("auto", "cuda") else "cpu"))
-
-
-def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """(autocast context factory, needs a GradScaler). bf16 on CUDA by default, fp32 on CPU."""
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext, False
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return (lambda: torch.autocast("cuda", dtype=dtype)), amp == "fp16"
 
 
 def load_stage1_weights(path: str | Path) -> tuple[dict, dict]:
@@ -223,7 +189,7 @@ class Trainer:
             raise TrainingDivergedError(
                 f"stage {self.stage.stage} step {self.step}: loss is {loss} (NaN/inf); stopped without saving. "
                 f"The last good checkpoint in {self.cfg.run.out_path / 'checkpoints'} is kept: lower the "
-                "learning rate (stageN.optim.lr) or use amp = \"bf16\"/\"none\", then --resume"
+                "learning rate (stageN.optim.lr) or, under run.amp = \"fp16\", use \"bf16\" or \"none\"; then --resume"
             )
 
 
@@ -238,7 +204,7 @@ class Validation:
 
 
 def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
-    val_files = scan_images(cfg.data.val_roots) if cfg.data.val_roots else files
+    val_files = scan_images(cfg.data.val_roots, "data.val_roots") if cfg.data.val_roots else files
     hr = validation_crops(val_files, crop=cfg.data.val_crop, count=cfg.data.val_images)
     lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(cfg.run.seed, "validation")), config=cfg.degradation)
     return Validation(hr=hr, lq=lq, eps=unit_noise(tuple(hr.shape), _seed(cfg.run.seed, "val-noise") % 2**31))
@@ -280,9 +246,15 @@ def _batches(tr: Trainer, files: list[str], env: Dist):
                          num_batches=tr.stage.steps - tr.step, num_workers=cfg.data.num_workers,
                          rank=env.rank, world_size=env.world, augment=cfg.data.augment,
                          cache_images=cfg.data.cache_images, transform=transform)
-    for item in loader:
-        hr, lq = item if transform is not None else (item, None)
-        yield hr.to(env.device, non_blocking=True), None if lq is None else lq.to(env.device, non_blocking=True)
+    try:
+        for item in loader:
+            hr, lq = item if transform is not None else (item, None)
+            yield hr.to(env.device, non_blocking=True), None if lq is None else lq.to(env.device, non_blocking=True)
+    except GtasrError as err:
+        # A worker's error comes back with the worker's traceback folded into its message; keep the
+        # one line that states it ("<module>.<Class>: message", torch's last line).
+        lines = str(err).strip().splitlines()
+        raise type(err)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(err)) from None
 
 
 def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger) -> None:
@@ -318,6 +290,36 @@ def _resume_point(cfg: TrainConfig) -> dict | None:
     return state
 
 
+def _log_header(logger: RunLogger, cfg: TrainConfig, env: Dist, num_files: int) -> None:
+    stages = " + ".join(f"stage {s.stage} ({s.steps} steps)" for s in cfg.stages)
+    logger.info(f"run {cfg.run.name}: recipe {cfg.recipe}, {stages}, {num_files} training images, "
+                f"device {env.device}, outputs in {cfg.run.out_path}")
+    logger.info(precision_note(cfg.run.amp, env.device))
+    if env.world > 1:
+        logger.info(f"distributed: sharded {env.rank}/{env.world} by RANK/WORLD_SIZE from the environment: "
+                    f"{env.world} processes x data.batch_size {cfg.data.batch_size} = global batch "
+                    f"{env.world * cfg.data.batch_size}; this log is rank 0's")
+
+
+def _prepare_outputs(cfg: TrainConfig) -> None:
+    """Create run.out_dir with the resolved config in it and check the export path, before any work."""
+    out, export = cfg.run.out_path, cfg.run.export_path
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", cfg.to_json())
+    except OSError as exc:
+        raise ConfigError(f"run.out_dir {out}: cannot write there ({exc.strerror or exc}); "
+                          "choose another --out or fix its permissions") from None
+    if export.is_dir():
+        raise ConfigError(f"run.export {export} is a folder; expected the path of a .safetensors file")
+    try:
+        export.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"run.export {export}: cannot create its folder ({exc.strerror or exc})") from None
+    if not os.access(export.parent, os.W_OK):
+        raise ConfigError(f"run.export {export}: its folder is not writable; choose another run.export")
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | None = None) -> Path | None:
     """Run every stage of ``cfg``; return the exported EMA safetensors path (rank 0) or None."""
     env = setup_distributed(cfg.run.device)
@@ -326,17 +328,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
         raise ConfigError(f"{out} already holds checkpoints of an earlier run; pass --resume to continue it, "
                           "or choose another --out (or delete the folder) to start over")
     if env.main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(cfg.to_json())
-        except OSError as exc:
-            raise ConfigError(f"run.out_dir {out}: cannot write there ({exc.strerror or exc}); "
-                              "choose another --out or fix its permissions") from None
+        _prepare_outputs(cfg)
         files = cached_file_list(cfg.data.roots, out / "files.json")
     if env.world > 1:
         dist.barrier()  # the other ranks read the list rank 0 wrote: every rank sees the same files
     if not env.main:
         files = cached_file_list(cfg.data.roots, out / "files.json")
+    check_decodable(files)
     if perceptual is None:
         from ..metrics.lpips import LPIPS
 
@@ -344,6 +342,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
     perceptual = perceptual.to(env.device).eval().requires_grad_(False)
     val = make_validation(cfg, files)
     logger = RunLogger(out, enabled=env.main, progress=cfg.run.progress, tensorboard=cfg.run.tensorboard)
+    _log_header(logger, cfg, env, len(files))
     state = _resume_point(cfg) if resume else None
     if resume and env.main:
         logger.info(f"resuming from stage {state['stage']} step {state['step']}" if state else "nothing to resume; starting")
