@@ -194,13 +194,18 @@ def plan_outputs(inputs: Sequence[tuple[Path, Path]], out_dir: str | os.PathLike
     if len({_key(n) for n in names}) != len(names):
         raise InputError("two inputs still share an output name after disambiguation; rename one")
     jobs = [Job(src=src, rel=rel, dst=out_dir / names[i]) for i, (src, rel) in enumerate(inputs)]
-    # An input that is another input's output (output folder = input folder, an earlier run) is a
-    # result, not a photo: leave it out so re-runs do not upscale their own outputs.
+    # An input that is another input's output and carries this tool's completion record
+    # (output folder = input folder, an earlier run) is a result, not a photo: leave it out so
+    # re-runs do not upscale their own outputs. One without a record is someone's photo: kept.
     output_of = {_real(job.dst): _real(job.src) for job in jobs}
-    jobs = [job for job in jobs if output_of.get(_real(job.src), _real(job.src)) == _real(job.src)]
+    jobs = [job for job in jobs if output_of.get(_real(job.src), _real(job.src)) == _real(job.src)
+            or not completion.is_ours(job.src)]
+    inputs_by_path = {_real(job.src): job.src for job in jobs}
     for job in jobs:
-        if _real(job.dst) == _real(job.src):
-            raise InputError(f"output {job.dst} would replace its input; choose another output "
+        other = inputs_by_path.get(_real(job.dst))
+        if other is not None:
+            whose = "its input" if other == job.src else f"the input {other}"
+            raise InputError(f"output {job.dst} of {job.src} would replace {whose}; choose another output "
                              "folder, a --suffix or another --format")
     return jobs
 

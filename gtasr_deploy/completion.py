@@ -89,6 +89,17 @@ def _read_record(output: Path) -> dict | None:
     return record if ok and record.get("output") == output.name else None
 
 
+def is_ours(path: Path) -> bool:
+    """Whether ``path`` is an output this tool wrote (finished, or begun and not finished)."""
+    record = _read_record(path)
+    if record is None:
+        return False
+    try:
+        return record.get("output_file") is None or record.get("output_file") == _stamp(path.stat())
+    except OSError:
+        return False
+
+
 def check(output: Path, source: Path, rel: Path, settings: Mapping) -> Verdict:
     """What to do with ``output`` for this input and settings (see :class:`Verdict`).
 

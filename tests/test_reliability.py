@@ -603,3 +603,14 @@ def test_a_shard_from_leftover_rank_and_world_size_is_said(tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert "note: RANK=1 WORLD_SIZE=2 in the environment: this run does share 1/2 (2 of the files)" in result.output
     assert images_in(out) == ["1.png", "3.png"]
+
+
+def test_with_output_folder_equal_to_input_only_this_tools_results_are_left_out(tmp_path):
+    save(tmp_path / "a.png", pixels(1))
+    quiet_run(plan(tmp_path, tmp_path, suffix="_x4"))  # writes a_x4.png with its record
+    assert [j.src.name for j in plan(tmp_path, tmp_path, suffix="_x4")] == ["a.png"]
+    save(tmp_path / "b.jpg", pixels(2))
+    save(tmp_path / "b_jpg_x4.png", pixels(3))  # someone's photo under b.jpg's output name
+    with pytest.raises(InputError, match="would replace the input .*b_jpg_x4.png"):
+        plan(tmp_path, tmp_path, suffix="_x4")
+    assert np.array_equal(decoded(tmp_path / "b_jpg_x4.png"), pixels(3))
