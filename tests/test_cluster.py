@@ -118,7 +118,7 @@ def test_a_killed_worker_is_restarted_and_its_task_retried(local_ray, photos, cl
         started.extend(pids)
         killer.start()
 
-    result = run_on_cluster(jobs, UpscalerSettings(threads=THREADS), ClusterOptions(address="local", actors=2),
+    result = run_on_cluster(jobs, UpscalerSettings.from_cli(threads=THREADS), ClusterOptions(address="local", actors=2),
                             on_workers=on_workers)
     killer.join(timeout=10)
     assert killed, "the worker was never killed"

@@ -94,7 +94,7 @@ def service():
     ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
-        deploy(UpscalerSettings(threads=THREADS),
+        deploy(UpscalerSettings.from_cli(threads=THREADS),
                ServiceOptions(max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_wait_s=0.3),
                port=port, cpus_per_replica=THREADS)
         yield f"http://127.0.0.1:{port}"
@@ -129,7 +129,12 @@ def test_health_reports_the_cli_settings(service):
     status, body = _get(f"{service}/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok"
-    assert (health["backend"], health["device"], health["precision"]) == ("torch", "cpu", "fp32")
+    from gtasr_deploy.serve.settings import UpscalerSettings
+
+    local = UpscalerSettings.from_cli(threads=THREADS).build()  # what gtasr-upscale picks here
+    info = local.engine.info
+    assert (health["backend"], health["device"], health["precision"]) == (info.backend, info.device, info.precision)
+    assert health["tiling"]["tile"] == local.options.tile
     assert health["max_upload_bytes"] == MAX_UPLOAD and health["max_pixels"] == MAX_PIXELS
 
 

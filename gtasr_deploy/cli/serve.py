@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -16,8 +18,6 @@ from .. import __version__
 from ..errors import GtasrError
 
 EXIT_USAGE = 2
-MODEL_OPTIONS = ("weights", "param_key", "network_config", "backend", "onnx_path", "device", "precision", "seed",
-                 "tile", "tile_overlap", "batch", "shared_norm", "threads")
 OUTPUT_OPTIONS = ("fmt", "quality", "suffix", "overwrite", "max_pixels")
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -27,13 +27,15 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def _upscale_options(*names: str, defaults: dict | None = None):
-    """Append gtasr-upscale's options ``names`` to a command (copies, so defaults can differ)."""
+def _upscale_options(*names: str, model: bool = False, defaults: dict | None = None):
+    """Append gtasr-upscale's options ``names`` (and, with ``model``, all its model options) to a
+    command: copies of its own parameters, so names, defaults and help stay the CLI's."""
     def decorate(command: click.Command) -> click.Command:
+        from ..serve.settings import model_option_names
         from .upscale import main as upscale_main
 
         params = {p.name: p for p in upscale_main.params}
-        for name in names:
+        for name in [*(model_option_names() if model else ()), *names]:
             param = copy.copy(params[name])
             if defaults and name in defaults:
                 param.default = defaults[name]
@@ -43,15 +45,20 @@ def _upscale_options(*names: str, defaults: dict | None = None):
 
 
 def _settings(kw: dict):
-    from ..serve.settings import UpscalerSettings
+    """UpscalerSettings from the model options in ``kw`` (removed from it)."""
+    from ..serve.settings import UpscalerSettings, model_option_names
 
-    if kw["onnx_path"] is not None and kw["weights"] is not None and kw["backend"] != "torch":
+    values = {name: kw.pop(name) for name in model_option_names()}
+    if values.get("onnx_path") is not None and values.get("weights") is not None and values.get("backend") != "torch":
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
-    as_text = {k: (None if kw[k] is None else str(kw[k])) for k in ("weights", "onnx_path")}
-    return UpscalerSettings(weights=as_text["weights"], onnx=as_text["onnx_path"], network_config=kw["network_config"],
-                            param_key=kw["param_key"], backend=kw["backend"], device=kw["device"],
-                            precision=kw["precision"], seed=kw["seed"], tile=kw["tile"], tile_overlap=kw["tile_overlap"],
-                            batch=kw["batch"], shared_norm=kw["shared_norm"], threads=kw["threads"])
+    try:
+        return UpscalerSettings.from_cli(**values)
+    except GtasrError as exc:
+        _fail(str(exc))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _address_option(f):
@@ -66,7 +73,7 @@ def main():
     """Serve the x4 upscaler over HTTP, or run gtasr-upscale's batch on a Ray cluster (pip extra: serve)."""
 
 
-@_upscale_options(*MODEL_OPTIONS, "max_pixels", defaults={"max_pixels": 4_000_000})
+@_upscale_options("max_pixels", model=True, defaults={"max_pixels": 4_000_000})
 @main.command(context_settings=_CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 for all interfaces).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -87,8 +94,8 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
          max_upload_mb, max_ongoing_requests, **kw):
     """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""
     settings = _settings(kw)
-    if settings.batch > max_batch_size:
-        _fail(f"--batch {settings.batch} is larger than --max-batch-size {max_batch_size}")
+    if settings.upscaler_args.get("batch", 1) > max_batch_size:
+        _fail(f"--batch {settings.upscaler_args['batch']} is larger than --max-batch-size {max_batch_size}")
     from ..serve import cluster
     from ..serve.service import ServiceOptions, deploy
 
@@ -102,17 +109,24 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
         except GtasrError as exc:
             _fail(str(exc))
     cluster.connect(address)
-    click.echo(f"gtasr-serve: http://{host}:{port}/  (Ctrl-C stops)", err=True)
     try:
         deploy(settings, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
-               gpus_per_replica=gpus_per_replica, blocking=True)
-    except KeyboardInterrupt:
-        sys.exit(130)
+               gpus_per_replica=gpus_per_replica)
     except RuntimeError as exc:  # Serve reports a replica that could not start this way
         _fail(" ".join(str(exc).split())[:500])
+    click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the same way as Ctrl-C (a service manager's stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+        sys.exit(130)
 
 
-@_upscale_options(*MODEL_OPTIONS, *OUTPUT_OPTIONS)
+@_upscale_options(*OUTPUT_OPTIONS, model=True)
 @main.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))

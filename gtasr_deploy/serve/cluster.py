@@ -73,10 +73,11 @@ class _Worker:
         self.upscaler = settings.build(default_threads=threads)
         self.run_options = dict(run_options)
         if hasattr(batch_mod, "picture_settings"):  # completion records name what shaped the picture
+            args = settings.upscaler_args
             self.run_options["settings"] = batch_mod.picture_settings(
-                weights=settings.weights and Path(settings.weights), onnx=settings.onnx and Path(settings.onnx),
-                network_config=settings.network_config, param_key=settings.param_key,
-                engine=self.upscaler.engine.info, tiling=self.upscaler.options, seed=settings.seed)
+                weights=args.get("weights"), onnx=args.get("onnx"), network_config=args.get("network_config"),
+                param_key=args.get("param_key", "params_ema"), engine=self.upscaler.engine.info,
+                tiling=self.upscaler.options, seed=args.get("seed", 0))
 
     def pid(self) -> int:
         return os.getpid()

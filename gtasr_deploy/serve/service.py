@@ -204,12 +204,11 @@ class UpscaleService:
 
 
 def deploy(settings: UpscalerSettings, options: ServiceOptions, *, host: str = "127.0.0.1", port: int = 8000,
-           replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0,
-           blocking: bool = False):
+           replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0):
     """Start Serve's HTTP proxy on ``host:port`` and deploy the service (Ray must be initialised)."""
     serve.start(http_options={"host": host, "port": port})
     threads = settings.threads or max(1, int(cpus_per_replica))
     deployment = UpscaleService.options(
         num_replicas=replicas, max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
-    return serve.run(deployment.bind(settings, options, threads), name="gtasr", route_prefix="/", blocking=blocking)
+    return serve.run(deployment.bind(settings, options, threads), name="gtasr", route_prefix="/")
