@@ -39,7 +39,7 @@ def _photo(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _inputs(folder: Path) -> dict[str, Path]:
-    """8-bit RGB, RGBA with alpha, 16-bit RGB, JPEG: the kinds of upload the service must handle."""
+    """8-bit RGB, RGBA with alpha, 16-bit RGB, JPEG, a two-tile image: what the service must handle."""
     folder.mkdir()
     files = {"rgb.png": _photo(32, 32, 1), "alpha.png": _photo(40, 48, 2)}
     Image.fromarray(files["rgb.png"]).save(folder / "rgb.png")
@@ -49,6 +49,7 @@ def _inputs(folder: Path) -> dict[str, Path]:
     cv2.imwrite(str(folder / "deep16.png"), deep)
     Image.fromarray(_photo(40, 48, 4)).save(folder / "photo.jpg", quality=90)
     Image.fromarray(_photo(32, 32, 5)).save(folder / "twin.png")  # same shape as rgb.png: merges with it
+    Image.fromarray(_photo(48, 160, 6)).save(folder / "wide.png")  # two 128-px tiles: shared-norm passes
     return {p.name: p for p in sorted(folder.iterdir())}
 
 
@@ -148,12 +149,12 @@ def test_lone_requests_return_the_cli_bytes(service, files, cli_outputs):
 
 
 def test_concurrent_requests_are_batched_and_match_the_cli(service, files, cli_outputs):
-    """Four requests at once: all answered, tiles of same-shaped images merged into one engine call.
+    """Five requests at once: all answered, tiles of same-shaped images merged into one engine call.
 
     Batch composition moves CPU float results in the last bit (oneDNN picks kernels by batch size),
     so a merged image may differ from the CLI's by one code value in a few pixels, never more.
     """
-    names = ["rgb.png", "twin.png", "alpha.png", "photo.jpg"]
+    names = ["rgb.png", "twin.png", "alpha.png", "photo.jpg", "wide.png"]
     before = json.loads(_get(f"{service}/health")[1])["batching"]
     start = threading.Barrier(len(names))
     answers: dict[str, tuple] = {}
