@@ -58,7 +58,9 @@ from .progress import is_terminal, log_line
 from .resize import OutputSize, resize_planes
 from .preflight import (  # noqa: F401 (the CLIs use these through batch)
     check_device,
+    check_input_path,
     check_output_dir,
+    check_output_path,
     check_report_path,
     check_report_target,
     missing_dirs,
@@ -150,11 +152,9 @@ def collect_inputs(input_path: str | os.PathLike, *, exclude: str | os.PathLike 
     folder that could not be listed (the walk goes on). InputError when nothing usable is found.
     """
     root = Path(input_path)
+    check_input_path(root)
     if root.is_file():
         return [(root, Path(root.name))]
-    if not root.is_dir():
-        what = "is a broken symbolic link or a symlink loop" if root.is_symlink() else "does not exist"
-        raise InputError(f"input {root} {what} (expected an image file or a folder)")
     skip = _real(Path(exclude)) if exclude is not None else None
     found = []
     def on_error(exc: OSError) -> None:

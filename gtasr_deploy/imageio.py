@@ -32,6 +32,7 @@ from PIL import ImageOps
 
 from .atomic import atomic_write_bytes
 from .errors import InputError
+from .preflight import file_kind
 from .metadata import Metadata, for_output, pillow_save_options, png_chunks, read_metadata
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -89,7 +90,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
     except OSError as exc:  # missing, symlink loop, name too long...: the OS's reason, not "corrupt"
         raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever; a device is no image
-        raise InputError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); expected an image file")
+        raise InputError(f"{path}: not a regular file ({file_kind(info.st_mode)}); expected an image file")
     try:
         if info.st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes)")
@@ -226,12 +227,6 @@ def _no_pillow_bomb_check() -> Iterator[None]:
         yield
     finally:
         PILImage.MAX_IMAGE_PIXELS = previous
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _unidentified_reason(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -32,6 +33,37 @@ def check_device(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use --device cpu or auto")
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a character device"...)."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def check_input_path(path: str | os.PathLike) -> None:
+    """InputError with the true reason unless ``path`` is an existing file or folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        what = "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+        raise InputError(f"input {path} {what} (expected an image file or a folder)") from None
+    except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
+        raise InputError(f"input {path}: {exc.strerror or exc} (expected an image file or a folder)") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"input {path} is {file_kind(mode)}, not an image file or a folder")
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """InputError when ``path`` cannot even be looked at (symlink loop, name too long); a
+    missing path is fine (it will be created)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"output {path}: {exc.strerror or exc}; choose another output") from None
 
 
 def _prove_writable(folder: Path) -> None:

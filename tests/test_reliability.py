@@ -467,20 +467,36 @@ def test_bad_options_are_one_line_usage_errors(tmp_path, extra):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind", ["loop", "fifo", "file-as-output"])
-def test_odd_single_inputs_and_outputs_never_give_a_traceback(tmp_path, kind):
+@pytest.mark.parametrize("kind, reason", [
+    ("loop", "Too many levels of symbolic links"), ("dangling", "is a broken symbolic link"),
+    ("fifo", "is a FIFO, not an image file or a folder"), ("device", "is a character device"),
+    ("long input", "File name too long"), ("file as output", "is a file, not a folder"),
+    ("output loop", "output {out}: Too many levels of symbolic links"), ("long output", "File name too long")])
+def test_odd_inputs_and_outputs_are_one_line_with_the_true_reason(tmp_path, kind, reason):
     src, out = tmp_path / "in.png", tmp_path / "out"
+    save(tmp_path / "real.png", pixels(1))
     if kind == "loop":
         os.symlink("in.png", src)
+    elif kind == "dangling":
+        os.symlink("nowhere.png", src)
     elif kind == "fifo":
         os.mkfifo(src)
+    elif kind == "device":
+        src = Path(os.devnull)
+    elif kind == "long input":
+        src = tmp_path / ("x" * 300)
     else:
         save(src, pixels(1))
-        out.write_text("a file")
+        if kind == "file as output":
+            out.write_text("a file")
+        elif kind == "output loop":
+            os.symlink("out", out)
+        else:
+            out = tmp_path / ("y" * 300)
     result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS])
-    assert result.exit_code in (1, 2) and isinstance(result.exception, (SystemExit, type(None)))
-    assert "Traceback" not in result.output and result.output.startswith("error: ")
-    assert result.output.count("error: ") == 1
+    assert result.exit_code == 2 and isinstance(result.exception, (SystemExit, type(None))), result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert reason.format(out=out) in result.output
 
 
 # ---------------------------------------------------------------------------------- through the real CLI

@@ -122,6 +122,11 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
     if onnx_path is not None and weights is not None and backend != "torch":
         _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
+    try:  # the true reason for an INPUT/OUTPUT that cannot even be looked at (loop, name too long)
+        batch_mod.check_input_path(input_path)
+        batch_mod.check_output_path(output_dir)
+    except GtasrError as exc:
+        _fail(str(exc))
     output_size = _output_size(outscale, width, height, long_side)
     image_file = _is_image_file_output(input_path, output_dir, fmt, suffix)
     unreadable: list[tuple[str, str]] = []  # (folder, reason): folders the search could not enter
