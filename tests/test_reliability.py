@@ -630,3 +630,19 @@ def test_with_output_folder_equal_to_input_only_this_tools_results_are_left_out(
     with pytest.raises(InputError, match="would replace the input .*b_jpg_x4.png"):
         plan(tmp_path, tmp_path, suffix="_x4")
     assert np.array_equal(decoded(tmp_path / "b_jpg_x4.png"), pixels(3))
+
+
+def test_eval_odd_entries_are_reported_not_skipped_and_odd_folders_are_one_line(tmp_path):
+    sr, gt = tmp_path / "sr", tmp_path / "gt"
+    save(sr / "a.png", pixels(1, 20, 20))
+    save(gt / "a.png", pixels(2, 20, 20))
+    os.mkfifo(sr / "f.png")
+    os.symlink("l.png", sr / "l.png")
+    result = CliRunner().invoke(eval_main, [str(sr), "--gt", str(gt), "-q", "--metrics", "psnr"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: {sr / 'f.png'}: not a regular file (a FIFO)" in result.output
+    assert f"error: {sr / 'l.png'}: cannot open (Too many levels of symbolic links)" in result.output
+    os.symlink("loop", tmp_path / "loop")
+    for folder in (tmp_path / ("z" * 300), tmp_path / "loop"):
+        result = CliRunner().invoke(eval_main, [str(folder), "--gt", str(gt), "-q"])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a folder" in result.output

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +88,16 @@ def list_images(folder: str | Path) -> dict[str, Path]:
     Raises InputError when the folder is missing or two files share a stem (pairing would be ambiguous).
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not os.path.isdir(folder):  # os.path: no exception for a name too long or a symlink loop
         raise InputError(f"{folder}: not a folder; expected a folder of images")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list it ({exc.strerror or exc})") from None
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+    for path in entries:
+        # a FIFO, a broken link or a loop named like an image is kept: reading it says what it is
+        if os.path.isdir(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in found:
             raise InputError(f"{folder}: {found[path.stem].name} and {path.name} share the stem {path.stem!r}; "
