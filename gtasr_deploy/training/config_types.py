@@ -10,6 +10,7 @@ means one folder, never the letters of its name).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Mapping
@@ -59,10 +60,15 @@ def _matches(value: Any, kind: Any) -> bool:
     return True
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluates the string annotations: slow, so once per class
+
+
 def checked_values(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``data`` with lists turned into tuples, after checking each value against ``cls``'s field
     annotation; ConfigError ``{where}.{key} is {value!r}; expected ...`` for the first mismatch."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out = {}
     for key, value in data.items():
         kind = hints.get(key, Any)
