@@ -92,7 +92,7 @@ def service():
     from gtasr_deploy.serve.service import ServiceOptions, deploy
     from gtasr_deploy.serve.settings import UpscalerSettings
 
-    ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     port = _free_port()
     try:
         deploy(UpscalerSettings.from_cli(threads=THREADS),
@@ -234,6 +234,21 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+_DROP_A_DRAWN_PICTURE = """
+const canvas = document.createElement("canvas");
+canvas.width = 24; canvas.height = 20;
+const ctx = canvas.getContext("2d");
+const gradient = ctx.createLinearGradient(0, 0, 24, 20);
+gradient.addColorStop(0, "#204080"); gradient.addColorStop(1, "#f0c030");
+ctx.fillStyle = gradient; ctx.fillRect(0, 0, 24, 20);
+canvas.toBlob((blob) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], "drawn.png", {type: "image/png"}));
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}, "image/png");
+"""
+
+
 def test_web_page_upscales_a_photo_in_a_headless_browser(service, files, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -255,6 +270,11 @@ def test_web_page_upscales_a_photo_in_a_headless_browser(service, files, tmp_pat
         box = result.rect
         x0, y0 = round(box["x"]), round(box["y"])
         region = shot[y0:y0 + round(box["height"]), x0:x0 + round(box["width"])]
+        # the drop path: a 24x20 picture drawn on a canvas, dropped on the drop zone as a file
+        browser.execute_script(_DROP_A_DRAWN_PICTURE)
+        WebDriverWait(browser, 120).until(
+            lambda b: b.execute_script("return document.getElementById('result').naturalWidth") == 96)
+        assert browser.find_element(By.ID, "download").get_attribute("download") == "drawn_x4.png"
     finally:
         browser.quit()
     assert region.shape[:2] == (128, 128)
