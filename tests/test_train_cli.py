@@ -71,14 +71,17 @@ def _leaves(d: dict, path: tuple = ()):
 
 
 # --- every value of the wrong type is a one-line ConfigError -------------------------------------
-@pytest.mark.parametrize("name", RECIPES)
-def test_every_recipe_key_with_a_wrong_value_is_a_config_error_or_accepted(name):
-    """Property: for every key of every shipped recipe (and the degradation table), a value of
-    another type or out of range either builds a config or raises a one-line ConfigError — never
-    another exception (which the CLI would show as a traceback)."""
+@pytest.mark.parametrize("name", RECIPES + ["inline network"])
+def test_every_recipe_key_with_a_wrong_value_is_a_config_error_or_accepted(tmp_path, name):
+    """Property: for every key of every shipped recipe (and the degradation table, and an inline
+    [model.network]), a value of another type or out of range either builds a config or raises a
+    one-line ConfigError — never another exception (which the CLI would show as a traceback)."""
     from gtasr_deploy.training.degradation import DegradationConfig
 
-    base = tomllib.loads((REPO / "training" / name).read_text())
+    if name == "inline network":
+        base = copy.deepcopy(_raw(tmp_path))
+    else:
+        base = tomllib.loads((REPO / "training" / name).read_text())
     base.setdefault("degradation", DegradationConfig().to_dict())
     config_from_dict(base)
     for path in _leaves(base):
@@ -105,6 +108,9 @@ def test_every_recipe_key_with_a_wrong_value_is_a_config_error_or_accepted(name)
     ("run.name", "../x", r"run.name is '../x'; expected a plain name"),
     ("model.network.channel_mult", [1, 0], r"model.network.channel_mult is \[1, 0\]; expected positive integers"),
     ("model.network.dropout", 1.5, r"dropout is 1.5; expected a probability"),
+    ("model.network.model_channels", 10**30, f"model_channels is {10**30}; expected positive integers up to 65536"),
+    ("model.network.swin_embed_dim", 48, r"swin_embed_dim is 48; expected a multiple of 32"),
+    ("model.network.model_channels", 130, r"130 channels cannot be split into GroupNorm's min\(32, C/4\) = 32 groups"),
     ("degradation.second.jpeg_quality_range", 5, r"degradation.second.jpeg_quality_range is 5; expected a list"),
 ])
 def test_wrong_values_name_the_key_and_what_was_expected(tmp_path, key, value, match):

@@ -269,10 +269,25 @@ def _network_values(table: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(_NETWORK_DEFAULTS[key], float):
             ok, expected = (0 <= value < 1, "a probability in [0, 1)") if key == "dropout" else (0 < value < math.inf, "a positive number")
         else:
-            ok, expected = all(v >= 1 for v in (value if isinstance(value, tuple) else (value,))), "positive integers"
+            ok = all(1 <= v <= 65536 for v in (value if isinstance(value, tuple) else (value,)))
+            expected = "positive integers up to 65536"
         if not ok:
             raise ConfigError(f"model.network.{key} is {list(value) if isinstance(value, tuple) else value}; expected {expected}")
     return {**table, **values}  # unknown keys stay for NetworkConfig.from_dict to name
+
+
+def _group_norm_rules(net: NetworkConfig) -> NetworkConfig:
+    """The channel counts model/network.py's GroupNorms can split (Swin: 32 groups; UNet: min(32,
+    C/4)), checked at load time so that an inline network fails here, not at its first forward."""
+    if net.swin_embed_dim % 32:
+        raise ConfigError(f"model.network.swin_embed_dim is {net.swin_embed_dim}; expected a multiple of 32 "
+                          "(the Swin layers' GroupNorm has 32 groups)")
+    for mult in net.channel_mult:
+        channels = net.model_channels * mult
+        if channels % min(32, channels // 4):
+            raise ConfigError(f"model.network: model_channels {net.model_channels} x channel_mult {mult} = {channels} "
+                              f"channels cannot be split into GroupNorm's min(32, C/4) = {min(32, channels // 4)} groups")
+    return net
 
 
 _NETWORK_DEFAULTS = NetworkConfig().to_dict()
@@ -294,7 +309,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"model: unknown keys {unknown}; valid keys: ['network', 'preset']")
     if "network" in model_tbl:  # an inline table of NetworkConfig fields
-        network, spec = NetworkConfig.from_dict(_network_values(model_tbl["network"])), "inline"
+        network, spec = _group_norm_rules(NetworkConfig.from_dict(_network_values(model_tbl["network"]))), "inline"
     else:
         spec = str(model_tbl.get("preset", "paper"))
         network = resolve_config(spec)
