@@ -11,7 +11,6 @@ import json
 import shutil
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path

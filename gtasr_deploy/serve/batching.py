@@ -8,9 +8,8 @@ are merged by :func:`run_calls` into as few real engine calls as tile shapes all
 
 With shared GroupNorm statistics an image takes two passes: ``tile_statistics`` calls merge
 across requests like plain calls; the second pass carries that image's pooled statistics, so it
-merges only with calls that carry the same statistics. (An engine that shares statistics through
-forward hooks on its model instead is stateful: such an image runs alone on the real engine,
-holding the engine lock, :meth:`BatchedEngine.exclusive`.)
+merges only with calls that carry the same statistics. Engines are stateless between calls
+(statistics are inputs), and only the service's one engine thread calls the real engine.
 
 Batch composition changes CPU results in the last float bit (oneDNN picks kernels by batch
 size); after 8/16-bit quantisation a batched tile can differ from the CLI's by one code value
@@ -19,9 +18,8 @@ in a few pixels. A request that runs alone gets the CLI's bytes.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +57,7 @@ class BatchStats:
     requests_merged: int = 0  # engine calls that carried tiles of more than one request
 
 
-def install(upscaler, proxy: "BatchedEngine") -> None:
+def install(upscaler, proxy: BatchedEngine) -> None:
     """Put ``proxy`` wherever ``upscaler`` (or an object it owns, e.g. its pipeline) holds the real
     engine: the Upscaler API has no engine argument, and its inner layout is not ours to rely on."""
     owners = [upscaler, *(v for v in vars(upscaler).values() if hasattr(v, "__dict__"))]
@@ -75,8 +73,6 @@ class BatchedEngine:
     def __init__(self, engine: Engine, submit: Callable[[TileCall], np.ndarray]) -> None:
         self.engine = engine
         self._submit = submit
-        self._lock = threading.Lock()  # one forward pass at a time on the real engine
-        self._local = threading.local()
         self.stats = BatchStats()
 
     def __getattr__(self, name: str):
@@ -89,8 +85,6 @@ class BatchedEngine:
         return self._route("tile_statistics", inputs)
 
     def _route(self, method: str, inputs: dict) -> np.ndarray:
-        if getattr(self._local, "exclusive", False):
-            return self._method(method)(**inputs)
         lq = np.asarray(inputs["lq"], np.float32)
         sigma = np.broadcast_to(np.asarray(inputs["sigma"], np.float32).reshape(-1), (len(lq),))
         stats = inputs.get("norm_stats")
@@ -99,21 +93,6 @@ class BatchedEngine:
 
     def _method(self, method: str):
         return self.engine if method == "__call__" else getattr(self.engine, method)
-
-    @property
-    def hooks_shared_norm(self) -> bool:
-        """Engines that share GroupNorm statistics through forward hooks on the model (stateful)."""
-        return hasattr(self.engine, "shared_norm_statistics")
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """This thread's engine calls bypass the batcher and run alone (hook-based shared norm)."""
-        with self._lock:
-            self._local.exclusive = True
-            try:
-                yield
-            finally:
-                self._local.exclusive = False
 
     def run_calls(self, calls: Sequence[TileCall]) -> list[np.ndarray | BaseException]:
         """Run many requests' calls as few engine calls; one result (or the error) per call."""
@@ -136,13 +115,12 @@ class BatchedEngine:
         sigma = np.concatenate([c.sigma for c in calls])
         extra = {} if calls[0].norm_stats is None else {"norm_stats": calls[0].norm_stats}
         run, step = self._method(calls[0].method), self.engine.info.max_batch
-        with self._lock:
-            parts = [run(x_t=x_t[i:i + step], lq=lq[i:i + step], sigma=sigma[i:i + step], **extra)
-                     for i in range(0, len(lq), step)]
+        parts = [run(x_t=x_t[i:i + step], lq=lq[i:i + step], sigma=sigma[i:i + step], **extra)
+                 for i in range(0, len(lq), step)]
         self._count(calls, len(lq), len(parts))
         out = np.concatenate(parts)
         bounds = np.cumsum([0] + [c.tiles for c in calls])
-        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _count(self, calls: list[TileCall], tiles: int, engine_calls: int) -> None:
         s = self.stats

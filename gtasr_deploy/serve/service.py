@@ -13,7 +13,6 @@ its traceback on the server, answered 500 with one line and no traceback.
 # No `from __future__ import annotations`: FastAPI (through Serve's ingress) must see the real
 # Request class in the route signatures.
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,9 +24,15 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from ..errors import GtasrError
-from ..tiling import plan_tiles
 from .batching import BatchedEngine, TileCall, install
-from .codec import FORMATS, MEDIA_TYPES, ProcessingError, bicubic, process_upload, safe_name
+from .codec import (
+    FORMATS,
+    MEDIA_TYPES,
+    ProcessingError,
+    bicubic,
+    process_upload,
+    safe_name,
+)
 from .settings import UpscalerSettings
 
 log = logging.getLogger("gtasr_deploy.serve")
@@ -172,18 +177,8 @@ class UpscaleService:
         return await loop.run_in_executor(self._request_pool, lambda: fn(*args, **kwargs))
 
     def _super_resolve(self, rgb):
-        """On a request thread: tiles go through the batcher (hook-based shared norm: alone)."""
-        alone = self.engine.hooks_shared_norm and self._two_pass(rgb.shape)
-        with self.engine.exclusive() if alone else contextlib.nullcontext():
-            return self.upscaler.upscale_float(rgb)
-
-    def _two_pass(self, shape) -> bool:
-        opts, info = self.upscaler.options, self.engine.info
-        if not opts.shared_norm:
-            return False
-        plan = plan_tiles(shape[0], shape[1], tile=opts.tile, overlap=opts.overlap, multiple=info.size_multiple,
-                          scale=info.scale, static=info.tile_lr is not None)
-        return plan.n_tiles > 1
+        """On a request thread: the Upscaler, whose engine calls wait in the batch queue."""
+        return self.upscaler.upscale_float(rgb)
 
     def _submit(self, call: TileCall):
         """On a request thread: hand one engine call to the batch queue and wait for its result."""

@@ -37,7 +37,7 @@ class UpscalerSettings:
     device: str = "auto"
 
     @classmethod
-    def from_cli(cls, *args: str, **values) -> "UpscalerSettings":
+    def from_cli(cls, *args: str, **values) -> UpscalerSettings:
         """From gtasr-upscale's own parser: ``args`` as typed on its command line (``"--tile", "64"``),
         then ``values`` (already parsed, by its parameter names); everything else its defaults."""
         import click
