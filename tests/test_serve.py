@@ -212,9 +212,11 @@ def test_bad_uploads_get_a_one_line_4xx(service, files, query, data, code, words
 
 
 def test_unknown_paths_and_methods_are_4xx(service):
-    assert _get(f"{service}/static/secret.py")[0] == 404
-    assert _get(f"{service}/v1/upscale")[0] == 405
-    assert _get(f"{service}/")[0] == 200
+    for path, code in (("/static/secret.py", 404), ("/v1/upscale", 405), ("/v2/nothing", 404)):
+        status, body = _get(f"{service}{path}")
+        assert status == code and "error" in json.loads(body), (path, body)
+    status, page = _get(f"{service}/")
+    assert status == 200 and b'id="file"' in page
 
 
 def _browser():

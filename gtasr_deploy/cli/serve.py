@@ -158,13 +158,15 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     try:
         jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
         batch_mod.check_output_dir(output_dir)
+        if json_report is not None:
+            batch_mod.check_report_path(json_report)
     except GtasrError as exc:
         _fail(str(exc))
     options = ClusterOptions(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor, max_retries=max_retries, num_cpus=num_cpus)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), unit="img", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), unit="img", disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
 
     def on_file(record):
         if record.status == "failed":
@@ -176,6 +178,9 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
                                 quality=quality, on_file=on_file)
     except GtasrError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
+        sys.exit(130)
     finally:
         bar.close()
     summary = result.summary

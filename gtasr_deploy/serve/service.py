@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GtasrError
 from .batching import BatchedEngine, TileCall, install
@@ -65,6 +66,12 @@ app = FastAPI(title="gtasr-serve", docs_url=None, redoc_url=None, openapi_url=No
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown path (404), wrong method (405)...: the same one-line JSON shape as every other error."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(Exception)
