@@ -4,6 +4,7 @@
   BF16); fp32 elsewhere — emulated bf16 is slower than fp32.
 * CUDA: fp16 (tensor cores on every CUDA GPU torch supports).
 * ONNX Runtime / TensorRT: the exported graph's own precision (fp32 or fp16 graph).
+* OpenVINO: as the CPU (bf16 or fp32), from the fp32 graph.
 
 Detection is a small pure function of the CPU's feature flags (tested with fake lists); the
 choice and its reason are printed in the run header.

@@ -57,9 +57,9 @@ def test_scale_other_than_4_is_a_usage_error(two_images, tmp_path):
 
 
 def test_missing_weights_without_embedded_default(two_images, tmp_path, monkeypatch):
-    import gtasr_deploy.upscaler as upscaler
+    import gtasr_deploy.inference.loader as loader
 
-    monkeypatch.setattr(upscaler, "EMBEDDED_WEIGHTS", tmp_path / "nope.safetensors")
+    monkeypatch.setattr(loader, "EMBEDDED_WEIGHTS", tmp_path / "nope.safetensors")
     result = CliRunner().invoke(main, [str(two_images), str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no weights given and no embedded default weights" in result.output

@@ -44,26 +44,32 @@ def _resolve_device(device: str) -> str:
               help="Entry of an official .pth to load (params_ema or params).")
 @click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
                                        "network_g names). Default: read from the file or inferred from shapes.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]), default="auto",
               show_default=True, help="auto: TensorRT if an engine can run here, else ONNX Runtime when --onnx "
-                                      "is given, else torch.")
+                                      "is given, else torch. openvino: the --onnx graph on OpenVINO's CPU plugin "
+                                      "(fp32 or bf16; pip extra 'openvino').")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Exported graph from gtasr-export (its sidecar JSON gives tile shape and size rule).")
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Torch engine precision (fp16 is meant for CUDA; it also runs on a CPU).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 on CPUs with native bf16 (AMX-BF16, AVX512-BF16), else fp32; fp16 on CUDA; an "
+                   "exported graph's own precision with --onnx. The choice and its reason are printed first.")
 @click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
               help="Seed of the unit noise added to up(LR).")
-@click.option("--tile", type=int, default=None,
-              help="LR tile size in px (a multiple of the size rule); 0 = whole image. "
-                   "Default: 256 (paper), 128 (demo); images that fit run whole.")
+@click.option("--tile", default="auto", show_default=True,
+              help="LR tile size in px (a multiple of the size rule); 0 = whole image in one call (torch). "
+                   "auto: the preset's tile (256 paper, 128 demo: the one gtasr-export uses, so backends give "
+                   "the same picture), smaller when free memory is short. Images smaller than a tile are padded "
+                   "to it; an image that runs out of memory is retried with smaller tiles.")
 @click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
-@click.option("--shared-norm/--no-shared-norm", default=None,
-              help="Share GroupNorm statistics across the tiles of an image (two passes): tiled output then "
-                   "closely follows the whole image, without per-tile colour offsets. Default: on for the "
-                   "torch backend, off (unsupported) for ONNX Runtime / TensorRT.")
+@click.option("--norm", type=click.Choice(["shared", "tile"]), default="shared", show_default=True,
+              help="shared: GroupNorm statistics pooled over all tiles of an image (two network passes per tile "
+                   "when an image has several tiles), so tiled output follows the whole image without per-tile "
+                   "colour offsets; every backend does it. tile: each tile its own statistics (one pass).")
+@click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
+              help="Older spelling of --norm shared / --norm tile.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
@@ -101,7 +107,7 @@ def _resolve_device(device: str) -> str:
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (bars, or per-image lines in a log).")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
-         precision, seed, tile, tile_overlap, batch, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
+         precision, seed, tile, tile_overlap, batch, norm, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
          shard, json_report, quiet, video_codec, crf, pix_fmt,
          outscale, width, height, long_side, strip_metadata):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
@@ -113,6 +119,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     and reported unless --overwrite. For a single
     image INPUT, an OUTPUT ending in .png/.jpg/.jpeg/.webp/.bmp/.tif/.tiff is that file (format
     from its suffix). Without a terminal (a log), progress is one plain line per image.
+    Videos (.mp4 .mkv .mov .webm .avi; a file, or those in a folder; the video extra): every frame
+    x4 with one fixed noise, frame count/rate/timestamps kept, audio and subtitles copied; a video
+    OUTPUT name writes that file. See --video-codec, --crf, --pix-fmt.
     Exit code: 0 all succeeded, 1 some files failed, 2 usage error (nothing done), 130 interrupted
     (Ctrl-C, SIGTERM, SIGHUP: finished files are kept, no partial ones).
     """
@@ -160,9 +169,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         from ..upscaler import Upscaler
 
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
-                            device=_resolve_device(device), seed=seed, tile=tile, tile_overlap=tile_overlap,
+                            device=_resolve_device(device), seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
                             batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
-                            shared_norm=shared_norm)
+                            norm=norm, shared_norm=shared_norm, log=lambda line: click.echo(line, err=True))
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
         _fail(str(exc))
@@ -171,11 +180,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         return upscaler.upscale_float(rgb, progress=on_tile)
 
     if not quiet:
-        info = upscaler.engine.info
-        opts = upscaler.options
-        click.echo(f"gtasr-upscale: {len(jobs)} file(s), backend {info.backend} on {info.device} ({info.precision}), "
-                   f"tile {opts.tile or 'whole'} overlap {opts.overlap} batch {opts.batch}"
-                   f"{', shared norm' if opts.shared_norm else ''}, seed {seed}", err=True)
+        videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
+        click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
     if not quiet and output_size is not None:
         click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
     try:
@@ -208,6 +214,25 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     sys.exit(result.exit_code)
 
 
+def _parse_tile(text: str) -> int | str:
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        _fail(f"--tile {text!r}: expected a whole number of LR px, 0 (whole image) or auto")
+
+
+def _header(upscaler, seed: int) -> str:
+    """What the run uses, in words: weights, backend, precision (and why), tiles (and why), normalisation."""
+    info, opts = upscaler.engine.info, upscaler.options
+    tile = "whole image" if opts.tile == 0 else f"tile {opts.tile} ({upscaler.tile_reason}) overlap {opts.overlap}"
+    norm = ("GroupNorm statistics shared across tiles (2 network passes per tile of multi-tile images)"
+            if opts.norm == "shared" else "per-tile GroupNorm statistics")
+    return (f"{upscaler.weights_label}; backend {info.backend} on {info.device}; precision "
+            f"{upscaler.precision_choice.header()}; {tile}, batch {opts.batch}; {norm}; seed {seed}")
+
+
 def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:
     """Video jobs of INPUT (a video file, or the videos in a folder); [] when there are none."""
     from ..video import collect_videos, is_video, plan_video_jobs
@@ -228,7 +253,6 @@ def _collect_images(input_path: Path, output: Path, unreadable: list, *, allow_n
         if allow_none:
             return []
         raise
-
 
 
 def _output_size(outscale, width, height, long_side):

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import BackendUnavailableError, ConfigError
 from .base import Engine
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def _need(value, what: str, backend: str):
@@ -34,6 +34,13 @@ def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
     providers = "cpu" if str(device) == "cpu" else "auto"
     return OrtEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "onnxruntime"), providers=providers,
                      threads=threads)
+
+
+def _open_openvino(*, onnx_path, precision, threads, **_) -> Engine:
+    from .openvino import OpenVinoEngine
+
+    return OpenVinoEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "openvino"), precision=precision,
+                          threads=threads)
 
 
 def _open_tensorrt(*, onnx_path, **_) -> Engine:
@@ -72,6 +79,7 @@ def _auto_backend(*, model, onnx_path, device) -> str:
 _OPENERS: dict[str, Callable[..., Engine]] = {
     "torch": _open_torch,
     "onnxruntime": _open_onnxruntime,
+    "openvino": _open_openvino,
     "tensorrt": _open_tensorrt,
 }
 

@@ -2,6 +2,7 @@
 
     load_denoiser()                                  # the embedded demo weights
     load_denoiser("GTASR_final_phase.pth")           # official .pth (params_ema) or our .safetensors
+    load_denoiser("gtasr-final")                     # a name fetched with gtasr-weights
     load_denoiser(preset="paper", random_ok=True)    # seeded random weights of a preset (benchmarks)
 """
 
@@ -15,6 +16,7 @@ from ..hashing import file_sha256
 from ..model import PRESETS, build_model, load_model
 from ..model.config import NetworkConfig
 from ..model.precond import Denoiser
+from ..weights_registry import resolve_weights
 
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "gtasr_demo.safetensors"
 EMBEDDED_LABEL = "embedded demo weights — a small smoke-test model, not the paper's quality; see gtasr-weights"
@@ -57,7 +59,7 @@ def load_denoiser(weights: str | Path | None = None, *, network_config=None, pre
             raise ConfigError("no weights given and no embedded default weights in this install; pass --weights PATH")
         weights = EMBEDDED_WEIGHTS
     if weights is not None:
-        weights = Path(weights)
+        weights = resolve_weights(weights)
         model = load_model(weights, network_config=config, param_key=param_key, device=device)
         label = EMBEDDED_LABEL if weights.resolve() == EMBEDDED_WEIGHTS else f"weights {weights}"
         return LoadedModel(model=model, name=weights.stem, preset=preset or preset_name(model.config),

@@ -1,0 +1,88 @@
+"""OpenVINO engine: the exported graph compiled for the CPU, fp32 or bf16 (see :mod:`.base`).
+
+Reads the same ``gtasr-export`` graph and sidecar as ONNX Runtime (the graph contract in
+:mod:`gtasr_deploy.contract`). ``precision`` sets OpenVINO's inference precision hint: ``bf16``
+runs the convolutions and matmuls in bf16 on CPUs with native bf16 (AMX, AVX512-BF16) while
+OpenVINO keeps its own fp32 islands; ``fp32`` is exact fp32. Compiled models are cached on disk in
+``<cache_dir>/openvino`` (OpenVINO's model cache, keyed by the graph's content, the device, the
+compile settings and the OpenVINO version — like the TensorRT engine cache, a second run does not
+compile again). This is the only module that imports ``openvino``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import INPUTS, OUTPUTS, read_onnx_sidecar
+from ..errors import BackendUnavailableError, ConfigError
+from .base import Engine, EngineInfo
+
+INSTALL_HINT = "pip install 'gtasr-deploy[openvino]'"
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino():
+    """The ``openvino`` module, or BackendUnavailableError naming the extra to install."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise BackendUnavailableError(f"openvino backend: the 'openvino' module is not installed; install it with "
+                                      f"{INSTALL_HINT}") from err
+    return openvino
+
+
+class OpenVinoEngine(Engine):
+    """D through an OpenVINO compiled model of one exported graph (static tile, dynamic batch)."""
+
+    def __init__(self, onnx_path: str | Path, *, precision: str = "fp32", threads: int | None = None,
+                 cache_dir: str | Path = "engines", device: str = "CPU") -> None:
+        ov = import_openvino()
+        onnx_path = Path(onnx_path)
+        if precision not in PRECISION_HINTS:
+            raise ConfigError(f"openvino engine: precision {precision!r}, expected one of {list(PRECISION_HINTS)}")
+        if not onnx_path.is_file():
+            raise ConfigError(f"openvino engine: graph {onnx_path} not found; export one with gtasr-export")
+        sidecar = read_onnx_sidecar(onnx_path)
+        if sidecar["precision"] != "fp32":
+            raise ConfigError(f"openvino engine: {onnx_path} is an {sidecar['precision']} graph; give the fp32 graph "
+                              "(OpenVINO chooses bf16 itself with --precision bf16)")
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "CACHE_DIR": str(Path(cache_dir) / "openvino")}
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"openvino engine: threads={threads}, expected >= 1 (or None for the default)")
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        try:
+            self._compiled = core.compile_model(str(onnx_path), device, config)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"openvino engine: cannot compile {onnx_path} ({first}); re-export it") from None
+        names = {t.get_any_name() for t in self._compiled.inputs} | {t.get_any_name() for t in self._compiled.outputs}
+        if names != set(INPUTS) | set(OUTPUTS):
+            raise ConfigError(f"openvino engine: {onnx_path} has tensors {sorted(names)}, expected "
+                              f"{sorted(set(INPUTS) | set(OUTPUTS))}; re-export with gtasr-export")
+        self._request = self._compiled.create_infer_request()
+        batch = sidecar["batch"]
+        self.info = EngineInfo(backend="openvino", device=device, precision=precision,
+                               size_multiple=int(sidecar["size_multiple"]), tile_lr=tuple(sidecar["tile_lr"]),
+                               batch_range=(batch["min"], batch["opt"], batch["max"]),
+                               norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))
+        self._no_stats = np.zeros((2, self.info.norm_groups), np.float32)
+        self.path = onnx_path
+
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
+        shared = norm_stats is not None
+        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": norm_stats if shared else self._no_stats,
+                 "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
+        result = self._request.infer(feeds)
+        outputs = {key.get_any_name(): value for key, value in result.items()}
+        if want_stats:
+            return None, np.array(outputs["tile_stats"], dtype=np.float32)
+        return np.array(outputs["sr"], dtype=np.float32), None
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None

@@ -1,0 +1,124 @@
+"""Identical pictures from every backend: torch and ONNX Runtime through the one pipeline, for images
+smaller than, equal to and larger than the tile, at sizes that are not multiples of the size rule,
+in both normalisation modes; and the CLI promise: gtasr-export, then gtasr-upscale --backend
+onnxruntime gives the default gtasr-upscale's files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+from gtasr_deploy.export.onnx import export_onnx  # noqa: E402
+from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS, load_denoiser  # noqa: E402
+from gtasr_deploy.upscaler import Upscaler  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+SILENT = lambda _line: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, fixture_dir):
+    """(weights kwargs, tile, exported fp32 graph) for the upstream fixture network and the embedded weights."""
+    out = tmp_path_factory.mktemp("parity")
+    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
+    cases = {}
+    for name, kwargs, tile in (("fixture", fixture, 16), ("embedded", {"weights": EMBEDDED_WEIGHTS}, 64)):
+        loaded = load_denoiser(**kwargs)
+        result = export_onnx(loaded.model, out, name=name, tile_lr=(tile, tile), batch_max=2, log=SILENT)
+        cases[name] = (kwargs, tile, result.onnx_path)
+    return cases
+
+
+def _photo(h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(ROOT / "samples" / "coffee_lr.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    reps = (-(-h // rgb.shape[0]), -(-w // rgb.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(rgb, reps)[:h, :w])
+
+
+@pytest.mark.parametrize("case", ["fixture", "embedded"])
+@pytest.mark.parametrize("norm", ["shared", "tile"])
+def test_torch_and_onnxruntime_give_the_same_8bit_picture(graphs, case, norm):
+    kwargs, tile, graph = graphs[case]
+    torch_up = Upscaler(**kwargs, tile=tile, batch=2, norm=norm, seed=3)
+    ort_up = Upscaler(backend="onnxruntime", onnx=graph, batch=2, norm=norm, seed=3)
+    assert (torch_up.options.tile, torch_up.options.overlap) == (ort_up.options.tile, ort_up.options.overlap)
+    sizes = [(1, 1), (tile // 2, tile // 3 + 1), (tile, tile), (tile + 5, 2 * tile + 3), (3 * tile + 1, tile - 1)]
+    for h, w in sizes:
+        image = _photo(h, w)
+        a, b = torch_up.upscale(image).astype(int), ort_up.upscale(image).astype(int)
+        assert a.shape == b.shape == (4 * h, 4 * w, 3)
+        assert np.abs(a - b).max() <= 1, (case, norm, h, w, np.abs(a - b).max())
+    tiles, passes = torch_up.work(3 * tile + 1, tile - 1)
+    assert tiles > 1 and passes == (2 if norm == "shared" else 1)
+
+
+@pytest.mark.parametrize("case", ["fixture", "embedded"])
+def test_openvino_fp32_gives_the_same_8bit_picture(graphs, case):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    kwargs, tile, graph = graphs[case]
+    torch_up = Upscaler(**kwargs, tile=tile, batch=2, seed=1)
+    ov_up = Upscaler(backend="openvino", onnx=graph, batch=2, precision="fp32", seed=1)
+    for h, w in [(tile // 2, tile // 3 + 1), (tile, tile), (2 * tile + 3, tile + 7)]:
+        image = _photo(h, w)
+        assert np.abs(torch_up.upscale(image).astype(int) - ov_up.upscale(image).astype(int)).max() <= 1, (h, w)
+
+
+def test_openvino_bf16_stays_close_to_fp32_on_a_photo(graphs):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from gtasr_deploy.precision import cpu_features, native_bf16
+
+    if native_bf16(cpu_features()) is None:
+        pytest.skip("this CPU has no native bf16 (AMX-BF16 / AVX512-BF16): OpenVINO bf16 would be emulated")
+    kwargs, tile, graph = graphs["embedded"]
+    image = _photo(tile + 20, tile + 40)
+    a = Upscaler(backend="openvino", onnx=graph, precision="fp32").upscale(image).astype(float)
+    b = Upscaler(backend="openvino", onnx=graph, precision="bf16").upscale(image).astype(float)
+    psnr = 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+    assert psnr >= 45.0, psnr
+
+
+def test_shared_statistics_bring_tiles_closer_to_the_whole_image_on_onnxruntime(graphs):
+    """The exported graph shares statistics as torch does: against torch's whole-image reference, the
+    shared-statistics tiling of the graph is closer than its per-tile tiling."""
+    kwargs, tile, graph = graphs["embedded"]
+    image = _photo(2 * tile, 2 * tile)
+    whole = Upscaler(**kwargs, tile=0).upscale(image).astype(float)
+    err = {norm: np.mean((Upscaler(backend="onnxruntime", onnx=graph, norm=norm).upscale(image) - whole) ** 2)
+           for norm in ("shared", "tile")}
+    assert err["shared"] < 0.7 * err["tile"], err
+
+
+@pytest.mark.slow
+def test_cli_export_then_onnxruntime_upscale_gives_the_default_files(tmp_path):
+    """The issue's promise from a clean state: default export, then the ORT backend, same PNGs as the
+    default gtasr-upscale on a folder of photos of mixed sizes (smaller than, equal to, larger than the tile)."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for h, w in ((40, 30), (128, 128), (150, 170)):
+        Image.fromarray(_photo(h, w)).save(photos / f"p{h}x{w}.png")
+    run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,  # noqa: E731
+                                       cwd=tmp_path)
+    exported = run("gtasr_deploy.cli.export", "--out", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr
+    graph = tmp_path / "export" / "gtasr_demo_tile128_fp32.onnx"
+    assert graph.is_file()
+    default = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "torch"), "--precision", "fp32")
+    ort = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "ort"), "--backend", "onnxruntime",
+              "--onnx", str(graph))
+    assert default.returncode == 0 and ort.returncode == 0, (default.stderr, ort.stderr)
+    assert "shared across tiles" in default.stderr and "shared across tiles" in ort.stderr
+    for png in sorted((tmp_path / "torch").glob("*.png")):
+        a = np.asarray(Image.open(png)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "ort" / png.name)).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, png.name

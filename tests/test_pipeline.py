@@ -1,0 +1,215 @@
+"""The inference layer: one pipeline for every backend, memory-aware tiles, OOM retry, precision
+choice, the backend check, and the import arrows of the house (STYLE.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gtasr_deploy.engines.base import Engine, EngineInfo
+from gtasr_deploy.errors import ConfigError, OutOfMemoryError
+from gtasr_deploy.inference import memory
+from gtasr_deploy.inference.pipeline import Pipeline, TilePolicy
+from gtasr_deploy.precision import choose_precision, cpu_features, native_bf16
+
+PACKAGE = Path(__file__).parents[1] / "gtasr_deploy"
+
+
+class LocalEngine(Engine):
+    """nearest x4 of lq; fails with an injected allocation error above ``max_lr_px`` per call."""
+
+    def __init__(self, *, max_lr_px=None, error=MemoryError, tile_lr=None, multiple=8):
+        self.info = EngineInfo(backend="fake", device="cpu", precision="fp32", size_multiple=multiple,
+                               tile_lr=tile_lr, batch_range=(1, 1, 64), norm_groups=1, norm_modes=("tile",))
+        self.max_lr_px, self.error, self.calls = max_lr_px, error, []
+
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
+        px = lq.shape[0] * lq.shape[2] * lq.shape[3]
+        if self.max_lr_px is not None and px > self.max_lr_px:
+            raise self.error("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+        self.calls.append(lq.shape)
+        return lq.repeat(4, axis=2).repeat(4, axis=3), None
+
+
+def _lq(h, w, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (3, h, w)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- OOM retry
+
+@pytest.mark.parametrize("error", [MemoryError, RuntimeError])
+def test_out_of_memory_retries_with_smaller_tiles_and_gives_the_same_local_result(error):
+    engine = LocalEngine(max_lr_px=32 * 32, error=error)
+    notes = []
+    pipeline = Pipeline(engine, TilePolicy(tile=64, overlap=8, norm="tile"), log=notes.append)
+    lq = _lq(90, 70)
+    out = pipeline(lq)
+    expected = np.clip((lq.repeat(4, 1).repeat(4, 2) + 1) / 2, 0, 1)
+    assert np.abs(out - expected).max() <= 1e-6
+    assert all(s[2] * s[3] <= 32 * 32 for s in engine.calls)
+    assert any("out of memory at tile 64" in n and "retrying with tile 32" in n for n in notes)
+    assert pipeline.policy.tile == 64  # the next image starts from the configured tile again
+
+
+def test_out_of_memory_halves_the_batch_first():
+    engine = LocalEngine(max_lr_px=2 * 16 * 16)
+    pipeline = Pipeline(engine, TilePolicy(tile=16, overlap=4, batch=8, norm="tile"))
+    pipeline(_lq(60, 60))
+    assert max(s[0] for s in engine.calls) == 2 and all(s[2:] == (16, 16) for s in engine.calls)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_one_clear_error():
+    engine = LocalEngine(max_lr_px=1)
+    with pytest.raises(OutOfMemoryError, match="out of memory even at tile 8"):
+        Pipeline(engine, TilePolicy(tile=32, overlap=4, norm="tile"))(_lq(40, 40))
+
+
+def test_static_engines_cannot_shrink_their_tile():
+    engine = LocalEngine(max_lr_px=1, tile_lr=(16, 16))
+    with pytest.raises(OutOfMemoryError, match="tile 16, batch 1"):
+        Pipeline(engine, TilePolicy(tile=16, overlap=4, norm="tile"))(_lq(40, 40))
+
+
+def test_other_errors_are_not_retried():
+    engine = LocalEngine(max_lr_px=1, error=ValueError)
+    with pytest.raises(ValueError):
+        Pipeline(engine, TilePolicy(tile=32, overlap=4, norm="tile"))(_lq(40, 40))
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("text,oom", [("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+                                       ("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer", True),
+                                       ("std::bad_alloc", True), ("shape mismatch", False)])
+def test_is_out_of_memory_recognises_every_backend(text, oom):
+    assert memory.is_out_of_memory(RuntimeError(text)) is oom
+    assert memory.is_out_of_memory(MemoryError()) is True
+
+
+# --------------------------------------------------------------------------- memory model
+
+def test_auto_tile_is_the_preset_tile_with_enough_memory_and_shrinks_without():
+    assert memory.auto_tile(128, 32, preset="demo", available=16 << 30) == 128
+    need_128 = memory.estimate_call_bytes(128, preset="demo") * memory.SAFETY
+    smaller = memory.auto_tile(128, 32, preset="demo", available=int(need_128) - 1)
+    assert smaller == 64 and smaller % 32 == 0
+    assert memory.auto_tile(256, 64, preset="paper", available=1) == 64  # never below the size rule
+    assert memory.auto_tile(256, 64, preset="paper", available=None) == 256  # unknown: the preset's tile
+    # the model grows with the pixels of a call, and with the batch
+    assert memory.estimate_call_bytes(256, preset="paper") > 3 * memory.estimate_call_bytes(128, preset="paper")
+    assert memory.estimate_call_bytes(128, 4, preset="demo") > memory.estimate_call_bytes(128, 1, preset="demo")
+
+
+def test_available_bytes_respects_an_address_space_limit():
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import resource; from gtasr_deploy.inference.memory import available_bytes;"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_AS);"
+            "import os; size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize();"
+            "resource.setrlimit(resource.RLIMIT_AS, (size + (200 << 20), hard));"
+            "print(available_bytes('cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) <= 200 << 20
+    del resource
+
+
+# --------------------------------------------------------------------------- precision choice
+
+INTEL_AMX = "flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AMD_ZEN4 = "processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n"
+OLD_X86 = "flags : fpu sse sse2 avx avx2 fma\n"
+ARM = "Features : fp asimd bf16 i8mm sve\n"
+
+
+@pytest.mark.parametrize("cpuinfo,machine,want,unit", [
+    (INTEL_AMX, "x86_64", "bf16", "AMX-BF16"), (AMD_ZEN4, "x86_64", "bf16", "AVX512-BF16"),
+    (OLD_X86, "x86_64", "fp32", None), (ARM, "aarch64", "bf16", "Arm BF16"), ("", "x86_64", "fp32", None)])
+def test_precision_auto_per_cpu(cpuinfo, machine, want, unit):
+    features = cpu_features(cpuinfo)
+    assert native_bf16(features, machine) == unit
+    choice = choose_precision("auto", device="cpu", backend="torch", features=features, machine=machine)
+    assert choice.precision == want
+    assert (unit in choice.reason) if unit else ("no native bf16" in choice.reason)
+
+
+def test_precision_choice_on_cuda_and_for_graphs():
+    assert choose_precision("auto", device="cuda:0", backend="torch", features=()).precision == "fp16"
+    assert choose_precision("fp32", device="cpu", backend="torch", features=cpu_features(INTEL_AMX)).precision == "fp32"
+    graph = choose_precision("auto", device="cpu", backend="onnxruntime", features=(), graph_precision="fp16")
+    assert graph.precision == "fp16" and "graph" in graph.reason
+    with pytest.raises(ConfigError, match="the exported graph is fp32"):
+        choose_precision("bf16", device="cpu", backend="onnxruntime", features=(), graph_precision="fp32")
+    with pytest.raises(ConfigError, match="precision 'int4'"):
+        choose_precision("int4", device="cpu", backend="torch", features=())
+
+
+# --------------------------------------------------------------------------- the house
+
+def _imports(path: Path) -> set[str]:
+    """Package-internal modules imported by ``path`` (absolute dotted names)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join([*base, *([node.module] if node.module else [])]))
+            elif node.module and node.module.startswith("gtasr_deploy"):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("gtasr_deploy")}
+    return found
+
+
+def _area(path: Path) -> list[Path]:
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+@pytest.mark.parametrize("area,forbidden", [
+    ("engines", ("gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli", "gtasr_deploy.bench",
+                 "gtasr_deploy.upscaler", "gtasr_deploy.batch")),
+    ("model", ("gtasr_deploy.engines", "gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli")),
+    ("inference", ("gtasr_deploy.cli", "gtasr_deploy.bench", "gtasr_deploy.export", "gtasr_deploy.upscaler")),
+    ("tiling.py", ("gtasr_deploy.model", "gtasr_deploy.engines")),
+    ("contract.py", ("gtasr_deploy.engines", "gtasr_deploy.export", "gtasr_deploy.model")),
+])
+def test_import_arrows_point_one_way(area, forbidden):
+    bad = [(p.name, m) for p in _area(PACKAGE / area) for m in _imports(p) if m.startswith(forbidden)]
+    assert not bad, bad
+
+
+def test_export_imports_engines_only_for_verification():
+    for path in _area(PACKAGE / "export"):
+        engines = [m for m in _imports(path) if m.startswith("gtasr_deploy.engines")]
+        assert path.name == "verify.py" or not engines, (path.name, engines)
+
+
+def test_one_atomic_write_helper():
+    """Hand-written temp + fsync + rename lives in atomic.py only (everyone else calls it)."""
+    offenders = [p.name for p in PACKAGE.rglob("*.py")
+                 if p.name != "atomic.py" and ("fsync(" in p.read_text(encoding="utf-8")
+                                               or "def atomic_write" in p.read_text(encoding="utf-8"))]
+    assert offenders == [], offenders
+
+
+# --------------------------------------------------------------------------- bf16 quality
+
+def test_bf16_is_within_45_db_of_fp32_on_a_real_photo():
+    """The CPU fast path's quality: embedded weights, a real photo, through the whole pipeline."""
+    from PIL import Image
+
+    from gtasr_deploy.upscaler import Upscaler
+
+    if native_bf16(cpu_features()) is None:
+        pytest.skip("this CPU has no native bf16 (AMX-BF16 / AVX512-BF16 / Arm BF16): auto runs fp32 here")
+    with Image.open(Path(__file__).parents[1] / "samples" / "chelsea_lr.png") as im:
+        rgb = np.asarray(im.convert("RGB"))[:96, :160]
+    a = Upscaler(precision="fp32").upscale(rgb).astype(np.float64)
+    b = Upscaler(precision="bf16").upscale(rgb).astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+    assert psnr >= 45.0, psnr
