@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -234,7 +234,7 @@ def picture_settings(*, weights: Path | None, onnx: Path | None, network_config:
     return {"weights": file_id(weights) or f"embedded demo weights of gtasr-deploy {__version__}",
             "onnx": file_id(onnx), "network_config": file_id(network_config), "param_key": param_key,
             "backend": getattr(engine, "backend", None), "precision": getattr(engine, "precision", None),
-            "tiling": repr(tiling), "seed": seed}
+            "tiling": asdict(tiling) if is_dataclass(tiling) else repr(tiling), "seed": seed}
 
 
 def _is_batch_report(path: Path) -> bool:
