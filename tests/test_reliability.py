@@ -646,3 +646,29 @@ def test_eval_odd_entries_are_reported_not_skipped_and_odd_folders_are_one_line(
     for folder in (tmp_path / ("z" * 300), tmp_path / "loop"):
         result = CliRunner().invoke(eval_main, [str(folder), "--gt", str(gt), "-q"])
         assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a folder" in result.output
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line_130_and_leaves_no_folder(tmp_path, monkeypatch):
+    import gtasr_deploy.upscaler as upscaler_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(upscaler_mod, "Upscaler", interrupted)
+    src, out = tmp_path / "in", tmp_path / "new" / "out"
+    save(src / "a.png", pixels(1))
+    result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q"])
+    assert result.exit_code == 130 and result.output == "interrupted before any file was processed\n"
+    assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_in_gtasr_eval_is_one_line_130(tmp_path, monkeypatch):
+    from gtasr_deploy.evaluation import folders
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folders, "score_folders", interrupted)
+    (tmp_path / "sr").mkdir()
+    result = CliRunner().invoke(eval_main, [str(tmp_path / "sr"), "-q"])
+    assert result.exit_code == 130 and result.output == "interrupted\n"

@@ -30,6 +30,12 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line, exit 130 (files are written atomically: none is left half-written)."""
+    click.echo("interrupted", err=True)
+    sys.exit(130)
+
+
 class _ScoreByDefault(click.Group):
     """A group whose first argument, when it is not a subcommand, goes to `score`."""
 
@@ -82,6 +88,8 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
             write_csv(report, csv_path)
     except GtasrError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     click.echo(format_summary(report))
     problems = report.problems()
     for line in problems:
@@ -133,6 +141,8 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
         result = run_compare(hr_dir, out_dir, config, log=None if quiet else lambda m: click.echo(m, err=True))
     except GtasrError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     click.echo((result.out_dir / "compare.md").read_text(encoding="utf-8"), nl=False)
     if result.reports:
         click.echo(f"grid: {result.out_dir / 'grid.png'}", err=True)

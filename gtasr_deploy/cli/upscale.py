@@ -175,6 +175,10 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
         _fail(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: nothing was written yet
+        batch_mod.remove_empty_dirs(made)
+        click.echo("interrupted before any file was processed", err=True)
+        sys.exit(batch_mod.EXIT_INTERRUPTED)
 
     def sr_fn(rgb, on_tile=None):
         return upscaler.upscale_float(rgb, progress=on_tile)
