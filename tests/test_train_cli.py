@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from gtasr_deploy.cli.train import main
-from gtasr_deploy.errors import ConfigError
+from gtasr_deploy.errors import ConfigError, InputError
 from gtasr_deploy.training import loop
 from gtasr_deploy.training.config import RunConfig, config_from_dict, load_config
 from gtasr_deploy.training.distributed import Dist, distributed_env
@@ -99,6 +99,36 @@ def test_every_recipe_key_with_a_wrong_value_is_a_config_error_or_accepted(tmp_p
                 pytest.fail(f"{'.'.join(path)} = {value!r}: {type(err).__name__}: {err}")
 
 
+def test_every_degradation_value_is_refused_or_makes_a_finite_lr():
+    """Property: a degradation table that loads makes finite 8-bit LR in [0, 1] (a zero sinc cutoff
+    used to give NaN; an all-zero kernel, a Poisson error)."""
+    from gtasr_deploy.training.degradation import DegradationConfig, degrade
+
+    base = DegradationConfig().to_dict()
+    hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for path in (p for p in _leaves(base) if not isinstance(_get(base, p), dict)):
+        for value in (-1, 0, 1, 3, 1e30, [0, 0], [-5, 5], [1, 1], [0.0, 1.0, 0.0], [99, 100]):
+            raw = copy.deepcopy(base)
+            _get(raw, path[:-1])[path[-1]] = value
+            try:
+                cfg = DegradationConfig.from_dict(raw)
+            except ConfigError:
+                continue
+            for seed in range(2):
+                try:
+                    lq = degrade(hr, generator=torch.Generator().manual_seed(seed), config=cfg)
+                except InputError as err:  # kernels larger than this crop allows: a one-line error
+                    assert "too small for the blur kernels" in str(err)
+                    continue
+                assert torch.isfinite(lq).all() and 0 <= lq.min() and lq.max() <= 1, (path, value, seed)
+
+
+def _get(d: dict, path: tuple):
+    for key in path:
+        d = d[key]
+    return d
+
+
 @pytest.mark.parametrize(("key", "value", "match"), [
     ("stage1.steps", 2.5, r"stage1.steps is 2.5; expected an integer"),
     ("run.device", 0, r"run.device is 0; expected a string"),
@@ -108,10 +138,16 @@ def test_every_recipe_key_with_a_wrong_value_is_a_config_error_or_accepted(tmp_p
     ("run.name", "../x", r"run.name is '../x'; expected a plain name"),
     ("model.network.channel_mult", [1, 0], r"model.network.channel_mult is \[1, 0\]; expected positive integers"),
     ("model.network.dropout", 1.5, r"dropout is 1.5; expected a probability"),
-    ("model.network.model_channels", 10**30, f"model_channels is {10**30}; expected positive integers up to 65536"),
+    ("model.network.model_channels", 10**6, r"model_channels is 1000000; expected positive integers up to 65536"),
     ("model.network.swin_embed_dim", 48, r"swin_embed_dim is 48; expected a multiple of 32"),
     ("model.network.model_channels", 130, r"130 channels cannot be split into GroupNorm's min\(32, C/4\) = 32 groups"),
     ("degradation.second.jpeg_quality_range", 5, r"degradation.second.jpeg_quality_range is 5; expected a list"),
+    ("degradation.final_sinc_cutoff_range", [0, 0], r"final_sinc_cutoff_range is \(0.0, 0.0\); expected cutoffs > 0"),
+    ("stage1.loss.ta_levels", 1.0, r"stage1.loss.ta_levels is 1.0; expected an integer \(64-bit\)"),
+    ("stage1.steps", 2**63, r"expected an integer \(64-bit\)"),
+    ("stage1.optim.lr", 1e300, r"stage1.optim.lr is 1e\+300; expected a finite number"),
+    ("stage1.optim.eps", -1.0, r"eps >= 0"),
+    ("stage1.optim.betas", [0.9, 1.0], r"two betas in \[0, 1\)"),
 ])
 def test_wrong_values_name_the_key_and_what_was_expected(tmp_path, key, value, match):
     raw = copy.deepcopy(_raw(tmp_path))  # _raw shares the network table between calls

@@ -157,8 +157,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
-        if not self.lr > 0 or len(self.betas) != 2 or not 0 <= self.ema_decay < 1 or self.grad_accum < 1:
-            raise ConfigError(f"optim: invalid values {self}; expected lr > 0, two betas, 0 <= ema_decay < 1, grad_accum >= 1")
+        if (not self.lr > 0 or len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas) or self.eps < 0
+                or self.weight_decay < 0 or not self.lr_gamma > 0 or not 0 <= self.ema_decay < 1 or self.grad_accum < 1):
+            raise ConfigError(f"optim: invalid values {self}; expected lr > 0, two betas in [0, 1), eps >= 0, "
+                              "weight_decay >= 0, lr_gamma > 0, 0 <= ema_decay < 1, grad_accum >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)

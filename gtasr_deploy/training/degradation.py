@@ -34,6 +34,7 @@ from ..errors import ConfigError, InputError
 from .config_types import checked_values
 from .kernels import (
     BlurConfig,
+    check_cutoff,
     check_kernel_sizes,
     check_prob,
     check_range,
@@ -122,6 +123,7 @@ class DegradationConfig:
         object.__setattr__(self, "final_sinc_sizes", tuple(int(k) for k in self.final_sinc_sizes))
         check_kernel_sizes("final sinc", self.final_sinc_sizes, self.final_sinc_pad_to)
         check_range("final_sinc_cutoff_range", self.final_sinc_cutoff_range)
+        check_cutoff("final_sinc_cutoff_range", self.final_sinc_cutoff_range)
         _check_modes(self.final_resize_modes)
 
     def to_dict(self) -> dict[str, Any]:

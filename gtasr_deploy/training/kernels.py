@@ -144,6 +144,8 @@ class BlurConfig:
             check_range(f"blur.{name}", getattr(self, name))
         if self.sigma_range[0] <= 0 or self.betag_range[0] <= 0 or self.betap_range[0] <= 0:
             raise ConfigError("degradation config: blur sigma and beta ranges must be > 0; fix blur")
+        for name in ("sinc_cutoff_range", "sinc_cutoff_range_large"):
+            check_cutoff(f"blur.{name}", getattr(self, name))
         check_prob("blur.sinc_prob", self.sinc_prob)
 
 
@@ -151,6 +153,12 @@ def check_range(where: str, value: tuple[float, float]) -> None:
     """Raise ConfigError unless ``value`` is a (lo, hi) pair with lo <= hi."""
     if len(value) != 2 or not value[0] <= value[1]:
         raise ConfigError(f"degradation config: {where} is {value}; expected a pair lo <= hi")
+
+
+def check_cutoff(where: str, value: tuple[float, float]) -> None:
+    """A sinc cutoff ω_c of 0 makes an all-zero kernel (NaN once normalised): lo must be > 0."""
+    if not value[0] > 0:
+        raise ConfigError(f"degradation config: {where} is {value}; expected cutoffs > 0 (SPEC: π/3 .. π)")
 
 
 def check_prob(where: str, value: float) -> None:
