@@ -14,6 +14,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+# Ray Serve 2.x still uses pydantic-1 style Field() arguments: its warnings, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 THREADS = 1  # per actor: two actors share the two CPUs
 
 

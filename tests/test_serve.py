@@ -22,6 +22,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+# Ray Serve 2.x still uses pydantic-1 style Field() arguments: its warnings, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 THREADS = 2
 MAX_UPLOAD = 300_000
 MAX_PIXELS = 100_000
