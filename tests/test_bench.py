@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,11 +136,78 @@ def test_time_model_row_schema(lr_photo):
     assert row["versions"]["torch"] and row["git"].keys() == {"revision", "dirty"}
     e2e = row["e2e"]
     assert e2e["images"] == 1 and e2e["output_lr_px"] == 13 * 21
-    # canvas 16×24 in tiles of 8 with the default overlap 4 (stride 4) → 3×5 tiles of 8×8 LR px
-    assert e2e["overlap"] == 4 and e2e["calls"] == 15 and e2e["executed_lr_px"] == 15 * 64
+    # canvas 16×24 in tiles of 8 with the default overlap 4 (stride 4) → 3×5 tiles of 8×8 LR px; the CLI's
+    # default shared GroupNorm statistics run each tile twice (statistics pass, then the output pass)
+    assert e2e["overlap"] == 4 and e2e["norm"] == "shared" and e2e["tiles"] == 15
+    assert e2e["calls"] == e2e["network_passes"] == 30 and e2e["statistics_calls"] == 15
+    assert e2e["passes_per_tile"] == 2.0 and e2e["partial_batches"] == 0
+    assert e2e["executed_lr_px"] == 30 * 64 and e2e["executed_over_output_px"] == pytest.approx(30 * 64 / (13 * 21))
+    assert e2e["model_only_s"] == pytest.approx(30 * lat["median_s"])  # both passes count
     parts = e2e["decode_s"] + e2e["tiling_blend_s"] + e2e["model_s"] + e2e["encode_s"]
     assert parts == pytest.approx(e2e["total_s"])
     json.dumps(row)  # JSON-serialisable as it is
+
+
+@pytest.fixture(scope="module")
+def small_photo(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("lr") / "small.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("norm, photo, tiles, passes", [
+    ("tile", "lr_photo", 15, 1),  # per-tile statistics: one pass
+    ("shared", "small_photo", 1, 1),  # smaller than the tile: padded to one 8×8 tile, nothing to share
+])
+def test_folder_run_counts_tiles_and_passes(request, norm, photo, tiles, passes):
+    from gtasr_deploy.engines.torch_engine import TorchEngine
+
+    scenario = _scenario(images=(request.getfixturevalue(photo),), batch=2, norm=norm)
+    e2e = runner.run_folder(TorchEngine(runner.load_network(scenario)), scenario, model_median_s=0.5)
+    assert e2e["norm"] == norm and e2e["tiles"] == tiles and e2e["passes_per_tile"] == passes
+    assert e2e["network_passes"] == tiles * passes and e2e["statistics_calls"] == 0
+    assert e2e["calls"] == -(-tiles // 2)  # batches of 2 tiles; one call per batch
+    assert e2e["partial_batches"] == tiles % 2
+    assert e2e["executed_lr_px"] == tiles * passes * 64  # every call at the full 8×8 tile
+    assert e2e["model_only_s"] == pytest.approx(e2e["calls"] * 0.5)
+
+
+def test_cached_graph_from_an_older_export_is_exported_again(tmp_path, monkeypatch):
+    """A cached graph whose sidecar the engines refuse (format 1: no GroupNorm statistics I/O) is
+    re-exported by ``prepare``, not handed to the engine; a current one is reused."""
+    import hashlib
+
+    from gtasr_deploy import contract
+    from gtasr_deploy.export import onnx as export_module
+
+    scenario = _scenario(backend="onnxruntime", cache_dir=str(tmp_path))
+    target = runner.graph_path(scenario)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"graph of an older gtasr-export")
+
+    def sidecar(**over):
+        data = {"format": contract.FORMAT, "onnx_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+                "tile_lr": [8, 8], "size_multiple": 8, "batch": {"min": 1, "opt": 1, "max": 1},
+                "precision": "fp32", "opset": 18, "scale": 4, "norm_groups": 3, **over}
+        return {k: v for k, v in data.items() if v is not None}
+
+    contract.sidecar_path_for(target).write_text(json.dumps(sidecar(format="gtasr-onnx/1", norm_groups=None)))
+    calls = []
+
+    def fake_export(model, out_dir, *, name, tile_lr, batch_max, **kwargs):
+        calls.append((Path(out_dir), name, tile_lr, batch_max))
+        target.write_bytes(b"graph with the statistics I/O")
+        side = sidecar()
+        contract.sidecar_path_for(target).write_text(json.dumps(side))
+        return export_module.ExportResult(onnx_path=target, sidecar_path=contract.sidecar_path_for(target),
+                                          sidecar=side, max_abs_error={1: 0.0})
+
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    assert runner.ensure_graph(scenario, log=lambda _: None) == target
+    assert calls == [(target.parent, target.name.split("_tile")[0], (8, 8), 1)]
+    assert runner.ensure_graph(scenario, log=lambda _: None) == target and len(calls) == 1  # now reused
 
 
 def test_validate_row_names_the_problem():
@@ -181,7 +248,8 @@ def _fake_ok(backend, median, *, preset="paper", tile=128, e2e=None):
 
 
 def _fake_report():
-    e2e = {"images": 2, "overlap": 16, "calls": 8, "partial_batches": 0, "decode_s": 0.1, "tiling_blend_s": 0.2,
+    e2e = {"images": 2, "overlap": 16, "norm": "shared", "tiles": 4, "network_passes": 8, "passes_per_tile": 2.0,
+           "calls": 8, "statistics_calls": 4, "partial_batches": 0, "decode_s": 0.1, "tiling_blend_s": 0.2,
            "model_s": 80.0, "encode_s": 0.5, "total_s": 80.8, "model_only_s": 80.0,
            "overhead_vs_model_only": 80.8 / 80.0 - 1, "executed_lr_px": 131072, "output_lr_px": 61440,
            "executed_over_output_px": 131072 / 61440}
@@ -218,6 +286,9 @@ def test_markdown_lists_everything():
     assert "| paper | tensorrt | fp32 | 128 | 1 | skipped | TensorRT needs an NVIDIA GPU |" in text
     assert "NOT like-for-like" in text and "End to end" in text and "+1.0%" in text
     assert text.count("| paper | torch | fp32 | 128 | 1 |") == 1
+    # e2e row: norm, images, tiles, passes / tile, calls (both passes of the shared statistics)
+    assert "| paper | onnxruntime | fp32 | 128 | 1 | shared | 2 | 4 | 2.00 | 8 | 80.8 |" in text
+    assert "| norm | images | tiles | passes / tile | calls |" in text
 
 
 def test_plot_writes_png(tmp_path):
@@ -266,7 +337,8 @@ def test_cli_rejects_tile_off_the_size_rule():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
 @pytest.mark.parametrize("command", ["bench", "upscale"])
 def test_cuda_device_without_cuda_is_a_one_line_usage_error(tmp_path, command):
-    from gtasr_deploy.cli import bench as bench_cli, upscale as upscale_cli
+    from gtasr_deploy.cli import bench as bench_cli
+    from gtasr_deploy.cli import upscale as upscale_cli
 
     if command == "bench":
         result = CliRunner().invoke(bench_cli.main, ["--preset", "demo", "--backends", "torch", "--tile", "64",

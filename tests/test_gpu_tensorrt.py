@@ -2,19 +2,22 @@
 
 Skipped (with the reason) where TensorRT cannot import or no CUDA GPU is visible, and where the
 ONNX exporter is not available. Tolerances: the fp32 engine may use TF32 (TensorRT's default for
-fp32 layers); the fp16 engine is judged by PSNR against torch fp32, as SPEC §4 asks.
+fp32 layers); the fp16 engine is judged by PSNR against torch fp32, as SPEC §4 asks. Both GroupNorm
+modes of the graph contract are checked: each tile its own statistics, and pooled ``norm_stats``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gtasr_deploy import contract
+from gtasr_deploy.engines import tensorrt_build, trt_cache
 from gtasr_deploy.errors import EngineBuildError, InputError
-from gtasr_deploy.export import tensorrt_build, trt_cache
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
@@ -27,7 +30,9 @@ onnx_export = pytest.importorskip("gtasr_deploy.export.onnx", reason="the ONNX e
 import torch  # noqa: E402
 
 from gtasr_deploy.engines.tensorrt import TensorRTEngine  # noqa: E402
+from gtasr_deploy.engines.torch_engine import TorchEngine  # noqa: E402
 from gtasr_deploy.model import load_model  # noqa: E402
+from gtasr_deploy.model.shared_norm import NormIO, pool_statistics  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 TILE = (32, 32)  # LR px; the fixture's size rule is 8
@@ -42,12 +47,11 @@ def model():
 @pytest.fixture(scope="module")
 def graphs(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    paths = {}
-    for precision in ("fp32", "fp16"):
-        paths[precision] = onnx_export.export_onnx(
-            model, out / f"tiny_tile{TILE[0]}_{precision}.onnx", tile_lr=TILE, batch_max=BATCH_MAX,
-            fp16=precision == "fp16", opset=17)
-    return paths
+    fp32 = onnx_export.export_onnx(model, out, name="tiny", tile_lr=TILE, batch_max=BATCH_MAX, opset=17)
+    fp16 = onnx_export.export_fp16(fp32, model)
+    for result in (fp32, fp16):
+        assert contract.read_onnx_sidecar(result.onnx_path)["norm_groups"] == NormIO(model).size
+    return {"fp32": fp32.onnx_path, "fp16": fp16.onnx_path}
 
 
 def _inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -59,19 +63,24 @@ def _inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"x_t": x_t.numpy(), "lq": lq.numpy(), "sigma": sigma.numpy()}
 
 
-def _reference(model, inputs) -> np.ndarray:
-    """torch fp32 on the GPU with TF32 off: the value the engines are compared against."""
+def _reference(model, inputs) -> dict[str, np.ndarray]:
+    """torch fp32 on the GPU with TF32 off, the values the engines are compared against: per-tile sr,
+    each sample's statistics, their pool, and sr normalised with that pool."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        net = model.to("cuda")
-        with torch.no_grad():
-            sr = net(torch.from_numpy(inputs["x_t"]).cuda(), torch.from_numpy(inputs["sigma"]).cuda(),
-                     torch.from_numpy(inputs["lq"]).cuda())
-        return sr.cpu().numpy()
+        engine = TorchEngine(copy.deepcopy(model), device="cuda")  # a copy: the fixture stays on the CPU
+        stats = engine.tile_statistics(**inputs)
+        pooled = pool_statistics(stats)
+        return {"sr": engine(**inputs), "stats": stats, "pooled": pooled,
+                "shared": engine(**inputs, norm_stats=pooled)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-        model.to("cpu")
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b| over max |b|: statistics span very different magnitudes (means ~0, variances > 1)."""
+    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,17 +90,26 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_builds_and_matches_torch(model, graphs, tmp_path, precision):
+    inputs = _inputs(2)
+    ref = _reference(model, inputs)
+    groups = NormIO(model).size
     with TensorRTEngine.from_onnx(graphs[precision], cache_dir=tmp_path, workspace_gb=2, log=print) as engine:
         assert engine.info.backend == "tensorrt" and engine.info.precision == precision
         assert engine.info.tile_lr == TILE and engine.info.batch_range[2] == BATCH_MAX
-        inputs = _inputs(2)
+        assert engine.info.norm_groups == groups and "shared" in engine.info.norm_modes
         sr = engine(**inputs)
-    ref = _reference(model, inputs)
-    assert sr.shape == ref.shape and sr.dtype == np.float32
+        stats = engine.tile_statistics(**inputs)
+        shared = engine(**inputs, norm_stats=ref["pooled"])
+    assert sr.shape == shared.shape == ref["sr"].shape and sr.dtype == shared.dtype == np.float32
+    assert stats.shape == (2, 2, groups) and stats.dtype == np.float32
+    assert np.abs(ref["shared"] - ref["sr"]).max() > 1e-3  # pooling changes the output: the input is used
     if precision == "fp32":
-        assert np.abs(sr - ref).max() <= 5e-3  # TF32 may be used by TensorRT for fp32 layers
+        for got, want in ((sr, ref["sr"]), (shared, ref["shared"])):
+            assert np.abs(got - want).max() <= 5e-3  # TF32 may be used by TensorRT for fp32 layers
+        assert _relative(stats, ref["stats"]) <= 5e-3
     else:
-        assert _psnr(sr, ref) >= 40.0
+        assert _psnr(sr, ref["sr"]) >= 40.0 and _psnr(shared, ref["shared"]) >= 40.0
+        assert _relative(stats, ref["stats"]) <= 2e-2  # statistics of fp16 activations, computed in fp32
 
 
 def test_engine_cache_is_reused_and_stale_engines_are_refused(graphs, tmp_path):
@@ -119,6 +137,12 @@ def test_cuda_graph_matches_eager_across_batch_changes(graphs, tmp_path):
         for n, seed in ((2, 1), (1, 2), (2, 3), (2, 4)):
             inputs = _inputs(n, seed)
             np.testing.assert_allclose(graphed(**inputs), eager(**inputs), rtol=0, atol=1e-6)
+            # the captured graph reads norm_stats / norm_mix from the bound buffers on every replay
+            pooled = pool_statistics(eager.tile_statistics(**inputs))
+            np.testing.assert_allclose(graphed.tile_statistics(**inputs), eager.tile_statistics(**inputs),
+                                       rtol=0, atol=1e-6)
+            np.testing.assert_allclose(graphed(**inputs, norm_stats=pooled), eager(**inputs, norm_stats=pooled),
+                                       rtol=0, atol=1e-6)
     finally:
         eager.close()
         graphed.close()
@@ -134,3 +158,6 @@ def test_engine_rejects_shapes_outside_its_profile(graphs, tmp_path):
         bad["x_t"] = bad["x_t"][:, :, :64]
         with pytest.raises(InputError, match="static tiles of 32x32"):
             engine(**bad)
+        groups = engine.info.norm_groups
+        with pytest.raises(InputError, match=rf"'norm_stats' has shape \(2, {groups + 1}\), expected \(2, {groups}\)"):
+            engine(**_inputs(1), norm_stats=np.zeros((2, groups + 1), np.float32))

@@ -1,8 +1,9 @@
 """TensorRT cache, builder control flow and ONNX Runtime provider selection, all on CPU.
 
 TensorRT itself is replaced by a fake module that implements the documented TensorRT 10 Python
-API names the builder uses, and records the calls, so these tests check OUR logic (strong typing,
-no FP16 flag, profile, workspace, timing cache, error paths) — not TensorRT.
+API names the builder and the runner use, and records the calls, so these tests check OUR logic (strong
+typing, no FP16 flag, profile, workspace, timing cache, error paths, the runner binding the graph
+contract's five inputs and two outputs) — not TensorRT.
 """
 
 from __future__ import annotations
@@ -13,20 +14,29 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from gtasr_deploy.engines import providers
+from gtasr_deploy import contract
+from gtasr_deploy.engines import providers, tensorrt_build, trt_cache
 from gtasr_deploy.engines import tensorrt as trt_engine
-from gtasr_deploy.errors import BackendUnavailableError, ConfigError, EngineBuildError
-from gtasr_deploy.export import tensorrt_build, trt_cache
+from gtasr_deploy.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    EngineBuildError,
+    InputError,
+)
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
+GROUPS = 6  # S: GroupNorm groups over the whole network (length of the statistics vectors)
 
 
 def onnx_sidecar(**over) -> dict:
-    data = {"onnx_sha256": SHA_A, "tile_lr": [64, 48], "size_multiple": 8,
-            "batch": {"min": 1, "opt": 2, "max": 4}, "precision": "fp16", "opset": 17, "scale": 4}
+    data = {"format": contract.FORMAT, "onnx_sha256": SHA_A, "tile_lr": [64, 48], "size_multiple": 8,
+            "batch": {"min": 1, "opt": 2, "max": 4}, "precision": "fp16", "opset": 17, "scale": 4,
+            "norm_groups": GROUPS}
     data.update(over)
     return data
 
@@ -88,10 +98,11 @@ def test_engine_file_name_carries_every_field_and_is_path_safe():
 def test_engine_sidecar_round_trip_and_load_decision(tmp_path):
     engine = tmp_path / trt_cache.engine_file_name(spec())
     engine.write_bytes(b"serialized")
-    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, extra={"workspace_gb": 2.0})
+    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS, extra={"workspace_gb": 2.0})
     data = trt_cache.read_engine_sidecar(engine)
     assert data["cache_key"] == trt_cache.cache_key(spec())
     assert data["tile_lr"] == [64, 48] and data["batch_range"] == [1, 2, 4] and data["size_multiple"] == 8
+    assert data["norm_groups"] == GROUPS and data["format"] == trt_cache.ENGINE_SIDECAR_FORMAT == 2
     assert data["build"] == {"workspace_gb": 2.0}
     assert trt_cache.sidecar_mismatch(data, spec()) is None
     decision = trt_cache.cache_decision(engine, spec())
@@ -106,7 +117,7 @@ def test_engine_sidecar_round_trip_and_load_decision(tmp_path):
 def test_stale_sidecar_means_rebuild_naming_the_field(tmp_path, field, value):
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"serialized")
-    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8)
+    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
     decision = trt_cache.cache_decision(engine, spec(**{field: value}))
     assert decision.action == "build"
     assert f"{field} differs" in decision.reason
@@ -115,7 +126,7 @@ def test_stale_sidecar_means_rebuild_naming_the_field(tmp_path, field, value):
 def test_edited_cache_key_is_detected(tmp_path):
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"x")
-    path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8)
+    path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
     data = json.loads(path.read_text())
     data["cache_key"] = "0" * 64
     path.write_text(json.dumps(data))
@@ -125,6 +136,7 @@ def test_edited_cache_key_is_detected(tmp_path):
 @pytest.mark.parametrize("setup,reason", [
     ("no_engine", "no cached engine"), ("empty_engine", "is empty"), ("no_sidecar", "sidecar"),
     ("bad_json", "not readable JSON"), ("missing_keys", "missing keys"),
+    ("format_1", "missing keys ['norm_groups']"),
 ])
 def test_cache_decision_builds_when_files_are_unusable(tmp_path, setup, reason):
     engine = tmp_path / "e.engine"
@@ -134,6 +146,12 @@ def test_cache_decision_builds_when_files_are_unusable(tmp_path, setup, reason):
         trt_cache.engine_sidecar_path(engine).write_text("{not json")
     if setup == "missing_keys":
         trt_cache.engine_sidecar_path(engine).write_text(json.dumps({"onnx_sha256": SHA_A}))
+    if setup == "format_1":  # an engine built before GroupNorm statistics became graph I/O
+        path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k != "norm_groups"}
+        path.write_text(json.dumps({**old, "format": 1}))
+        with pytest.raises(ConfigError, match=r"missing keys \['norm_groups'\]; rebuild"):
+            trt_cache.read_engine_sidecar(engine)
     decision = trt_cache.cache_decision(engine, spec())
     assert decision.action == "build" and reason in decision.reason
 
@@ -141,12 +159,12 @@ def test_cache_decision_builds_when_files_are_unusable(tmp_path, setup, reason):
 def test_read_onnx_sidecar_accepts_onnx_or_json_path(tmp_path):
     onnx = tmp_path / "gtasr_tile64_fp16.onnx"
     onnx.write_bytes(b"graph")
-    trt_cache.sidecar_path_for(onnx).write_text(json.dumps(onnx_sidecar()))
+    contract.sidecar_path_for(onnx).write_text(json.dumps(onnx_sidecar()))
     for path in (onnx, onnx.with_suffix(".json")):
-        data = trt_cache.read_onnx_sidecar(path)
+        data = contract.read_onnx_sidecar(path)
         assert data["tile_lr"] == (64, 48) and data["batch"] == {"min": 1, "opt": 2, "max": 4}
     with pytest.raises(ConfigError, match="not found"):
-        trt_cache.read_onnx_sidecar(tmp_path / "other.onnx")
+        contract.read_onnx_sidecar(tmp_path / "other.onnx")
 
 
 @pytest.mark.parametrize("batch", [
@@ -155,36 +173,43 @@ def test_read_onnx_sidecar_accepts_onnx_or_json_path(tmp_path):
 ])
 def test_invalid_batch_ranges_are_rejected(batch):
     with pytest.raises(ConfigError, match="batch"):
-        trt_cache.validate_onnx_sidecar(onnx_sidecar(batch=batch))
+        contract.validate_onnx_sidecar(onnx_sidecar(batch=batch))
 
 
 @pytest.mark.parametrize("over,match", [
     ({"tile_lr": [60, 48]}, "not a multiple of size_multiple=8"), ({"tile_lr": [64]}, "tile_lr"),
     ({"precision": "int8"}, "precision"), ({"scale": 2}, "scale"), ({"onnx_sha256": "abc"}, "onnx_sha256"),
-    ({"size_multiple": 0}, "size_multiple"),
+    ({"size_multiple": 0}, "size_multiple"), ({"format": "gtasr-onnx/1"}, "format 'gtasr-onnx/1'.*re-export"),
+    ({"norm_groups": 0}, "norm_groups"), ({"norm_groups": True}, "norm_groups"), ({"norm_groups": "6"}, "norm_groups"),
 ])
 def test_invalid_onnx_sidecar_fields_are_named(over, match):
     with pytest.raises(ConfigError, match=match):
-        trt_cache.validate_onnx_sidecar(onnx_sidecar(**over))
+        contract.validate_onnx_sidecar(onnx_sidecar(**over))
 
 
 def test_onnx_sidecar_missing_keys_are_listed():
     data = onnx_sidecar()
     del data["opset"], data["batch"]
     with pytest.raises(ConfigError, match=r"missing keys \['batch', 'opset'\]"):
-        trt_cache.validate_onnx_sidecar(data)
+        contract.validate_onnx_sidecar(data)
+    data = onnx_sidecar()
+    del data["norm_groups"], data["format"]  # a sidecar from before the statistics I/O
+    with pytest.raises(ConfigError, match=r"missing keys \['format', 'norm_groups'\]"):
+        contract.validate_onnx_sidecar(data)
 
 
 @pytest.mark.parametrize("tile,batch", [((64, 48), (1, 2, 4)), ((32, 32), (3, 3, 3)), ((8, 128), (1, 8, 16))])
 def test_profile_shapes_follow_tile_and_batch(tile, batch):
     side = onnx_sidecar(tile_lr=list(tile), batch=dict(zip(("min", "opt", "max"), batch)))
-    shapes = trt_cache.profile_shapes(side)
-    assert set(shapes) == {"x_t", "lq", "sigma"}
+    shapes = contract.profile_shapes(side)
+    assert tuple(shapes) == contract.INPUTS == ("x_t", "lq", "sigma", "norm_stats", "norm_mix")
     for i, n in enumerate(batch):
         x_t, lq, sigma = shapes["x_t"][i], shapes["lq"][i], shapes["sigma"][i]
         assert lq == (n, 3, *tile)
         assert x_t == (n, 3, 4 * lq[2], 4 * lq[3])
         assert sigma == (n,)
+        assert shapes["norm_stats"][i] == (2, GROUPS)  # static: pooled statistics, not per sample
+        assert shapes["norm_mix"][i] == (1,)
     assert [s[0] for s in shapes["lq"]] == sorted(s[0] for s in shapes["lq"])
 
 
@@ -238,9 +263,10 @@ def test_tensorrt_options_cache_workspace_and_profiles(tmp_path):
     assert options["trt_max_workspace_size"] == str(2 * 1024**3)
     assert options["device_id"] == "1"
     assert options["trt_fp16_enable"] == "True"
-    assert options["trt_profile_min_shapes"] == "x_t:1x3x256x192,lq:1x3x64x48,sigma:1"
-    assert options["trt_profile_opt_shapes"] == "x_t:2x3x256x192,lq:2x3x64x48,sigma:2"
-    assert options["trt_profile_max_shapes"] == "x_t:4x3x256x192,lq:4x3x64x48,sigma:4"
+    static = f"norm_stats:2x{GROUPS},norm_mix:1"
+    assert options["trt_profile_min_shapes"] == f"x_t:1x3x256x192,lq:1x3x64x48,sigma:1,{static}"
+    assert options["trt_profile_opt_shapes"] == f"x_t:2x3x256x192,lq:2x3x64x48,sigma:2,{static}"
+    assert options["trt_profile_max_shapes"] == f"x_t:4x3x256x192,lq:4x3x64x48,sigma:4,{static}"
     assert dict(chain)["CUDAExecutionProvider"]["device_id"] == "1"
     assert all(isinstance(v, str) for v in options.values())
 
@@ -336,7 +362,7 @@ class FakeTRT(types.ModuleType):
     """Module-shaped fake of the TensorRT 10 Python API subset the builder calls; records calls."""
 
     def __init__(self, *, version="10.13.0.35", strongly_typed=True, parse_errors=(), build_result=b"ENGINE",
-                 inputs=("x_t", "lq", "sigma"), timing_accepts=True):
+                 inputs=contract.INPUTS, timing_accepts=True):
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
@@ -450,7 +476,7 @@ def _write_graph(tmp_path, **over) -> Path:
     onnx.parent.mkdir(parents=True, exist_ok=True)
     onnx.write_bytes(b"not really onnx, but hashed like one")
     side = onnx_sidecar(onnx_sha256=hashlib.sha256(onnx.read_bytes()).hexdigest(), **over)
-    trt_cache.sidecar_path_for(onnx).write_text(json.dumps(side))
+    contract.sidecar_path_for(onnx).write_text(json.dumps(side))
     return onnx
 
 
@@ -459,7 +485,7 @@ def test_build_sets_strong_typing_profile_workspace_and_never_fp16(tmp_path, mon
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx = _write_graph(tmp_path)
     timing = tmp_path / "timing.cache"
-    data = tensorrt_build.build_serialized_engine(onnx, trt_cache.read_onnx_sidecar(onnx), workspace_gb=1.5,
+    data = tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), workspace_gb=1.5,
                                                   timing_cache_path=timing, log=lambda _: None)
     assert data == b"ENGINE"
     assert fake.named("create_network") == [("create_network", 1 << 0)]
@@ -469,6 +495,8 @@ def test_build_sets_strong_typing_profile_workspace_and_never_fp16(tmp_path, mon
         ("set_shape", "x_t", (1, 3, 256, 192), (2, 3, 256, 192), (4, 3, 256, 192)),
         ("set_shape", "lq", (1, 3, 64, 48), (2, 3, 64, 48), (4, 3, 64, 48)),
         ("set_shape", "sigma", (1,), (2,), (4,)),
+        ("set_shape", "norm_stats", (2, GROUPS), (2, GROUPS), (2, GROUPS)),
+        ("set_shape", "norm_mix", (1,), (1,), (1,)),
     ]
     assert len(fake.named("add_optimization_profile")) == 1
     assert fake.named("parse_from_file") == [("parse_from_file", str(onnx))]
@@ -478,7 +506,7 @@ def test_build_sets_strong_typing_profile_workspace_and_never_fp16(tmp_path, mon
 
 def test_build_reuses_timing_cache_and_recovers_from_a_mismatched_one(tmp_path, monkeypatch):
     onnx = _write_graph(tmp_path)
-    side = trt_cache.read_onnx_sidecar(onnx)
+    side = contract.read_onnx_sidecar(onnx)
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"OLD")
     fake = FakeTRT()
@@ -501,7 +529,7 @@ def test_build_without_strongly_typed_flag_uses_default_network(tmp_path, monkey
     fake = FakeTRT(version="11.0.0", strongly_typed=False)  # TensorRT 11: always strongly typed
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx = _write_graph(tmp_path)
-    tensorrt_build.build_serialized_engine(onnx, trt_cache.read_onnx_sidecar(onnx), log=lambda _: None)
+    tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), log=lambda _: None)
     assert fake.named("create_network") == [("create_network", 0)]
 
 
@@ -509,14 +537,16 @@ def test_build_without_strongly_typed_flag_uses_default_network(tmp_path, monkey
     ({"build_result": None}, "build_serialized_network returned None"),
     ({"parse_errors": [FakeParserError(7, "unsupported op", "/up/Resize", "Resize")]},
      "node #7 '/up/Resize' \\(Resize\\): unsupported op"),
-    ({"inputs": ("x_t", "lq")}, "inputs are \\['x_t', 'lq'\\], expected \\['x_t', 'lq', 'sigma'\\]"),
+    ({"inputs": ("x_t", "lq")},
+     "inputs are \\['x_t', 'lq'\\], expected \\['x_t', 'lq', 'sigma', 'norm_stats', 'norm_mix'\\]"),
+    ({"inputs": ("x_t", "lq", "sigma")}, "inputs are \\['x_t', 'lq', 'sigma'\\], expected .*re-export"),  # old graph
 ])
 def test_build_failures_are_engine_build_errors(tmp_path, monkeypatch, fake_kwargs, match):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(**fake_kwargs))
     onnx = _write_graph(tmp_path)
     timing = tmp_path / "timing.cache"
     with pytest.raises(EngineBuildError, match=match):
-        tensorrt_build.build_serialized_engine(onnx, trt_cache.read_onnx_sidecar(onnx),
+        tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx),
                                                timing_cache_path=timing, log=lambda _: None)
     assert not timing.exists()
 
@@ -539,6 +569,7 @@ def test_get_or_build_engine_builds_then_reuses_then_rebuilds_on_change(tmp_path
     assert sidecar["gpu_name"] == "NVIDIA H100 80GB HBM3" and sidecar["compute_capability"] == [9, 0]
     assert sidecar["trt_version"] == "10.13.0.35" and sidecar["precision"] == "fp16"
     assert sidecar["onnx_sha256"] == trt_cache.file_sha256(onnx)
+    assert sidecar["norm_groups"] == GROUPS and sidecar["size_multiple"] == 8  # copied from the graph's sidecar
     assert list(cache_dir.glob("timing_trt10.13.0.35_*_sm90.cache"))
     assert len(fake.named("build_serialized_network")) == 1
 
@@ -635,16 +666,24 @@ _FAKE_TRT_ENUMS = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT
 
 
 def _io(**over):
-    tensors = {"x_t": ("INPUT", "FLOAT"), "lq": ("INPUT", "FLOAT"), "sigma": ("INPUT", "FLOAT"),
-               "sr": ("OUTPUT", "FLOAT")}
+    tensors = {**{name: ("INPUT", "FLOAT") for name in contract.INPUTS},
+               **{name: ("OUTPUT", "FLOAT") for name in contract.OUTPUTS}}
     tensors.update(over)
     return {k: v for k, v in tensors.items() if v is not None}
 
 
+ALL_TENSORS = "'lq', 'norm_mix', 'norm_stats', 'sigma', 'sr', 'tile_stats', 'x_t'"
+
+
 @pytest.mark.parametrize("over,match", [
     ({"sr": ("OUTPUT", "HALF")}, "tensor 'sr' has dtype HALF, expected FLOAT"),
-    ({"sigma": None}, "engine tensors are \\['lq', 'sr', 'x_t'\\]"),
+    ({"tile_stats": ("OUTPUT", "HALF")}, "tensor 'tile_stats' has dtype HALF, expected FLOAT"),
+    ({"sigma": None}, "engine tensors are \\['lq', 'norm_mix', 'norm_stats', 'sr', 'tile_stats', 'x_t'\\]"),
+    ({"norm_stats": None, "norm_mix": None, "tile_stats": None},  # an engine built from a format-1 graph
+     f"engine tensors are \\['lq', 'sigma', 'sr', 'x_t'\\], expected \\[{ALL_TENSORS}\\]; rebuild"),
     ({"lq": ("OUTPUT", "FLOAT")}, "tensor 'lq' is OUTPUT, expected INPUT"),
+    ({"norm_mix": ("OUTPUT", "FLOAT")}, "tensor 'norm_mix' is OUTPUT, expected INPUT"),
+    ({"tile_stats": ("INPUT", "FLOAT")}, "tensor 'tile_stats' is INPUT, expected OUTPUT"),
 ])
 def test_engine_io_check_names_the_tensor(over, match):
     with pytest.raises(EngineBuildError, match=match):
@@ -653,8 +692,11 @@ def test_engine_io_check_names_the_tensor(over, match):
 
 
 def test_io_shapes_follow_the_x4_contract():
-    shapes = trt_engine.io_shapes((64, 48), 3)
-    assert shapes == {"x_t": (3, 3, 256, 192), "lq": (3, 3, 64, 48), "sigma": (3,), "sr": (3, 3, 256, 192)}
+    shapes = contract.io_shapes((64, 48), 3, GROUPS)
+    assert shapes == {"x_t": (3, 3, 256, 192), "lq": (3, 3, 64, 48), "sigma": (3,), "norm_stats": (2, GROUPS),
+                      "norm_mix": (1,), "sr": (3, 3, 256, 192), "tile_stats": (3, 2, GROUPS)}
+    assert set(shapes) == {*contract.INPUTS, *contract.OUTPUTS}
+    assert set(trt_engine.BATCHED) == {n for n, s in shapes.items() if s[0] == 3}  # the batch-axis tensors
 
 
 def test_engine_built_for_another_gpu_is_refused_before_deserializing(tmp_path, monkeypatch):
@@ -662,7 +704,117 @@ def test_engine_built_for_another_gpu_is_refused_before_deserializing(tmp_path, 
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"ENGINE")
     trt_cache.write_engine_sidecar(engine, spec(gpu_name="NVIDIA A100-SXM4-80GB", compute_capability=(8, 0)),
-                                   size_multiple=8)
+                                   size_multiple=8, norm_groups=GROUPS)
     fake.Runtime = None  # deserializing would fail loudly: the check must come first
     with pytest.raises(EngineBuildError, match="cannot run here: gpu_name differs"):
+        trt_engine.TensorRTEngine(engine)
+
+
+# --------------------------------------------------------------------------- runner I/O with a fake engine
+
+class _FakeContext:
+    """Execution context: resolves bound addresses to the buffers behind them and computes a known function."""
+
+    def __init__(self, buffers):
+        self.buffers = buffers  # data_ptr -> tensor, every buffer the runner allocated
+        self.addresses, self.shapes, self.seen = {}, {}, []
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def execute_async_v3(self, stream):
+        t = {name: self.buffers[ptr] for name, ptr in self.addresses.items()}
+        n = self.shapes["x_t"][0]
+        mix, stats = float(t["norm_mix"][0]), t["norm_stats"].clone()
+        self.seen.append({"n": n, "norm_mix": mix, "norm_stats": stats.numpy()})
+        shift = t["sigma"][:n, None, None, None] + mix * stats.sum()
+        t["sr"][:n] = t["x_t"][:n] + shift
+        t["tile_stats"][:n, 0] = t["x_t"][:n].mean(dim=(1, 2, 3))[:, None]
+        t["tile_stats"][:n, 1] = t["lq"][:n].mean(dim=(1, 2, 3))[:, None]
+        return True
+
+
+def _fake_runtime_engine(monkeypatch, tmp_path):
+    """A TensorRTEngine over a fake TensorRT: host 'device' buffers, fake stream, one known engine."""
+    fake = _fake_machine(monkeypatch)
+    fake.TensorIOMode, fake.DataType = _FAKE_TRT_ENUMS.TensorIOMode, _FAKE_TRT_ENUMS.DataType
+    buffers = {}
+    real_empty = torch.empty
+
+    def empty(shape, *, dtype=None, device=None, pin_memory=False):  # CPU stands in for device and pinned memory
+        tensor = real_empty(shape, dtype=dtype)
+        buffers[tensor.data_ptr()] = tensor
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(
+        cuda_stream=0, synchronize=lambda: None))
+    context = _FakeContext(buffers)
+    engine = _FakeEngine(_io())
+    engine.create_execution_context = lambda: context
+    fake.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+    path = tmp_path / "e.engine"
+    path.write_bytes(b"ENGINE")
+    trt_cache.write_engine_sidecar(path, spec(), size_multiple=8, norm_groups=GROUPS)
+    return trt_engine.TensorRTEngine(path), context
+
+
+def _host_inputs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x_t": rng.standard_normal((n, 3, 256, 192)).astype(np.float32),
+            "lq": rng.uniform(-1, 1, (n, 3, 64, 48)).astype(np.float32),
+            "sigma": np.linspace(1.0, 0.5, n, dtype=np.float32)}
+
+
+def test_runner_binds_every_input_and_output_and_feeds_the_norm_mode(tmp_path, monkeypatch):
+    engine, context = _fake_runtime_engine(monkeypatch, tmp_path)
+    assert engine.info.norm_groups == GROUPS and engine.info.norm_modes == ("tile", "shared")
+    assert context.addresses == {name: engine._dev[name].data_ptr() for name in (*contract.INPUTS, *contract.OUTPUTS)}
+
+    feeds = _host_inputs(2)
+    sr = engine(**feeds)  # per-tile statistics: norm_mix 0, whatever norm_stats holds is ignored by the graph
+    assert context.shapes == {k: v for k, v in contract.io_shapes((64, 48), 2, GROUPS).items() if k in contract.INPUTS}
+    assert context.seen[-1]["norm_mix"] == 0.0 and not context.seen[-1]["norm_stats"].any()
+    np.testing.assert_array_equal(sr, feeds["x_t"] + feeds["sigma"][:, None, None, None])
+
+    pooled = np.arange(2 * GROUPS, dtype=np.float32).reshape(2, GROUPS) / 10
+    sr = engine(**feeds, norm_stats=pooled)
+    assert context.seen[-1]["norm_mix"] == 1.0
+    np.testing.assert_array_equal(context.seen[-1]["norm_stats"], pooled)
+    np.testing.assert_allclose(sr, feeds["x_t"] + feeds["sigma"][:, None, None, None] + pooled.sum(), rtol=1e-6)
+
+    stats = engine.tile_statistics(**feeds)
+    assert stats.shape == (2, 2, GROUPS) and stats.dtype == np.float32
+    np.testing.assert_allclose(stats[:, 0], np.repeat(feeds["x_t"].mean(axis=(1, 2, 3))[:, None], GROUPS, 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats[:, 1], np.repeat(feeds["lq"].mean(axis=(1, 2, 3))[:, None], GROUPS, 1),
+                               rtol=1e-5, atol=1e-6)
+    assert context.seen[-1]["norm_mix"] == 0.0  # statistics are each tile's own
+
+    one = _host_inputs(1, seed=1)
+    np.testing.assert_array_equal(engine(**one), one["x_t"] + 1.0)  # batch 1 after batch 2: shapes re-bound
+    assert context.shapes["x_t"][0] == context.shapes["sigma"][0] == 1 and context.shapes["norm_stats"] == (2, GROUPS)
+    with pytest.raises(InputError, match=rf"'norm_stats' has shape \(2, 5\), expected \(2, {GROUPS}\)"):
+        engine(**one, norm_stats=np.zeros((2, 5), np.float32))
+    engine.close()
+    with pytest.raises(ConfigError, match="after close"):
+        engine(**one)
+
+
+def test_engine_sidecar_without_norm_groups_is_refused_before_deserializing(tmp_path, monkeypatch):
+    fake = _fake_machine(monkeypatch)
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"ENGINE")
+    path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
+    data = json.loads(path.read_text())
+    del data["norm_groups"]
+    path.write_text(json.dumps(data))
+    fake.Runtime = None  # deserializing would fail loudly: the check must come first
+    with pytest.raises(ConfigError, match=r"missing keys \['norm_groups'\]"):
         trt_engine.TensorRTEngine(engine)

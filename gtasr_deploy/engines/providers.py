@@ -56,7 +56,8 @@ def normalize_request(requested: str) -> str:
 
 
 def profile_shape_strings(onnx_sidecar: Mapping) -> dict[str, str]:
-    """The three TensorRT-EP profile options, e.g. "x_t:1x3x256x256,lq:1x3x64x64,sigma:1"."""
+    """The three TensorRT-EP profile options over every graph input, e.g.
+    "x_t:1x3x256x256,lq:1x3x64x64,sigma:1,norm_stats:2x624,norm_mix:1" (the last two static)."""
     shapes = profile_shapes(onnx_sidecar)
     out = {}
     for index, which in enumerate(("min", "opt", "max")):

@@ -54,7 +54,7 @@ def load_with_one_rebuild(build: Callable[[bool], Path], load: Callable[[Path], 
 
 
 def check_engine_io(trt, engine, where: str) -> None:
-    """Engine tensors must be exactly x_t/lq/sigma in and sr out, all fp32; errors name the tensor."""
+    """Engine tensors must be exactly the contract's inputs and outputs, all fp32; errors name the tensor."""
     found = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)

@@ -224,7 +224,8 @@ def get_or_build_engine(onnx_path: str | Path, *, cache_dir: str | Path = "engin
                                    timing_cache_path=timing_path, log=log)
     atomic_write_bytes(engine_path, data)
     trt_cache.write_engine_sidecar(engine_path, spec, size_multiple=sidecar["size_multiple"],
-                                   norm_groups=sidecar["norm_groups"], extra={"onnx_path": str(onnx_path), "workspace_gb": workspace_gb,
+                                   norm_groups=sidecar["norm_groups"],
+                                   extra={"onnx_path": str(onnx_path), "workspace_gb": workspace_gb,
                                           "opset": sidecar["opset"]})
     log(f"TensorRT engine: wrote {engine_path} ({len(data) / 2**20:.1f} MiB)")
     return engine_path
