@@ -16,10 +16,6 @@ from pathlib import Path
 from .atomic import atomic_write_bytes, remove_stale_temps
 from .errors import InputError
 
-# Suffixes a report is never written under: such a path is an image (an input, an output).
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
-
-
 def check_device(device: str) -> None:
     """InputError unless ``device`` names a torch device that exists here (``auto`` always does)."""
     if device == "auto":
@@ -110,8 +106,10 @@ def check_report_target(path: str | os.PathLike, protected: Iterable[Path], *, o
     Refused: an image name (a report never is one), any path in ``protected`` (the run's inputs,
     outputs and records, compared resolved and case-insensitively), and an existing non-empty
     file that ``is_report`` does not recognise as an earlier report of the same kind."""
+    from .batch_plan import IMAGE_SUFFIXES  # here: batch_plan imports this module
+
     path = Path(path)
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # a report is never an image: that is an input or output
         raise InputError(f"{option} {path}: that is an image name; give the report a name such as "
                          f"report{'.json' if option == '--json' else '.csv'}")
     key = os.path.realpath(path).casefold()
