@@ -672,3 +672,11 @@ def test_ctrl_c_in_gtasr_eval_is_one_line_130(tmp_path, monkeypatch):
     (tmp_path / "sr").mkdir()
     result = CliRunner().invoke(eval_main, [str(tmp_path / "sr"), "-q"])
     assert result.exit_code == 130 and result.output == "interrupted\n"
+
+
+def test_eval_usage_error_leaves_no_csv_folder(tmp_path):
+    (tmp_path / "sr").mkdir()  # no images: a usage error after the CSV folder was proven writable
+    result = CliRunner().invoke(eval_main, [str(tmp_path / "sr"), "-q", "--metrics", "niqe",
+                                            "--csv", str(tmp_path / "new" / "deeper" / "s.csv")])
+    assert result.exit_code == 2 and "no images" in result.output
+    assert not (tmp_path / "new").exists()

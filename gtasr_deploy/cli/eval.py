@@ -76,8 +76,9 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     def progress(done, total, stem):
         click.echo(f"[{done}/{total}] {stem}", err=True)
 
-    from ..batch import check_report_path, printable
+    from ..batch import check_report_path, missing_dirs, printable, remove_empty_dirs
 
+    made = missing_dirs([csv_path.parent]) if csv_path is not None else []  # a usage error removes them
     try:
         if csv_path is not None:  # before scoring, not after; never over an image
             check_csv_target(csv_path, sr_dir, gt_dir)
@@ -87,8 +88,10 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
         if csv_path is not None:
             write_csv(report, csv_path)
     except GtasrError as exc:
+        remove_empty_dirs(made)
         _fail(str(exc))
     except KeyboardInterrupt:
+        remove_empty_dirs(made)
         _interrupted()
     click.echo(format_summary(report))
     problems = report.problems()
