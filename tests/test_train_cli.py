@@ -263,6 +263,11 @@ def test_export_path_and_out_dir_are_checked_before_work(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_stage2_init_that_is_a_folder_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="stage2.init .* is a folder; expected a stage-I checkpoint file"):
+        loop.load_stage1_weights(tmp_path)
+
+
 @pytest.mark.parametrize(("error", "code", "text"), [
     (MemoryError(), 1, "gtasr-train: error: out of memory; lower data.batch_size"),
     (KeyboardInterrupt(), 130, "gtasr-train: interrupted; the checkpoints"),

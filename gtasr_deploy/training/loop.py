@@ -54,6 +54,9 @@ def _seed(*parts: object) -> int:
 
 def load_stage1_weights(path: str | Path) -> tuple[dict, dict]:
     """(θ, EMA) to start stage II from: our stage-I checkpoint or an official .pth (params/params_ema)."""
+    if Path(path).is_dir():
+        raise ConfigError(f"stage2.init {path} is a folder; expected a stage-I checkpoint file "
+                          "(e.g. runs/<name>/checkpoints/stage1_final.pt or GTASR_first_phase.pth)")
     ema, _ = read_checkpoint(path, param_key="params_ema")
     try:
         params, _ = read_checkpoint(path, param_key="params")
