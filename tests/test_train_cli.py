@@ -335,3 +335,19 @@ def test_precision_measurement_compares_against_fp32():
     omega = 1.0 / (x0_hat - x0).abs().mean()
     (expected,) = torch.autograd.grad((omega * perceptual(a, (x0_hat - delta))).sum(), a)
     assert torch.allclose(ref, expected, rtol=1e-5, atol=1e-12)
+
+
+def test_precision_script_reports_every_photo_and_size(tmp_path, monkeypatch, capsys):
+    from gtasr_deploy.metrics import lpips as lpips_module
+    from gtasr_deploy.training import precision
+
+    _write_images(tmp_path / "hr")
+    monkeypatch.setattr(lpips_module, "LPIPS", lambda net: TinyPerceptual())  # no weights fetch needed
+    assert precision.main(["--images", str(tmp_path / "hr"), "--crop", "32", "--count", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.count(" | ") == 4 and "bf16 autocast" in line]
+    assert len(rows) == 2 * len(precision.DELTA_SIZES)
+    assert out[-1].startswith("bf16 autocast: relative difference ")
+    assert precision.main(["--images", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.startswith("precision: error: --images: ")
+

@@ -81,7 +81,7 @@ def measure(images: str, *, device: torch.device, crop: int, count: int) -> list
     from ..metrics.lpips import LPIPS
     from .data import scan_images, validation_crops
 
-    files = scan_images([images])
+    files = scan_images([images], "--images")
     x0 = validation_crops(files, crop=crop, count=count).to(device) * 2 - 1
     x0_hat = F.interpolate(F.interpolate(x0, scale_factor=0.25, mode="bicubic", antialias=True),
                            scale_factor=4, mode="bicubic").clamp(-1, 1)
