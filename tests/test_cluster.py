@@ -129,3 +129,24 @@ def test_a_killed_worker_is_restarted_and_its_task_retried(local_ray, photos, cl
     assert len(summary.records) == len(jobs)
     assert result.worker_pids - set(started), "no restarted worker finished a job"
     assert _images(out) == _images(cli_folder)
+
+
+def test_workers_that_cannot_load_the_model_are_one_usage_error(local_ray, photos, tmp_path):
+    from gtasr_deploy.cli.serve import main
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, ["batch", str(photos), str(tmp_path / "out"), "--weights", str(bad),
+                                       "--actors", "1", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "bad.safetensors: not a valid safetensors file" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    # on a remote cluster the workers are the first to open the model: the same one line, raised
+    from gtasr_deploy.batch import collect_inputs, plan_outputs
+    from gtasr_deploy.errors import ConfigError
+    from gtasr_deploy.serve.cluster import ClusterOptions, run_on_cluster
+    from gtasr_deploy.serve.settings import UpscalerSettings
+
+    jobs = plan_outputs(collect_inputs(photos), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"^the workers could not start: .*bad\.safetensors: not a valid"):
+        run_on_cluster(jobs, UpscalerSettings.from_cli(weights=str(bad)), ClusterOptions(actors=1))

@@ -284,3 +284,17 @@ def test_web_page_upscales_a_photo_in_a_headless_browser(service, files, tmp_pat
     background = np.array([0xF4, 0xF4, 0xF1])
     assert np.mean(np.abs(region - background).sum(-1) > 30) > 0.5  # the picture is shown there
     assert region.std() > 10  # and it is a picture, not a flat box
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--weights", "no/such/weights.safetensors"], "no/such/weights.safetensors"),
+    (["--batch", "16", "--max-batch-size", "8"], "--batch 16 is larger than --max-batch-size 8"),
+    (["--tile", "big"], "--tile 'big'"),
+])
+def test_http_usage_errors_are_one_line_before_anything_starts(args, words):
+    from gtasr_deploy.cli.serve import main
+
+    result = CliRunner().invoke(main, ["http", *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -57,6 +57,14 @@ def _settings(kw: dict):
         _fail(str(exc))
 
 
+def _preflight(settings, threads: int) -> None:
+    """Open the model here once: bad weights or options are one line, not a Ray worker's traceback."""
+    try:
+        settings.build(default_threads=max(1, threads)).close()
+    except GtasrError as exc:
+        _fail(str(exc))
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -103,11 +111,8 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
                              max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
                              max_ongoing_requests=max_ongoing_requests)
     cpus = cpus_per_replica if cpus_per_replica is not None else float(len(os.sched_getaffinity(0)))
-    if address == "local":  # bad weights/options: one line here, not a replica traceback
-        try:
-            settings.build(default_threads=max(1, int(cpus))).close()
-        except GtasrError as exc:
-            _fail(str(exc))
+    if address == "local":
+        _preflight(settings, int(cpus))
     cluster.connect(address)
     try:
         deploy(settings, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
@@ -155,6 +160,8 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
     settings = _settings(kw)
+    if address == "local":
+        _preflight(settings, int(cpus_per_actor))
     try:
         jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
         batch_mod.check_output_dir(output_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -176,5 +177,7 @@ def _failed(job: Job, reason: str) -> FileRecord:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The cause's own message from a Ray error (its last line, without the exception's class name)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
+    text = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", text)[:300]
