@@ -25,11 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 12
 
 
+def _default_signals() -> None:
+    """In the child: signals as an interactive shell leaves them (a test runner started in the
+    background or under nohup would hand down SIGINT/SIGHUP ignored, and the tool keeps those)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def upscale(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.Popen([sys.executable, "-m", "gtasr_deploy.cli.upscale", *args, "-q", "--device", "cpu",
                              "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_signals)
 
 
 def photos(folder: Path) -> None:
@@ -94,3 +101,24 @@ def test_resume_skips_finished_outputs_and_removes_stale_temp_files(tmp_path):
     assert f"{N_IMAGES - len(kept)} written, {len(kept)} skipped (done), 0 failed" in stderr
     assert pngs(out) == [f"{i:02d}.png" for i in range(N_IMAGES)]
     assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_under_nohup_sighup_stays_ignored(tmp_path):
+    """A run started with SIGHUP ignored (nohup) must survive the terminal closing."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    photos(src)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+    def nohup():
+        _default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    run = subprocess.Popen([sys.executable, "-m", "gtasr_deploy.cli.upscale", str(src), str(out), "-q",
+                            "--device", "cpu", "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=nohup)
+    while not pngs(out) and run.poll() is None:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGHUP)
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr
+    assert pngs(out) == [f"{i:02d}.png" for i in range(N_IMAGES)]
