@@ -97,7 +97,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         with _no_pillow_bomb_check(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd tags; one line per file only
             with PILImage.open(path) as im:
-                return replace(_decode(path, im, max_pixels), frames=getattr(im, "n_frames", 1))
+                return replace(_decode(path, im, max_pixels), frames=_frames(im))
     except PILImage.UnidentifiedImageError:
         raise InputError(f"{path}: {_unidentified_reason(path)}") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
@@ -227,6 +227,12 @@ def _no_pillow_bomb_check() -> Iterator[None]:
         yield
     finally:
         PILImage.MAX_IMAGE_PIXELS = previous
+
+
+def _frames(im: PILImage.Image) -> int:
+    """Frames of an animated PNG/WebP or pages of a TIFF; 1 for the rest (a camera JPEG's MPO
+    extra frames are its previews, not pictures left out)."""
+    return getattr(im, "n_frames", 1) if im.format in ("PNG", "WEBP", "TIFF") else 1
 
 
 def _unidentified_reason(path: Path) -> str:

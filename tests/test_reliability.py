@@ -380,6 +380,10 @@ def test_animated_and_multi_page_inputs_say_what_was_left_out(tmp_path):
     assert sorted(notes) == sorted(f"note: {src / n}: only the first of its 3 frames/pages was upscaled"
                                    for n in ("anim.png", "anim.webp", "pages.tif"))
     assert np.array_equal(decoded(out / "anim.png"), nearest_x4(pixels(0)))
+    # a camera JPEG's extra MPO frames are previews: no note for them
+    frames[0].save(src / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:])
+    summary, lines = quiet_run(plan(src, out))
+    assert summary.written == 1 and not [line for line in lines if line.startswith("note: ")]
 
 
 def test_float_tiff_and_fifo_get_their_true_reason(tmp_path):
