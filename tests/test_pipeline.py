@@ -213,3 +213,41 @@ def test_bf16_is_within_45_db_of_fp32_on_a_real_photo():
     b = Upscaler(precision="bf16").upscale(rgb).astype(np.float64)
     psnr = 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
     assert psnr >= 45.0, psnr
+
+
+# --------------------------------------------------------------------------- a real memory limit
+
+LIMITED_RUN = """
+import resource, sys
+import numpy, torch  # noqa: F401  (mapped before the limit: the limit is headroom above what is loaded)
+import gtasr_deploy.cli.upscale as cli
+import gtasr_deploy.upscaler  # noqa: F401
+budget = int(sys.argv.pop(1)) << 20
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + budget, resource.RLIM_INFINITY))
+sys.argv[0] = "gtasr-upscale"
+cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_an_image_is_upscaled_under_a_memory_limit_the_default_tile_exceeds(tmp_path):
+    """250 MB of address space above the loaded program: the demo preset's 128 tile is estimated at
+    ~264 MB with the safety margin, so --tile auto picks a smaller tile and the image is still written."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    with Image.open(Path(__file__).parents[1] / "samples" / "coffee_lr.png") as im:
+        im.convert("RGB").crop((0, 0, 140, 140)).save(tmp_path / "in.png")
+    script = tmp_path / "limited.py"
+    script.write_text(LIMITED_RUN)
+    env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="2")
+    run = subprocess.run([sys.executable, str(script), "250", str(tmp_path / "in.png"), str(tmp_path / "out.png"),
+                          "--precision", "fp32"], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert "tile 64 (auto: smaller, for free memory)" in run.stderr
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == (560, 560)

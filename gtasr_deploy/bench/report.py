@@ -121,7 +121,7 @@ def skipped_row(scenario: Any, reason: str, *, status: str = "skipped") -> dict[
 
 def result_row(scenario: Any, *, engine_device: str, stats: Any, macs: int, params: int,
                matmul_peaks: dict[str, float], matmul_precision: str, peak_rss_bytes: int, device_memory: dict,
-               e2e: dict | None, load_start: Any, load_end: Any) -> dict[str, Any]:
+               e2e: dict | None, load_start: Any, load_end: Any, quality: dict | None = None) -> dict[str, Any]:
     """A measured row. ``stats`` is a timing.LatencyStats of one call of ``scenario.batch`` tiles."""
     row = _base_row(scenario, "ok", None)
     out_px = scenario.batch * (4 * scenario.tile) ** 2
@@ -133,7 +133,7 @@ def result_row(scenario: Any, *, engine_device: str, stats: Any, macs: int, para
                 "matmul_peaks_by_library": matmul_peaks, "matmul_precision": matmul_precision,
                 "fraction_of_matmul_peak": achieved / peak,
                 "peak_rss_bytes": peak_rss_bytes, "device_memory": device_memory, "e2e": e2e,
-                "load_average_start": load_start, "load_average_end": load_end})
+                "load_average_start": load_start, "load_average_end": load_end, "quality": quality})
     row["latency"]["samples_s"] = list(row["latency"]["samples_s"])
     return row
 
@@ -301,6 +301,15 @@ def _peak(row: dict) -> str:
     return f"{_f(row['matmul_peak_gflops'])} ({best})"
 
 
+def _quality(row: dict) -> str:
+    """PSNR of a reduced-precision row against torch fp32 (embedded weights, a real photo); fp32 rows: —."""
+    q = row.get("quality")
+    if not q:
+        return "—"
+    psnr = q["psnr_db"]
+    return ("identical" if psnr == float("inf") else f"{psnr:.1f} dB") + f" (max {q['max_diff_255']}/255)"
+
+
 def _header(report: dict) -> list[str]:
     env = report["environment"]
     git = env["git"]
@@ -321,9 +330,10 @@ def _model_section(rows: list[dict]) -> list[str]:
     body = [[r["preset"], r["backend"], r["precision"], r["tile"], r["batch"], r["latency"]["min_s"],
              r["latency"]["median_s"], r["latency"]["p90_s"], r["throughput_mpix_s"], r["gmacs_per_call"],
              r["achieved_gflops"], _peak(r), f"{100 * r['fraction_of_matmul_peak']:.0f}%", _mem(r),
-             r.get("other_processes_cores")] for r in ok_rows(rows)]
+             r.get("other_processes_cores"), _quality(r)] for r in ok_rows(rows)]
     header = ["preset", "backend", "precision", "LR tile", "batch", "min s", "median s", "p90 s", "out MP/s",
-              "GMAC/call", "GFLOP/s", "matmul peak GFLOP/s (by)", "of peak", "peak memory", "other load (cores)"]
+              "GMAC/call", "GFLOP/s", "matmul peak GFLOP/s (by, same precision)", "of peak", "peak memory",
+              "other load (cores)", "PSNR vs torch fp32"]
     return ["## Model only (warm-up, then timed calls; one process per row)", "", *_table(header, body)]
 
 

@@ -33,8 +33,13 @@ from . import timing
 from .cost import count_model_macs, count_model_params
 from .report import environment, result_row, skipped_row
 
-GRAPH_BACKENDS = ("onnxruntime", "tensorrt")  # backends that run an exported graph
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+GRAPH_BACKENDS = ("onnxruntime", "openvino", "tensorrt")  # backends that run an exported graph
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+# which precisions a backend computes: ONNX Runtime / TensorRT run the graph's own (fp32 or fp16 graph);
+# OpenVINO compiles the fp32 graph in fp32 or bf16
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16"),
+                      "openvino": ("fp32", "bf16"), "tensorrt": ("fp32", "fp16")}
+QUALITY_TILE = 64  # LR tile of the per-precision quality check (embedded demo weights, a real photo)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +94,8 @@ def graph_path(scenario: Scenario) -> Path:
     config = resolve_config(scenario.network)
     config_hash = hashlib.sha256(config.to_json().encode()).hexdigest()[:10]
     name = f"{scenario.preset}-{config_hash}-{weights_key(scenario)}-b{scenario.graph_batch_max}"
-    return Path(scenario.cache_dir) / graph_file_name(name, (scenario.tile, scenario.tile), scenario.precision)
+    graph_precision = "fp32" if scenario.backend == "openvino" else scenario.precision  # OpenVINO: the fp32 graph
+    return Path(scenario.cache_dir) / graph_file_name(name, (scenario.tile, scenario.tile), graph_precision)
 
 
 def load_network(scenario: Scenario):
@@ -138,7 +144,7 @@ def ensure_graph(scenario: Scenario, log=None) -> Path:
         result = export_onnx(model, fp32.parent, name=fp32.name.split("_tile")[0], tile_lr=(scenario.tile,) * 2,
                              batch_max=scenario.graph_batch_max, weights_sha256=sha,
                              preset=scenario.preset if scenario.preset != "custom" else None, log=log)
-    if scenario.precision == "fp16":
+    if scenario.precision == "fp16" and scenario.backend != "openvino":
         result = export_fp16(result, model, log=log)
     return result.onnx_path
 
@@ -182,16 +188,49 @@ def time_model(scenario: Scenario) -> dict[str, Any]:
         memory = timing.device_memory(scenario.device, used_before)
         rss = timing.peak_rss_bytes()  # a high-water mark: read now so the folder run does not count
         cuda = scenario.device.startswith("cuda")
-        peak_precision = scenario.precision if cuda else "fp32"  # no fp16 matmul units on these CPUs
+        # each row against the matmul peak of its own precision (bf16 rows against the bf16 peak);
+        # CPUs here have no fp16 matmul units, so CPU fp16 rows compare with the fp32 peak
+        peak_precision = scenario.precision if cuda or scenario.precision != "fp16" else "fp32"
         peaks = timing.matmul_peaks(device=scenario.device, precision=peak_precision, size=scenario.matmul_size)
         macs = count_model_macs(scenario.network, tile_lr=(scenario.tile, scenario.tile), batch=scenario.batch)
         params = count_model_params(scenario.network)
         e2e = run_folder(engine, scenario, model_median_s=stats.median_s) if scenario.images else None
+        quality = precision_quality(scenario) if scenario.precision != "fp32" else None
         return result_row(scenario, engine_device=engine.info.device, stats=stats, macs=macs, params=params,
                           matmul_peaks=peaks, matmul_precision=peak_precision, peak_rss_bytes=rss,
-                          device_memory=memory, e2e=e2e, load_start=load_start, load_end=timing.load_average())
+                          device_memory=memory, e2e=e2e, load_start=load_start, load_end=timing.load_average(),
+                          quality=quality)
     finally:
         engine.close()
+
+
+def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
+    """PSNR of this backend + precision against torch fp32 on a real photo, with the embedded demo
+    weights (random weights would make the output nearly constant and hide any error), through the
+    default pipeline; None when the photo is unavailable. Graph backends export the demo weights once."""
+    from ..export.verify import sample_photo_lq
+    from ..inference.check import compare_outputs
+    from ..inference.loader import EMBEDDED_WEIGHTS
+    from ..upscaler import Upscaler
+
+    lq = sample_photo_lq((2 * QUALITY_TILE - 24, 2 * QUALITY_TILE + 40))
+    if lq is None:
+        return None
+    rgb = np.ascontiguousarray((lq[0].transpose(1, 2, 0) + 1.0) / 2.0)
+    kwargs: dict[str, Any] = {"backend": scenario.backend, "precision": scenario.precision, "device": scenario.device}
+    if scenario.backend in GRAPH_BACKENDS:
+        demo = Scenario(**{**asdict(scenario), "preset": "demo", "network": "demo", "weights": str(EMBEDDED_WEIGHTS),
+                           "tile": QUALITY_TILE, "graph_batch_max": 1})
+        kwargs["onnx"] = ensure_graph(demo)
+    reference = Upscaler(tile=QUALITY_TILE, precision="fp32", device=scenario.device)
+    candidate = Upscaler(**kwargs, tile=QUALITY_TILE)
+    try:
+        check = compare_outputs(SAMPLE_PHOTO, reference.upscale_float(rgb), candidate.upscale_float(rgb))
+    finally:
+        reference.close()
+        candidate.close()
+    return {"reference": "torch fp32", "photo": SAMPLE_PHOTO, "weights": "embedded demo", "tile": QUALITY_TILE,
+            "psnr_db": check.psnr_db, "max_diff_255": check.max_diff}
 
 
 class TimedEngine:
@@ -308,6 +347,15 @@ def unavailable_reason(backend: str, device: str) -> str | None:
         if cuda and "CUDAExecutionProvider" not in providers:
             return (f"onnxruntime has no CUDA provider here (available: {providers}); "
                     "install onnxruntime-gpu: pip install 'gtasr-deploy[cuda]'")
+    if backend == "openvino":
+        if cuda:
+            return "the openvino backend runs on the CPU here (its GPU plugin is not used by this package)"
+        try:
+            from ..engines.openvino import import_openvino
+
+            import_openvino()
+        except BackendUnavailableError as err:
+            return str(err)
     if backend == "tensorrt":
         if not cuda:
             return "TensorRT needs an NVIDIA GPU; this run is on the CPU (no CUDA device available)"
@@ -338,6 +386,9 @@ def _spawn(mode: str, scenario: Scenario, *, timeout_s: float) -> dict[str, Any]
 def run_scenario(scenario: Scenario, *, timeout_s: float = 3600.0) -> dict[str, Any]:
     """One row: skipped (with the reason) when the backend cannot run here, else prepare + run."""
     reason = unavailable_reason(scenario.backend, scenario.device)
+    if reason is None and scenario.precision not in BACKEND_PRECISIONS[scenario.backend]:
+        reason = (f"{scenario.backend} does not compute {scenario.precision} "
+                  f"(it runs {', '.join(BACKEND_PRECISIONS[scenario.backend])})")
     if reason is not None:
         return skipped_row(scenario, reason, status="skipped")
     if scenario.backend in GRAPH_BACKENDS:

@@ -127,9 +127,9 @@ def matmul_peaks(*, device: str = "cpu", precision: str = "fp32", size: int | No
 
     fp16 is measured on CUDA only: CPUs here have no fp16 matmul units, so the caller compares fp16
     CPU rows against the fp32 peak."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dtype is None:
-        raise ConfigError(f"matmul peak: precision {precision!r}, expected 'fp32' or 'fp16'")
+        raise ConfigError(f"matmul peak: precision {precision!r}, expected 'fp32', 'bf16' or 'fp16'")
     cuda = _is_cuda(device)
     n = size or MATMUL_SIZE["cuda" if cuda else "cpu"]
     gen = torch.Generator("cpu").manual_seed(0)
@@ -139,9 +139,10 @@ def matmul_peaks(*, device: str = "cpu", precision: str = "fp32", size: int | No
     with torch.inference_mode():
         best_s = time_calls(lambda: torch.mm(a, b), warmup=2, repeat=repeat, device=device).min_s
     peaks = {"torch": flops / best_s / 1e9}
-    if not cuda and precision == "fp32":
-        a_np, b_np = a.numpy(), b.numpy()
-        peaks["numpy"] = flops / time_calls(lambda: a_np @ b_np, warmup=2, repeat=repeat).min_s / 1e9
+    if not cuda and precision in ("fp32", "bf16"):
+        if precision == "fp32":
+            a_np, b_np = a.numpy(), b.numpy()
+            peaks["numpy"] = flops / time_calls(lambda: a_np @ b_np, warmup=2, repeat=repeat).min_s / 1e9
         h = _near_square_divisor(n)
         x, w = b.reshape(1, n, h, n // h), a.reshape(n, n, 1, 1)  # conv(x, w)[o, p] = Σ_k a[o, k]·b[k, p]
         with torch.inference_mode():

@@ -19,7 +19,7 @@ from ..errors import ConfigError, GtasrError
 from .weights import weights_callback
 
 EXIT_USAGE = 2
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _split(text: str, what: str, convert=str) -> tuple:
@@ -77,6 +77,14 @@ def _device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _auto_precisions(device: str) -> tuple[str, ...]:
+    from ..precision import cpu_features, native_bf16
+
+    if device.startswith("cuda"):
+        return PRECISIONS
+    return ("fp32", "bf16") if native_bf16(cpu_features()) else ("fp32",)
+
+
 def _command(params: dict) -> str:
     """The canonical command line that reproduces this run (recorded in the report)."""
     parts = ["gtasr-bench"]
@@ -99,10 +107,12 @@ def _command(params: dict) -> str:
               help="Weights for the one network benchmarked (a file, or a name fetched with gtasr-weights). "
                    "Default: random (seeded) — latency does not "
                    "depend on weight values.")
-@click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True,
+@click.option("--backends", default="torch,onnxruntime,openvino,tensorrt", show_default=True,
               help="Comma-separated backends; those that cannot run here are listed as skipped with the reason.")
 @click.option("--precision", default="auto", show_default=True,
-              help="Comma-separated fp32,fp16; auto = fp32 on CPU, fp32,fp16 on CUDA.")
+              help="Comma-separated fp32,bf16,fp16; auto = fp32 plus bf16 on CPUs with native bf16 (AMX-BF16, "
+                   "AVX512-BF16), fp32,bf16,fp16 on CUDA. A backend that does not compute a precision is listed "
+                   "as skipped. Reduced-precision rows report their PSNR against torch fp32 on a real photo.")
 @click.option("--tile", default="64,128", show_default=True, help="Comma-separated square LR tile sizes (px).")
 @click.option("--batch", default="1", show_default=True, help="Comma-separated batch sizes (tiles per call).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed calls before timing.")
@@ -155,8 +165,7 @@ def _run(params: dict) -> dict:
         raise ConfigError(f"--backends {unknown}: unknown; valid: {', '.join(BACKENDS)}")
     device = _device(params["device"])
     precision = params["precision"]
-    precisions = (("fp32",) if device == "cpu" else PRECISIONS) if precision == "auto" else _split(precision,
-                                                                                                    "precision")
+    precisions = _auto_precisions(device) if precision == "auto" else _split(precision, "precision")
     if unknown := [p for p in precisions if p not in PRECISIONS]:
         raise ConfigError(f"--precision {unknown}: unknown; valid: {', '.join(PRECISIONS)}")
     tiles = _positive(_split(params["tile"], "tile", int), "tile")
