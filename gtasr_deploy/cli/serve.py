@@ -160,8 +160,6 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
     settings = _settings(kw)
-    if address == "local":
-        _preflight(settings, int(cpus_per_actor))
     try:
         jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
         batch_mod.check_output_dir(output_dir)
@@ -169,6 +167,8 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
             batch_mod.check_report_path(json_report)
     except GtasrError as exc:
         _fail(str(exc))
+    if address == "local":
+        _preflight(settings, int(cpus_per_actor))
     options = ClusterOptions(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor, max_retries=max_retries, num_cpus=num_cpus)
     from tqdm import tqdm
@@ -180,9 +180,14 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
             tqdm.write(f"error: {record.input}: {record.reason}", file=sys.stderr)
         bar.update()
 
+    def on_workers(pids):
+        if not quiet:
+            tqdm.write(f"gtasr-serve batch: {len(jobs)} file(s) on {len(pids)} worker(s), Ray at {address}",
+                       file=sys.stderr)
+
     try:
         result = run_on_cluster(jobs, settings, options, overwrite=overwrite, max_pixels=max_pixels or None,
-                                quality=quality, on_file=on_file)
+                                quality=quality, on_file=on_file, on_workers=on_workers)
     except GtasrError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
