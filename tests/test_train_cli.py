@@ -348,6 +348,11 @@ def test_precision_script_reports_every_photo_and_size(tmp_path, monkeypatch, ca
     rows = [line for line in out if line.count(" | ") == 4 and "bf16 autocast" in line]
     assert len(rows) == 2 * len(precision.DELTA_SIZES)
     assert out[-1].startswith("bf16 autocast: relative difference ")
+    # --step: each stage-II term's parameter gradient of the embedded network, two seeds
+    assert precision.main(["--step", "--images", str(tmp_path / "hr"), "--crop", "128", "--count", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if line.startswith("seed ") and "bf16" in line]) == 8
+    assert [line.split(":")[0] for line in out[-4:]] == [f"bf16 autocast, {t}" for t in ("ct", "dtm", "stab", "rect")]
     assert precision.main(["--images", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.startswith("precision: error: --images: ")
 

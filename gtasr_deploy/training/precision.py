@@ -7,7 +7,8 @@ that matters most, the input gradient of the stage-II trajectory term ω·LPIPS(
 For centre crops of the photos it takes x̂0 = bicubic x4 down-and-up of x0 (a plausible one-step
 output), Δ = a·(x̂0 − x0) for a few sizes a, and compares the gradient w.r.t. x̂0 under bf16
 autocast (and, on CUDA, with TF32 convolutions and matmuls) against strict fp32: relative L2
-difference and cosine, one line per (photo, a).
+difference and cosine, one line per (photo, a). ``--step`` measures a whole stage-II step instead:
+the parameter gradient of each term of the embedded demo network, fp32 vs bf16 autocast.
 """
 
 from __future__ import annotations
@@ -101,27 +102,74 @@ def measure(images: str, *, device: torch.device, crop: int, count: int) -> list
     return rows
 
 
+def _parameter_gradients(net: torch.nn.Module, terms: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    params = list(net.parameters())
+    out = {}
+    for name in names:
+        grads = torch.autograd.grad(terms[name].float(), params, retain_graph=True, allow_unused=True)
+        out[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+    return out
+
+
+def measure_step(images: str, *, device: torch.device, crop: int, count: int) -> list[tuple[str, str, str, float, float]]:
+    """(seed, term, mode, relative difference, cosine) rows: the parameter gradient of each stage-II
+    term (recipe gtasr) of the embedded demo network on ``count`` degraded crops, the whole step
+    (networks and losses) under autocast vs strict fp32, for two loss/dropout seeds."""
+    from ..metrics.lpips import LPIPS
+    from ..model import load_model
+    from ..upscaler import EMBEDDED_WEIGHTS
+    from .data import scan_images, validation_crops
+    from .degradation import degrade
+    from .losses import Batch, StageIIConfig, copy_for_target, stage2_terms
+
+    net = load_model(EMBEDDED_WEIGHTS).to(device).train()
+    target, lpips = copy_for_target(net), LPIPS("vgg").to(device)
+    hr = validation_crops(scan_images([images], "--images"), crop=crop, count=count)
+    batch = Batch(x0=hr.to(device) * 2 - 1, lq=degrade(hr, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1)
+    names = ("ct", "dtm", "stab", "rect")
+
+    def gradients(seed: int, context: Callable[[], contextlib.AbstractContextManager]) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)  # the same dropout masks in both precisions
+        with _tf32(False), context():
+            terms = stage2_terms(net, target, batch, cfg=StageIIConfig(), perceptual=lpips,
+                                 generator=torch.Generator().manual_seed(seed))
+        return _parameter_gradients(net, terms, names)
+
+    rows = []
+    for seed in (0, 1):
+        ref = gradients(seed, contextlib.nullcontext)
+        low = gradients(seed, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        rows += [(f"seed {seed}", name, "bf16 autocast", *compare(ref[name], low[name])) for name in names]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gtasr_deploy.training.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="data/photos/heldout", help="folder of HR photos (centre crops)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--count", type=int, default=3)
+    parser.add_argument("--step", action="store_true",
+                        help="instead: parameter gradients of each stage-II term of the embedded demo network "
+                             "(use --images data/photos/train --crop 128 --count 4)")
     args = parser.parse_args(argv)
     try:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available here")
-        rows = measure(args.images, device=torch.device(args.device), crop=args.crop, count=args.count)
+        run = measure_step if args.step else measure
+        rows = run(args.images, device=torch.device(args.device), crop=args.crop, count=args.count)
     except (GtasrError, RuntimeError) as err:
         print(f"precision: error: {err}", file=sys.stderr)
         return 1
-    print("photo | a (Δ = a·(x̂0 − x0)) | mode | relative L2 difference vs fp32 | cosine")
-    for path, size, mode, rel, cos in rows:
-        print(f"{path} | {size} | {mode} | {rel:.3f} | {cos:.4f}")
-    for mode in dict.fromkeys(r[2] for r in rows):
-        rel = [r[3] for r in rows if r[2] == mode]
-        cos = [r[4] for r in rows if r[2] == mode]
-        print(f"{mode}: relative difference {min(rel):.1%}-{max(rel):.1%}, cosine {min(cos):.3f}-{max(cos):.3f}")
+    print("seed | stage-II term" if args.step else "photo | a (Δ = a·(x̂0 − x0))", end="")
+    print(" | mode | relative L2 difference vs fp32 | cosine")
+    for item, setting, mode, rel, cos in rows:
+        print(f"{item} | {setting} | {mode} | {rel:.3f} | {cos:.4f}")
+    group = (lambda r: f"{r[2]}, {r[1]}") if args.step else (lambda r: r[2])  # per term / per mode
+    for name in dict.fromkeys(map(group, rows)):
+        rel = [r[3] for r in rows if group(r) == name]
+        cos = [r[4] for r in rows if group(r) == name]
+        print(f"{name}: relative difference {min(rel):.1%}-{max(rel):.1%}, cosine {min(cos):.3f}-{max(cos):.3f}")
     return 0
 
 
