@@ -96,8 +96,9 @@ def main():
               help="How long the first tile of a batch waits for tiles of other requests.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32, show_default=True,
               help="Uploads larger than this are refused (413).")
-@click.option("--max-ongoing-requests", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Requests one replica works on at once; more wait in Serve's queue.")
+@click.option("--max-ongoing-requests", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests one replica works on at once (each holds its image and x4 result in memory: "
+                   "~0.8 GB at --max-pixels 4 MP); more wait in Serve's queue.")
 def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_batch_size, batch_wait_ms,
          max_upload_mb, max_ongoing_requests, **kw):
     """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""

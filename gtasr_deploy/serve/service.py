@@ -49,7 +49,7 @@ class ServiceOptions:
     max_pixels: int | None = 4_000_000  # x4 output of 4 MP is 64 MP: ~0.8 GB of float32 on the host
     max_batch_size: int = 8  # tiles per merged engine call
     batch_wait_s: float = 0.01  # how long the first tile waits for company
-    max_ongoing_requests: int = 16
+    max_ongoing_requests: int = 8  # each holds its image and x4 result in host memory
 
 
 class RequestError(Exception):
