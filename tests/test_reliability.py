@@ -684,3 +684,15 @@ def test_eval_usage_error_leaves_no_csv_folder(tmp_path):
                                             "--csv", str(tmp_path / "new" / "deeper" / "s.csv")])
     assert result.exit_code == 2 and "no images" in result.output
     assert not (tmp_path / "new").exists()
+
+
+def test_json_never_replaces_a_video_input_or_output(tmp_path):
+    pytest.importorskip("av")
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", pixels(1))
+    (src / "clip.mp4").write_bytes(b"not decoded before the checks")
+    before = snapshot(tmp_path)
+    for target in (src / "clip.mp4", out / "clip.mp4"):
+        result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS, "--json", str(target)])
+        assert result.exit_code == 2 and "is a file this run reads or writes" in result.output, result.output
+    assert snapshot(tmp_path) == before

@@ -148,8 +148,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
             input_path, output_dir, unreadable, allow_none=bool(video_jobs))
         jobs = ([batch_mod.Job(src=src, rel=rel, dst=output_dir) for src, rel in inputs] if image_file
                 else batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix))
-        if json_report is not None:  # every shard's inputs and outputs, not only this one's
-            batch_mod.check_json_target(json_report, jobs)
+        if json_report is not None:  # every shard's inputs and outputs, videos too, not only this one's
+            batch_mod.check_json_target(json_report, [*jobs, *video_jobs])
         if len(jobs) < len(inputs) and not quiet:
             click.echo(f"note: {len(inputs) - len(jobs)} file(s) left out: they are outputs of other inputs "
                        "(the output folder is inside the input folder)", err=True)
