@@ -39,13 +39,15 @@ class Upscaler:
     statistics pooled over an image's tiles; two passes when there is more than one tile) or "tile".
     ``precision``: fp32 | bf16 | fp16 | auto (see :mod:`gtasr_deploy.precision`). Deterministic for
     fixed (seed, tile, overlap, norm); independent of ``batch`` up to float rounding. ``model``: an
-    already loaded :class:`~gtasr_deploy.inference.LoadedModel` instead of ``weights``."""
+    already loaded :class:`~gtasr_deploy.inference.LoadedModel` instead of ``weights``. ``compile`` /
+    ``channels_last``: torch engine options (see :mod:`gtasr_deploy.engines.torch_engine`)."""
 
     def __init__(self, weights: str | Path | None = None, *, network_config=None, param_key: str = "params_ema",
                  device: str = "cpu", seed: int = 0, tile: int | str | None = None, tile_overlap: int | None = None,
                  batch: int = 1, backend: str = "torch", onnx: str | Path | None = None, precision: str = "fp32",
                  threads: int | None = None, norm: str = "shared", shared_norm: bool | None = None,
-                 model: LoadedModel | None = None, log=None) -> None:
+                 model: LoadedModel | None = None, compile: bool = False, channels_last: bool = False,
+                 log=None) -> None:
         if shared_norm is not None:  # the older boolean spelling
             norm = "shared" if shared_norm else "tile"
         self.seed = int(seed)
@@ -59,7 +61,8 @@ class Upscaler:
         self.model = None if self.loaded is None else self.loaded.model
         self.precision_choice = resolve_precision(precision, device=device, backend=backend, onnx=onnx)
         self.engine = open_engine(backend, model=self.model, onnx_path=onnx, device=device,
-                                  precision=self.precision_choice.precision, threads=threads)
+                                  precision=self.precision_choice.precision, threads=threads, compile=compile,
+                                  channels_last=channels_last)
         info = self.engine.info
         preset = self.loaded.preset if self.loaded is not None else None
         self.tile_reason = "given"

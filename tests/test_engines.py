@@ -205,3 +205,26 @@ def test_open_engine_tensorrt_unavailable_here(onnx_path):
         pytest.skip("TensorRT and a GPU are present; the GPU tests cover this backend")
     with pytest.raises(BackendUnavailableError):
         open_engine("tensorrt", onnx_path=onnx_path)
+
+
+def test_channels_last_gives_the_same_output(model):
+    feeds = inputs(batch=2, seed=3)
+    ref = TorchEngine(model)
+    nhwc = TorchEngine(model, channels_last=True)
+    assert np.abs(nhwc(**feeds) - ref(**feeds)).max() <= 1e-4
+    stats = ref.tile_statistics(**feeds)
+    assert np.abs(nhwc.tile_statistics(**feeds) - stats).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager_in_every_normalisation_mode(model):
+    """torch.compile of the static tile shape (inductor on CPU; minutes on 2 cores the first time)."""
+    from gtasr_deploy.model.shared_norm import pool_statistics
+
+    feeds = inputs(batch=2, seed=4)
+    eager, compiled = TorchEngine(model), TorchEngine(model, compile=True)
+    assert np.abs(compiled(**feeds) - eager(**feeds)).max() <= 1e-4
+    stats = eager.tile_statistics(**feeds)
+    assert np.abs(compiled.tile_statistics(**feeds) - stats).max() <= 1e-4
+    pooled = pool_statistics(stats)
+    assert np.abs(compiled(**feeds, norm_stats=pooled) - eager(**feeds, norm_stats=pooled)).max() <= 1e-4

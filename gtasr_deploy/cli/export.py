@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..errors import ConfigError, GtasrError
+from ..errors import GtasrError
 from .weights import weights_callback
 
 EXIT_USAGE = 2

@@ -71,6 +71,10 @@ def _resolve_device(device: str) -> str:
 @click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
               help="Older spelling of --norm shared / --norm tile.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch backend: torch.compile the network for the tile shape (CUDA graphs on CUDA). The first "
+                   "run compiles (minutes on a small CPU); inductor caches the result for later runs.")
+@click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory layout (fastest conv kernels on GPUs).")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               show_default=True, help="Output format; same = the input's format.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
@@ -107,7 +111,7 @@ def _resolve_device(device: str) -> str:
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (bars, or per-image lines in a log).")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
-         precision, seed, tile, tile_overlap, batch, norm, shared_norm, threads, fmt, quality, suffix, overwrite, max_pixels,
+         precision, seed, tile, tile_overlap, batch, norm, shared_norm, threads, compile_model, channels_last, fmt, quality, suffix, overwrite, max_pixels,
          shard, json_report, quiet, video_codec, crf, pix_fmt,
          outscale, width, height, long_side, strip_metadata):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
@@ -171,7 +175,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
                             device=_resolve_device(device), seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
                             batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
-                            norm=norm, shared_norm=shared_norm, log=lambda line: click.echo(line, err=True))
+                            norm=norm, shared_norm=shared_norm, compile=compile_model, channels_last=channels_last,
+                            log=lambda line: click.echo(line, err=True))
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
         _fail(str(exc))

@@ -22,10 +22,11 @@ def _need(value, what: str, backend: str):
     return value
 
 
-def _open_torch(*, model, device, precision, **_) -> Engine:
+def _open_torch(*, model, device, precision, compile=False, channels_last=False, **_) -> Engine:
     from .torch_engine import TorchEngine
 
-    return TorchEngine(_need(model, "a model (weights)", "torch"), device=device, precision=precision)
+    return TorchEngine(_need(model, "a model (weights)", "torch"), device=device, precision=precision,
+                       compile=compile, channels_last=channels_last)
 
 
 def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
@@ -85,7 +86,8 @@ _OPENERS: dict[str, Callable[..., Engine]] = {
 
 
 def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None, device: str = "cpu",
-                precision: str = "fp32", threads: int | None = None) -> Engine:
+                precision: str = "fp32", threads: int | None = None, compile: bool = False,
+                channels_last: bool = False) -> Engine:
     """An :class:`~gtasr_deploy.engines.base.Engine` for ``backend`` in auto|torch|onnxruntime|tensorrt.
 
     ``model``: a Denoiser (torch). ``onnx_path``: a graph from gtasr-export (onnxruntime, tensorrt;
@@ -95,4 +97,5 @@ def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = _auto_backend(model=model, onnx_path=onnx_path, device=device)
-    return _OPENERS[backend](model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads)
+    return _OPENERS[backend](model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads,
+                             compile=compile, channels_last=channels_last)
