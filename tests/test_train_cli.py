@@ -260,7 +260,36 @@ def test_export_path_and_out_dir_are_checked_before_work(tmp_path):
     raw["run"]["export"] = str(tmp_path)  # a folder
     with pytest.raises(ConfigError, match="run.export .* is a folder"):
         loop.train(config_from_dict(raw), perceptual=TinyPerceptual())
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    raw["run"]["export"] = str(tmp_path / "hr" / "img0.png" / "w.safetensors")  # under a file
+    with pytest.raises(ConfigError, match="run.export .*cannot write there .*is a file, not a folder"):
+        loop.train(config_from_dict(raw), perceptual=TinyPerceptual())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("problem", ["undecodable images", "missing validation folder", "missing stage-I start",
+                                     "perceptual weights missing"])
+def test_usage_errors_leave_no_output_folder_behind(tmp_path, monkeypatch, problem):
+    raw = _raw(tmp_path)
+    if problem == "undecodable images":
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "a.png").write_bytes(b"junk")
+        raw["data"].update(roots=[str(tmp_path / "junk")], val_roots=[str(tmp_path / "hr")])
+    elif problem == "missing validation folder":
+        raw["data"]["val_roots"] = [str(tmp_path / "nope")]
+    elif problem == "missing stage-I start":
+        del raw["stage1"]
+        raw["stage2"]["init"] = str(tmp_path / "stage1_final.pt")
+    else:
+        from gtasr_deploy.errors import CheckpointError
+        from gtasr_deploy.metrics import lpips as lpips_module
+
+        def no_weights(net):
+            raise CheckpointError("lpips_vgg16: not fetched; run gtasr-eval fetch-assets")
+
+        monkeypatch.setattr(lpips_module, "LPIPS", no_weights)
+    result = CliRunner().invoke(main, [str(_write_recipe(tmp_path / "r.toml", raw))])
+    _one_line_error(result)
+    assert not (tmp_path / "run").exists(), sorted(p.name for p in (tmp_path / "run").iterdir())
 
 
 def test_stage2_init_that_is_a_folder_is_one_line(tmp_path):

@@ -49,12 +49,21 @@ def scan_images(roots: Sequence[str | Path], key: str = "data.roots") -> list[st
     return files
 
 
-def cached_file_list(roots: Sequence[str | Path], cache: str | Path | None) -> list[str]:
-    """The file list, read from ``cache`` when it was made for the same roots, else scanned and written.
+def _roots_key(roots: Sequence[str | Path]) -> str:
+    return json.dumps([str(r) for r in roots])
+
+
+def write_file_list(cache: str | Path, roots: Sequence[str | Path], files: Sequence[str]) -> None:
+    atomic_write_text(cache, json.dumps({"roots": _roots_key(roots), "files": list(files)}))
+
+
+def cached_file_list(roots: Sequence[str | Path], cache: str | Path | None, *, write: bool = True) -> list[str]:
+    """The file list, read from ``cache`` when it was made for the same roots, else scanned (and
+    written there unless ``write`` is False).
 
     Keeping the list with the run means a resume sees the same files in the same order even when
     the folders changed (and large folders are not walked again)."""
-    key = json.dumps([str(r) for r in roots])
+    key = _roots_key(roots)
     if cache is not None and Path(cache).is_file():
         try:
             stored = json.loads(Path(cache).read_text())
@@ -63,8 +72,8 @@ def cached_file_list(roots: Sequence[str | Path], cache: str | Path | None) -> l
         except (OSError, json.JSONDecodeError):
             log.warning("file-list cache %s is unreadable; rescanning", cache)
     files = scan_images(roots)
-    if cache is not None:
-        atomic_write_text(cache, json.dumps({"roots": key, "files": files}))
+    if cache is not None and write:
+        write_file_list(cache, roots, files)
     return files
 
 

@@ -35,7 +35,7 @@ from ..model.checkpoint import check_state_dict, read_checkpoint
 from ..schedule import unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
-from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops
+from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops, write_file_list
 from .degradation import degrade, mix_clean
 from .distributed import Dist, setup_distributed
 from .logs import RunLogger
@@ -304,23 +304,53 @@ def _log_header(logger: RunLogger, cfg: TrainConfig, env: Dist, num_files: int) 
                     f"{env.world * cfg.data.batch_size}; this log is rank 0's")
 
 
-def _prepare_outputs(cfg: TrainConfig) -> None:
-    """Create run.out_dir with the resolved config in it and check the export path, before any work."""
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_outputs(cfg: TrainConfig) -> None:
+    """run.out_dir and run.export can be written — checked without writing anything."""
     out, export = cfg.run.out_path, cfg.run.export_path
+    for key, folder in (("run.out_dir", out), ("run.export", export.parent)):
+        base = _nearest_existing(folder)
+        if not base.is_dir():
+            raise ConfigError(f"{key} {folder}: cannot write there ({base} is a file, not a folder); choose another "
+                              f"--out / {key}")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key} {folder}: cannot write there ({base} is not writable); choose another "
+                              f"--out / {key} or fix its permissions")
+    if export.is_dir():
+        raise ConfigError(f"run.export {export} is a folder; expected the path of a .safetensors file")
+
+
+def _prepare_outputs(cfg: TrainConfig, files: list[str]) -> None:
+    """Create run.out_dir with the resolved config and the file list in it, and run.export's folder."""
+    out = cfg.run.out_path
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", cfg.to_json())
+        write_file_list(out / "files.json", cfg.data.roots, files)
+        cfg.run.export_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"run.out_dir {out}: cannot write there ({exc.strerror or exc}); "
                           "choose another --out or fix its permissions") from None
-    if export.is_dir():
-        raise ConfigError(f"run.export {export} is a folder; expected the path of a .safetensors file")
-    try:
-        export.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"run.export {export}: cannot create its folder ({exc.strerror or exc})") from None
-    if not os.access(export.parent, os.W_OK):
-        raise ConfigError(f"run.export {export}: its folder is not writable; choose another run.export")
+
+
+def _check_inputs(cfg: TrainConfig, env: Dist, files: list[str], perceptual: nn.Module | None) -> tuple[nn.Module, Validation]:
+    """Everything a run needs that a recipe can get wrong, before anything is written: decodable
+    images, the validation set, the perceptual network's weights, the precision, stage II's start."""
+    check_decodable(files)
+    autocast_for(cfg.run.amp, env.device)
+    only = cfg.stages[0]
+    if only.stage == 2 and not Path(only.init).is_file():
+        load_stage1_weights(only.init)  # raises the reader's one-line reason (missing, a folder)
+    if perceptual is None:
+        from ..metrics.lpips import LPIPS
+
+        perceptual = LPIPS("vgg")
+    return perceptual.to(env.device).eval().requires_grad_(False), make_validation(cfg, files)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | None = None) -> Path | None:
@@ -331,19 +361,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
         raise ConfigError(f"{out} already holds checkpoints of an earlier run; pass --resume to continue it, "
                           "or choose another --out (or delete the folder) to start over")
     if env.main:
-        _prepare_outputs(cfg)
-        files = cached_file_list(cfg.data.roots, out / "files.json")
+        _check_outputs(cfg)
+        files = cached_file_list(cfg.data.roots, out / "files.json", write=False)
+        perceptual, val = _check_inputs(cfg, env, files, perceptual)
+        _prepare_outputs(cfg, files)
     if env.world > 1:
         dist.barrier()  # the other ranks read the list rank 0 wrote: every rank sees the same files
     if not env.main:
         files = cached_file_list(cfg.data.roots, out / "files.json")
-    check_decodable(files)
-    if perceptual is None:
-        from ..metrics.lpips import LPIPS
-
-        perceptual = LPIPS("vgg")
-    perceptual = perceptual.to(env.device).eval().requires_grad_(False)
-    val = make_validation(cfg, files)
+        perceptual, val = _check_inputs(cfg, env, files, perceptual)
     logger = RunLogger(out, enabled=env.main, progress=cfg.run.progress, tensorboard=cfg.run.tensorboard)
     _log_header(logger, cfg, env, len(files))
     state = _resume_point(cfg) if resume else None
