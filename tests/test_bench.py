@@ -355,8 +355,9 @@ def test_cli_failed_scenario_exits_1_and_bad_output_paths_fail_before_running(tm
 
     notes = tmp_path / "notes.pth"
     notes.write_text("not weights")
-    common = ["--preset", "demo", "--backends", "torch", "--tile", "32", "--warmup", "0", "--repeat", "1",
-              "--threads", "1", "--device", "cpu", "--matmul-size", "16", "--no-e2e", "--cache-dir", str(tmp_path / "c")]
+    common = ["--preset", "demo", "--backends", "torch", "--precision", "fp32", "--tile", "32", "--warmup", "0",
+              "--repeat", "1", "--threads", "1", "--device", "cpu", "--matmul-size", "16", "--no-e2e",
+              "--cache-dir", str(tmp_path / "c")]  # one scenario: --precision auto may add a bf16 row
     result = CliRunner().invoke(main, [*common, "--weights", str(notes)])
     assert result.exit_code == 1, result.output
     assert "1 scenario(s) failed" in result.output and "notes.pth" in result.output
