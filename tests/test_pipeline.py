@@ -251,3 +251,22 @@ def test_an_image_is_upscaled_under_a_memory_limit_the_default_tile_exceeds(tmp_
     assert "tile 64 (auto: smaller, for free memory)" in run.stderr
     with Image.open(tmp_path / "out.png") as out:
         assert out.size == (560, 560)
+
+
+# --------------------------------------------------------------------------- duration estimate
+
+def test_estimate_counts_every_pass_of_the_run(tmp_path):
+    from PIL import Image
+
+    from gtasr_deploy.inference.estimate import describe, image_sizes, seconds_per_pass, total_passes
+
+    for name, size in (("a.png", (40, 30)), ("b.png", (100, 70))):
+        Image.new("RGB", size).save(tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    sizes = image_sizes(sorted(tmp_path.iterdir()))
+    assert sizes == [(30, 40), (70, 100)]  # (h, w); the unreadable file is skipped
+    shared = Pipeline(LocalEngine(), TilePolicy(tile=32, overlap=8, norm="tile"))
+    expected = sum(shared.work(h, w)[0] for h, w in sizes)
+    assert total_passes(shared, sizes) == expected and expected > 2
+    assert seconds_per_pass(shared) >= 0
+    assert (describe(30), describe(600), describe(7200)) == ("30 s", "10 min", "2.0 h")

@@ -191,6 +191,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     if not quiet:
         videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
         click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
+    if not quiet and jobs and upscaler.options.tile:
+        _estimate(upscaler, jobs)
     if not quiet and output_size is not None:
         click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
     try:
@@ -221,6 +223,21 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     finally:
         upscaler.close()
     sys.exit(result.exit_code)
+
+
+LONG_RUN_PASSES = 32  # estimate the duration before runs of more network passes than this
+
+
+def _estimate(upscaler, jobs) -> None:
+    """Before a long run, one line: network passes and the estimated duration (one timed pass)."""
+    from ..inference.estimate import describe, image_sizes, seconds_per_pass, total_passes
+
+    passes = total_passes(upscaler.pipeline, image_sizes(job.src for job in jobs))
+    if passes <= LONG_RUN_PASSES:
+        return
+    seconds = seconds_per_pass(upscaler.pipeline)
+    click.echo(f"estimate: {passes} network passes of tile {upscaler.options.tile} at {seconds:.2f} s each "
+               f"(measured now) ≈ {describe(passes * seconds)} for the images", err=True)
 
 
 def _parse_tile(text: str) -> int | str:
