@@ -84,7 +84,7 @@ def plan_outputs(inputs: Sequence[tuple[Path, Path]], out_dir: str | os.PathLike
     if fmt not in OUTPUT_FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if any(sep in suffix for sep in ("/", "\\", "\0")) or suffix in (".", ".."):
-        raise InputError(f"--suffix {suffix!r} must not contain a path separator")
+        raise InputError(f"--suffix {suffix!r} must not contain a path separator or a NUL character")
     out_dir = Path(out_dir)
     names = [output_name(rel, fmt, suffix) for _, rel in inputs]
     groups: dict[str, list[int]] = {}
