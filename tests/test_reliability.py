@@ -696,3 +696,20 @@ def test_json_never_replaces_a_video_input_or_output(tmp_path):
         result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q", *WEIGHTS, "--json", str(target)])
         assert result.exit_code == 2 and "is a file this run reads or writes" in result.output, result.output
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_compare_seeds_outside_the_range_are_usage_errors(tmp_path, seed):
+    save(tmp_path / "hr" / "a.png", pixels(0, 64, 64))
+    result = CliRunner().invoke(eval_main, ["compare", str(tmp_path / "hr"), "--out", str(tmp_path / "out"),
+                                            "--methods", "bicubic", "--seed", seed, "-q"])
+    assert result.exit_code == 2 and "--seed" in result.output and result.exception.__class__ is SystemExit
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_runs_the_largest_seed(tmp_path):
+    save(tmp_path / "hr" / "a.png", pixels(0, 64, 64))
+    result = CliRunner().invoke(eval_main, ["compare", str(tmp_path / "hr"), "--out", str(tmp_path / "out"),
+                                            "--methods", "bicubic", "--seed", str(2**64 - 1), "--metrics", "psnr",
+                                            "-q"])
+    assert result.exit_code == 0, result.output

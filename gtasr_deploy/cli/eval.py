@@ -106,7 +106,7 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
               help="Comma list of bicubic, gtasr, dat-light, realesrgan; a peer that is not installed is skipped.")
 @click.option("--degrade", type=click.Choice(["realesrgan", "bicubic"]), default="realesrgan", show_default=True,
               help="LR making: the training degradation (seeded, per photo) or PIL bicubic x1/4.")
-@click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of the degradation and of GTASR's noise.")
 @click.option("--weights", callback=weights_callback,
               help="GTASR weights (.pth or .safetensors, or a name fetched with gtasr-weights). "
