@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import completion
+from .atomic import remove_stale_temps
 from .batch_plan import (  # noqa: F401 (the CLIs and serve use these through batch)
     IMAGE_SUFFIXES,
     OUTPUT_FORMATS,
@@ -163,6 +164,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     records = [FileRecord(input=folder, output="", status="failed", reason=reason) for folder, reason in unlisted]
     for record in records:
         _emit(f"error: {record.input}: {record.reason}", err, False)
+    _remove_stale_temps(jobs)
     bars = progress and is_terminal(err)  # a log file gets plain lines, not escape codes
     bar = tqdm(total=len(jobs), file=err, disable=not bars, unit="img", dynamic_ncols=True)
     interrupted, current = False, None
@@ -206,6 +208,14 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
         if summary:
             print(result.line(), file=err)
     return result
+
+
+def _remove_stale_temps(jobs: Sequence[Job]) -> None:
+    """Temp files of killed runs in the folders this run writes into (outputs and their records)."""
+    folders = {folder for job in jobs for folder in (job.dst.parent, completion.record_path(job.dst).parent)}
+    for folder in sorted(folders):
+        with contextlib.suppress(OSError):
+            remove_stale_temps(folder, recursive=False)
 
 
 def _finished(job: Job, settings: Mapping) -> bool:

@@ -73,14 +73,14 @@ def _prove_writable(folder: Path) -> None:
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` if needed and prove it writable with a probe file — before any work.
 
-    Temp files left in it by killed runs of this tool (``.gtasr-<pid>-<hex>.tmp`` of a dead pid)
-    are removed here, so every run of a folder starts clean."""
+    Temp files left directly in it by killed runs of this tool (``.gtasr-<pid>-<hex>.tmp`` of a
+    dead pid) are removed here; the batch cleans each folder it writes into the same way."""
     out_dir = Path(out_dir)
     try:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"output {out_dir} is a file, not a folder; give a folder for the results")
         _prove_writable(out_dir)
-        remove_stale_temps(out_dir)
+        remove_stale_temps(out_dir, recursive=False)  # not a walk: OUTPUT may be a big tree
     except OSError as exc:
         raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc}); choose "
                          "another folder or fix its permissions") from None

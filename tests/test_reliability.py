@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -713,3 +715,17 @@ def test_compare_runs_the_largest_seed(tmp_path):
                                             "--methods", "bicubic", "--seed", str(2**64 - 1), "--metrics", "psnr",
                                             "-q"])
     assert result.exit_code == 0, result.output
+
+
+def test_stale_temp_files_in_the_folders_a_run_writes_into_are_removed(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "sub" / "a.png", pixels(1))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = [out / "sub" / f".gtasr-{dead}-00aa.tmp", out / "sub" / RECORD_DIR / f".gtasr-{dead}-00bb.tmp"]
+    live = out / "sub" / f".gtasr-{os.getpid()}-00cc.tmp"  # a running process's: left alone
+    for path in (*stale, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    summary, _ = quiet_run(plan(src, out))
+    assert summary.written == 1 and not any(p.exists() for p in stale) and live.exists()

@@ -90,7 +90,7 @@ def test_resume_skips_finished_outputs_and_removes_stale_temp_files(tmp_path):
     run.send_signal(signal.SIGHUP)
     run.communicate(timeout=120)
     kept = pngs(out)
-    stale = [out / f".gtasr-{dead_pid()}-0123456789ab.tmp", out / "sub" / f".gtasr-{dead_pid()}-abcdef.tmp"]
+    stale = [out / f".gtasr-{dead_pid()}-0123456789ab.tmp", out / ".gtasr" / f".gtasr-{dead_pid()}-abcdef.tmp"]
     live = out / f".gtasr-{os.getpid()}-feedbeef.tmp"  # a concurrent run's temp file: not ours to remove
     for path in (*stale, live):
         path.parent.mkdir(exist_ok=True)
