@@ -100,7 +100,7 @@ def validate_onnx_sidecar(data: Mapping, *, where: str = "ONNX sidecar") -> dict
     out["batch"] = {"min": lo, "opt": opt, "max": hi}
     if data["precision"] not in PRECISIONS:
         raise ConfigError(f"{where}: 'precision' is {data['precision']!r}, expected one of {list(PRECISIONS)}")
-    if not isinstance(data["opset"], int) or data["opset"] < 1:
+    if not isinstance(data["opset"], int) or isinstance(data["opset"], bool) or data["opset"] < 1:
         raise ConfigError(f"{where}: 'opset' is {data['opset']!r}, expected a positive integer")
     if data["scale"] != SCALE:
         raise ConfigError(f"{where}: 'scale' is {data['scale']!r}, expected {SCALE}")

@@ -44,7 +44,7 @@ class Upscaler:
 
     def __init__(self, weights: str | Path | None = None, *, network_config=None, param_key: str = "params_ema",
                  device: str = "cpu", seed: int = 0, tile: int | str | None = None, tile_overlap: int | None = None,
-                 batch: int = 1, backend: str = "torch", onnx: str | Path | None = None, precision: str = "fp32",
+                 batch: int = 1, backend: str = "torch", onnx: str | Path | None = None, precision: str = "auto",
                  threads: int | None = None, norm: str = "shared", shared_norm: bool | None = None,
                  model: LoadedModel | None = None, compile: bool = False, channels_last: bool = False,
                  log=None) -> None:

@@ -48,7 +48,7 @@ def _photo(h: int, w: int) -> np.ndarray:
 @pytest.mark.parametrize("norm", ["shared", "tile"])
 def test_torch_and_onnxruntime_give_the_same_8bit_picture(graphs, case, norm):
     kwargs, tile, graph = graphs[case]
-    torch_up = Upscaler(**kwargs, tile=tile, batch=2, norm=norm, seed=3)
+    torch_up = Upscaler(**kwargs, tile=tile, batch=2, norm=norm, seed=3, precision="fp32")
     ort_up = Upscaler(backend="onnxruntime", onnx=graph, batch=2, norm=norm, seed=3)
     assert (torch_up.options.tile, torch_up.options.overlap) == (ort_up.options.tile, ort_up.options.overlap)
     sizes = [(1, 1), (tile // 2, tile // 3 + 1), (tile, tile), (tile + 5, 2 * tile + 3), (3 * tile + 1, tile - 1)]
@@ -65,7 +65,7 @@ def test_torch_and_onnxruntime_give_the_same_8bit_picture(graphs, case, norm):
 def test_openvino_fp32_gives_the_same_8bit_picture(graphs, case):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     kwargs, tile, graph = graphs[case]
-    torch_up = Upscaler(**kwargs, tile=tile, batch=2, seed=1)
+    torch_up = Upscaler(**kwargs, tile=tile, batch=2, seed=1, precision="fp32")
     ov_up = Upscaler(backend="openvino", onnx=graph, batch=2, precision="fp32", seed=1)
     for h, w in [(tile // 2, tile // 3 + 1), (tile, tile), (2 * tile + 3, tile + 7)]:
         image = _photo(h, w)
@@ -91,7 +91,7 @@ def test_shared_statistics_bring_tiles_closer_to_the_whole_image_on_onnxruntime(
     shared-statistics tiling of the graph is closer than its per-tile tiling."""
     kwargs, tile, graph = graphs["embedded"]
     image = _photo(2 * tile, 2 * tile)
-    whole = Upscaler(**kwargs, tile=0).upscale(image).astype(float)
+    whole = Upscaler(**kwargs, tile=0, precision="fp32").upscale(image).astype(float)
     err = {norm: np.mean((Upscaler(backend="onnxruntime", onnx=graph, norm=norm).upscale(image) - whole) ** 2)
            for norm in ("shared", "tile")}
     assert err["shared"] < 0.7 * err["tile"], err
