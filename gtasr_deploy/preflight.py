@@ -23,12 +23,18 @@ def check_device(device: str) -> None:
     import torch
 
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise InputError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if parsed.type not in ("cpu", "cuda"):  # mps, xpu, meta...: torch devices this package does not run on
+        raise InputError(f"--device {device!r}: this package runs on cpu or cuda (cuda:N), not on {parsed.type!r}; "
+                         "use --device cpu, cuda or auto")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use --device cpu or auto")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) here; "
+                         f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
 
 def file_kind(mode: int) -> str:

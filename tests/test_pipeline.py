@@ -270,3 +270,17 @@ def test_estimate_counts_every_pass_of_the_run(tmp_path):
     assert total_passes(shared, sizes) == expected and expected > 2
     assert seconds_per_pass(shared) >= 0
     assert (describe(30), describe(600), describe(7200)) == ("30 s", "10 min", "2.0 h")
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta", "cuda:x", "", "CUDA", "cpu:zero"])
+def test_devices_this_package_cannot_run_on_are_one_line_usage_errors(device, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from gtasr_deploy.cli.upscale import main
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(main, [str(tmp_path / "a.png"), str(tmp_path / "out.png"), "--device", device])
+    assert result.exit_code == 2, result.output
+    assert "--device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.png").exists()
