@@ -190,7 +190,7 @@ def test_open_engine_dispatch(model, onnx_path):
     assert open_engine("auto", model=model).info.backend == "torch"  # no graph: torch
     assert open_engine("auto", onnx_path=onnx_path).info.backend == "onnxruntime"
     assert open_engine("onnxruntime", onnx_path=onnx_path, threads=1).info.tile_lr == TILE
-    with pytest.raises(ConfigError, match="unknown backend 'ncnn'; valid backends: auto, torch, onnxruntime, tensorrt"):
+    with pytest.raises(ConfigError, match="unknown backend 'ncnn'; valid backends: auto, torch, onnxruntime, openvino, tensorrt"):
         open_engine("ncnn", model=model)
     with pytest.raises(ConfigError, match="needs a model"):
         open_engine("torch")

@@ -219,9 +219,11 @@ def test_bf16_is_within_45_db_of_fp32_on_a_real_photo():
 
 LIMITED_RUN = """
 import resource, sys
-import numpy, torch  # noqa: F401  (mapped before the limit: the limit is headroom above what is loaded)
+# every library the run maps is loaded before the limit (a library mapped under RLIMIT_AS can crash
+# in its loader); the limit is headroom above what is loaded
+import cv2, numpy, PIL.Image, torch  # noqa: F401
+import gtasr_deploy.batch, gtasr_deploy.imageio, gtasr_deploy.upscaler  # noqa: F401
 import gtasr_deploy.cli.upscale as cli
-import gtasr_deploy.upscaler  # noqa: F401
 budget = int(sys.argv.pop(1)) << 20
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (size + budget, resource.RLIM_INFINITY))

@@ -21,8 +21,9 @@ MEMORY_MODEL = {"demo": (60e6, 7.1e3), "paper": (115e6, 45.1e3)}
 FALLBACK_MODEL = MEMORY_MODEL["paper"]  # custom networks: assume the big one
 PRECISION_FACTOR = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
 SAFETY = 1.5  # measured peaks vary with thread count and allocator; leave room for the rest of the run
+# "could not create a primitive": oneDNN's error when it cannot allocate a kernel's scratch memory
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
-                "bad_alloc", "std::bad_alloc")
+                "bad_alloc", "std::bad_alloc", "could not create a primitive")
 
 
 def is_out_of_memory(err: BaseException) -> bool:
