@@ -121,6 +121,17 @@ def read_onnx_sidecar(path: str | Path) -> dict:
     return validate_onnx_sidecar(data, where=f"ONNX sidecar {json_path}")
 
 
+def graph_feeds(x_t, lq, sigma, norm_stats, norm_groups: int) -> dict:
+    """The graph's inputs for one call: ``norm_stats`` None runs each tile with its own statistics
+    (zeros fed, ``norm_mix`` 0); pooled statistics (2, S) are shared (``norm_mix`` 1)."""
+    import numpy as np
+
+    shared = norm_stats is not None
+    return {"x_t": x_t, "lq": lq, "sigma": sigma,
+            "norm_stats": norm_stats if shared else np.zeros((2, norm_groups), np.float32),
+            "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
+
+
 def io_shapes(tile_lr: tuple[int, int], batch: int, norm_groups: int, scale: int = SCALE) -> dict[str, tuple[int, ...]]:
     """Shape of every graph tensor for ``batch`` tiles of ``tile_lr`` LR px (inputs, then outputs)."""
     h, w = tile_lr

@@ -33,16 +33,11 @@ def run_check(images, *, reference: dict, candidate: dict, tile: int | None = No
     from ..inference.check import check_images
     from ..upscaler import Upscaler
 
-    ups = []
-    for spec in (reference, candidate):
-        if tile is not None and spec.get("onnx") is None:
-            spec = {"tile": tile, **spec}
-        ups.append(Upscaler(**spec, seed=seed, device=device))
-    ref, cand = ups
-    if ref.options.tile != cand.options.tile or ref.options.overlap != cand.options.overlap:
-        ref.close()
-        ref = Upscaler(**{**reference, "tile": cand.options.tile, "tile_overlap": cand.options.overlap},
-                       seed=seed, device=device)
+    # the candidate first: a graph fixes the tile, and the reference then cuts the same tiles
+    tiled = {"tile": tile} if tile is not None and candidate.get("onnx") is None else {}
+    cand = Upscaler(**{**tiled, **candidate}, seed=seed, device=device)
+    ref = Upscaler(**{**reference, "tile": cand.options.tile, "tile_overlap": cand.options.overlap},
+                   seed=seed, device=device)
     reduced = cand.engine.info.precision != "fp32" or ref.engine.info.precision != "fp32"
     if max_diff is None and min_psnr is None:
         max_diff, min_psnr = (None, 40.0) if reduced else (1, None)

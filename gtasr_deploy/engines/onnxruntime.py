@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from ..contract import INPUTS, OUTPUTS, io_shapes, read_onnx_sidecar
+from ..contract import INPUTS, OUTPUTS, graph_feeds, io_shapes, read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
 from .base import Engine, EngineInfo
 
@@ -83,7 +82,6 @@ class OrtEngine(Engine):
                                tile_lr=tile, batch_range=(batch["min"], batch["opt"], batch["max"]),
                                norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))
         self._check_graph(onnx_path)
-        self._no_stats = np.zeros((2, self.info.norm_groups), np.float32)
         self.path = onnx_path
 
     def _check_graph(self, onnx_path: Path) -> None:
@@ -108,9 +106,7 @@ class OrtEngine(Engine):
                                   f"groups (expected {want} after the batch axis); re-export it")
 
     def _run(self, x_t, lq, sigma, norm_stats, want_stats):
-        shared = norm_stats is not None
-        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": norm_stats if shared else self._no_stats,
-                 "norm_mix": np.ones(1, np.float32) if shared else np.zeros(1, np.float32)}
+        feeds = graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups)
         if want_stats:
             (stats,) = self._session.run(["tile_stats"], feeds)
             return None, stats

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import INPUTS, OUTPUTS, read_onnx_sidecar
+from ..contract import INPUTS, OUTPUTS, graph_feeds, read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
 from .base import Engine, EngineInfo
 
@@ -70,14 +70,10 @@ class OpenVinoEngine(Engine):
                                size_multiple=int(sidecar["size_multiple"]), tile_lr=tuple(sidecar["tile_lr"]),
                                batch_range=(batch["min"], batch["opt"], batch["max"]),
                                norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))
-        self._no_stats = np.zeros((2, self.info.norm_groups), np.float32)
         self.path = onnx_path
 
     def _run(self, x_t, lq, sigma, norm_stats, want_stats):
-        shared = norm_stats is not None
-        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": norm_stats if shared else self._no_stats,
-                 "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
-        result = self._request.infer(feeds)
+        result = self._request.infer(graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups))
         outputs = {key.get_any_name(): value for key, value in result.items()}
         if want_stats:
             return None, np.array(outputs["tile_stats"], dtype=np.float32)

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 
-from ..contract import INPUTS, OUTPUTS, io_shapes
+from ..contract import INPUTS, OUTPUTS, graph_feeds, io_shapes
 from ..errors import ConfigError, EngineBuildError
 from . import tensorrt_build, trt_cache
 from .base import Engine, EngineInfo
@@ -172,11 +171,7 @@ class TensorRTEngine(Engine):
         if self._closed:
             raise ConfigError("TensorRT engine: called after close()")
         n = lq.shape[0]
-        shared = norm_stats is not None
-        stats = norm_stats if shared else np.zeros((2, self.info.norm_groups), np.float32)
-        feeds = {"x_t": x_t, "lq": lq, "sigma": sigma, "norm_stats": stats,
-                 "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
-        for name, array in feeds.items():
+        for name, array in graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups).items():
             rows = slice(0, n) if name in BATCHED else slice(None)
             self._host[name][rows].copy_(torch.from_numpy(array))
             self._dev[name][rows].copy_(self._host[name][rows], non_blocking=True)

@@ -132,8 +132,7 @@ class Pipeline:
         tile = current // 2 // multiple * multiple
         if tile < multiple:
             return None
-        return replace(policy, tile=tile, overlap=min(default_overlap(tile), tile - multiple) if tile > multiple
-                       else 0)
+        return replace(policy, tile=tile, overlap=default_overlap(tile))  # at most tile/2: always valid
 
     def _run(self, lq: np.ndarray, policy: TilePolicy, progress: ProgressFn | None) -> np.ndarray:
         engine, info = self.engine, self.engine.info
