@@ -3,7 +3,9 @@
 Read by the exporter (which writes it) and by every engine that runs a graph (ONNX Runtime,
 TensorRT), so the names, shapes and sidecar schema are stated once.
 
-Graph ``<name>_tile<N>_<fp32|fp16>.onnx``, static LR tile h×w, dynamic batch N:
+Graph ``<name>_<fp32|fp16>.onnx``: dynamic batch N and dynamic LR h×w (multiples of the size
+rule; the intended range, a TensorRT optimisation profile, is the sidecar's ``lr_range``), or
+``<name>_tile<N>_<fp32|fp16>.onnx``: one static LR tile h×w, dynamic batch N:
 
 =============  ==============  =======  ==================================================
 tensor         shape           dtype    meaning
@@ -19,7 +21,8 @@ tile_stats     (N, 2, S)       float32  each sample's own GroupNorm (mean, varia
 
 ``S`` (the sidecar's ``norm_groups``) is the number of groups over all GroupNorms in module order
 (:mod:`gtasr_deploy.model.shared_norm`). The sidecar ``<stem>.json`` holds the tile, batch
-range, size rule, precision, opset, the graph's sha256 and the weights it came from.
+range, size rule, precision, opset, the graph's sha256 and the weights it came from; ``tile_lr`` is
+null for a graph with dynamic height and width.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-FORMAT = "gtasr-onnx/2"
+FORMAT = "gtasr-onnx/3"
 SCALE = 4
 PRECISIONS = ("fp32", "fp16")
 INPUTS = ("x_t", "lq", "sigma", "norm_stats", "norm_mix")
 OUTPUTS = ("sr", "tile_stats")
-ONNX_SIDECAR_KEYS = ("format", "onnx_sha256", "tile_lr", "size_multiple", "batch", "precision", "opset", "scale",
-                     "norm_groups")
+ONNX_SIDECAR_KEYS = ("format", "onnx_sha256", "tile_lr", "lr_range", "size_multiple", "batch", "precision", "opset",
+                     "scale", "norm_groups")
 
 
 def sidecar_path_for(onnx_path: str | Path) -> Path:
@@ -74,6 +77,19 @@ def _validate_tile(tile, size_multiple: int, where: str) -> tuple[int, int]:
     return h, w
 
 
+def _validate_lr_range(lr_range, size_multiple: int, tile, where: str) -> dict[str, tuple[int, int]]:
+    if not isinstance(lr_range, Mapping) or set(lr_range) != {"min", "opt", "max"}:
+        raise ConfigError(f"{where}: 'lr_range' is {lr_range!r}, expected {{'min': [h, w], 'opt': [h, w], "
+                          "'max': [h, w]}")
+    out = {key: _validate_tile(lr_range[key], size_multiple, f"{where}: 'lr_range' {key}")
+           for key in ("min", "opt", "max")}
+    if not all(out["min"][i] <= out["opt"][i] <= out["max"][i] for i in (0, 1)):
+        raise ConfigError(f"{where}: 'lr_range' {lr_range!r}, expected min <= opt <= max on each side")
+    if tile is not None and not out["min"] == out["opt"] == out["max"] == tile:
+        raise ConfigError(f"{where}: 'lr_range' {lr_range!r} of a static graph must be its tile {list(tile)}")
+    return out
+
+
 def validate_onnx_sidecar(data: Mapping, *, where: str = "ONNX sidecar") -> dict:
     """Check an exporter sidecar dict; return a normalised copy (tile_lr tuple, batch dict of ints)."""
     if not isinstance(data, Mapping):
@@ -84,7 +100,7 @@ def validate_onnx_sidecar(data: Mapping, *, where: str = "ONNX sidecar") -> dict
                           "(re-export the graph with gtasr-export)")
     if data["format"] != FORMAT:
         raise ConfigError(f"{where}: format {data['format']!r}, expected {FORMAT!r} (graphs from an older "
-                          "gtasr-export lack the GroupNorm statistics I/O); re-export the graph with gtasr-export")
+                          "gtasr-export have another contract); re-export the graph with gtasr-export")
     out = dict(data)
     groups = data["norm_groups"]
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
@@ -95,7 +111,8 @@ def validate_onnx_sidecar(data: Mapping, *, where: str = "ONNX sidecar") -> dict
     multiple = data["size_multiple"]
     if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
         raise ConfigError(f"{where}: 'size_multiple' is {multiple!r}, expected a positive integer")
-    out["tile_lr"] = _validate_tile(data["tile_lr"], multiple, where)
+    out["tile_lr"] = None if data["tile_lr"] is None else _validate_tile(data["tile_lr"], multiple, where)
+    out["lr_range"] = _validate_lr_range(data["lr_range"], multiple, out["tile_lr"], where)
     lo, opt, hi = validate_batch_range(data["batch"], where=f"{where}: 'batch'")
     out["batch"] = {"min": lo, "opt": opt, "max": hi}
     if data["precision"] not in PRECISIONS:
@@ -132,6 +149,15 @@ def graph_feeds(x_t, lq, sigma, norm_stats, norm_groups: int) -> dict:
             "norm_mix": np.full(1, 1.0 if shared else 0.0, np.float32)}
 
 
+def lr_range_for(tile_lr: tuple[int, int] | None, *, size_multiple: int, opt: tuple[int, int],
+                 max_lr: tuple[int, int]) -> dict[str, list[int]]:
+    """The sidecar's ``lr_range``: a static tile, or the smallest block up to ``max_lr`` (``opt``:
+    the shape a TensorRT profile is tuned for)."""
+    if tile_lr is not None:
+        return {key: list(tile_lr) for key in ("min", "opt", "max")}
+    return {"min": [size_multiple, size_multiple], "opt": list(opt), "max": list(max_lr)}
+
+
 def io_shapes(tile_lr: tuple[int, int], batch: int, norm_groups: int, scale: int = SCALE) -> dict[str, tuple[int, ...]]:
     """Shape of every graph tensor for ``batch`` tiles of ``tile_lr`` LR px (inputs, then outputs)."""
     h, w = tile_lr
@@ -141,8 +167,9 @@ def io_shapes(tile_lr: tuple[int, int], batch: int, norm_groups: int, scale: int
 
 
 def profile_shapes(sidecar: Mapping) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """Optimisation-profile shapes for every input: {name: (min, opt, max)}; only the batch axis varies."""
+    """Optimisation-profile shapes for every input: {name: (min, opt, max)}; the batch axis and, for a
+    graph with dynamic height and width, the LR sides vary (the sidecar's ``lr_range``)."""
     side = validate_onnx_sidecar(sidecar)
-    batches = (side["batch"]["min"], side["batch"]["opt"], side["batch"]["max"])
-    shapes = [io_shapes(side["tile_lr"], n, side["norm_groups"], side["scale"]) for n in batches]
+    keys = ("min", "opt", "max")
+    shapes = [io_shapes(side["lr_range"][k], side["batch"][k], side["norm_groups"], side["scale"]) for k in keys]
     return {name: tuple(s[name] for s in shapes) for name in INPUTS}

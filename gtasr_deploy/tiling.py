@@ -99,6 +99,72 @@ def _check_tile(tile: int, overlap: int, multiple: int) -> None:
         raise ConfigError(f"overlap {overlap} must be smaller than tile {tile}; use e.g. overlap {tile // 4}")
 
 
+def tile_sides(tile: int | tuple[int, int]) -> tuple[int, int]:
+    """``tile`` as (h, w) LR px: an int is a square tile, 0 the whole image."""
+    if isinstance(tile, tuple):
+        if len(tile) != 2 or (0 in tile and tile != (0, 0)):
+            raise ConfigError(f"tile {tile!r}: expected (h, w) with both sides > 0, or 0 for the whole image")
+        return tile
+    return tile, tile
+
+
+def default_overlap(tile: int | tuple[int, int]) -> int:
+    """tile/8 LR px (of the shorter side): 32 for the paper's 256 tile; at least 8 where the tile
+    allows it, at most half of it."""
+    side = min(tile_sides(tile))
+    return min(max(8, side // 8), side // 2)
+
+
+def choose_tile(lr_h: int, lr_w: int, *, max_px: int, multiple: int) -> tuple[int, int]:
+    """The tile (h, w) for an image whose whole padded canvas may not fit one engine call.
+
+    (0, 0) — the whole image in one call — when the canvas has at most ``max_px`` LR px. Otherwise
+    the tile of at most ``max_px`` px (sides multiples of ``multiple``, overlap :func:`default_overlap`)
+    that executes the fewest LR px in all (tiles × tile px), ties to fewer tiles: often full-width
+    strips, which need overlap on one axis only. Raises ConfigError when not even one
+    ``multiple``×``multiple`` block fits."""
+    _check_int("size rule", multiple, 1)
+    canvas_h, canvas_w = _round_up(int(lr_h), multiple), _round_up(int(lr_w), multiple)
+    if canvas_h * canvas_w <= max_px:
+        return 0, 0
+    if multiple * multiple > max_px:
+        raise ConfigError(f"no tile fits: the memory budget is {max_px} LR px, the smallest tile "
+                          f"{multiple}x{multiple} needs {multiple * multiple}")
+    best: tuple[tuple[int, int, int], tuple[int, int]] | None = None  # ((executed px, tiles, -short side), tile)
+    for tile_h in range(multiple, canvas_h + 1, multiple):
+        widths = np.arange(multiple, min(canvas_w, max_px // tile_h) + 1, multiple)
+        if widths.size == 0:
+            break
+        short = np.minimum(widths, tile_h)
+        overlap = np.minimum(np.maximum(8, short // 8), short // 2)  # default_overlap, vectorised
+        tiles = _axis_counts(canvas_h, tile_h, overlap) * _axis_counts(canvas_w, widths, overlap)
+        keys = np.stack([tiles * tile_h * widths, tiles, -short])
+        i = int(np.lexsort(keys[::-1])[0])
+        key = tuple(int(v) for v in keys[:, i])
+        if best is None or key < best[0]:
+            best = (key, (tile_h, int(widths[i])))
+    assert best is not None  # multiple² <= max_px: the smallest tile always fits
+    return best[1]
+
+
+def _axis_counts(length: int, tile, overlap) -> np.ndarray:
+    """Vectorised ``len(_axis_origins(length, tile, overlap))``."""
+    tile, overlap = np.asarray(tile), np.asarray(overlap)
+    stride = np.maximum(tile - overlap, 1)
+    return np.where(tile >= length, 1, 1 + -(-(length - tile) // stride))
+
+
+def downscale_factor(lr_h: int, lr_w: int, *, max_px: int, multiple: int) -> int:
+    """The smallest integer factor f >= 1 whose downscaled image (ceil(side/f), padded to the size
+    rule) fits ``max_px`` LR px: the cheap statistics pass of an image too large for one call."""
+    factor = 1
+    while _round_up(-(-lr_h // factor), multiple) * _round_up(-(-lr_w // factor), multiple) > max_px:
+        if -(-lr_h // factor) == 1 and -(-lr_w // factor) == 1:
+            raise ConfigError(f"no downscaled image fits a memory budget of {max_px} LR px")
+        factor += 1
+    return factor
+
+
 def _axis_origins(length: int, tile: int, overlap: int) -> tuple[int, ...]:
     """Origins 0, stride, 2·stride, ... with the last one clamped to ``length - tile``; minimal count."""
     if tile >= length:
@@ -110,29 +176,33 @@ def _axis_origins(length: int, tile: int, overlap: int) -> tuple[int, ...]:
 
 
 def plan_tiles(
-    lr_h: int, lr_w: int, *, tile: int, overlap: int, multiple: int, scale: int = 4, static: bool = False
+    lr_h: int, lr_w: int, *, tile: int | tuple[int, int], overlap: int, multiple: int, scale: int = 4,
+    static: bool = False,
 ) -> TilePlan:
     """Plan the tiles for an ``lr_h``×``lr_w`` LR image.
 
-    ``tile`` (LR px, a multiple of ``multiple``) 0 runs the whole padded image as one tile.
-    ``static=False``: canvas = image rounded up to ``multiple``; a side that fits in ``tile`` is one
-    tile of the canvas side (so a small image runs whole, and tiles may be non-square).
-    ``static=True`` (engines with one fixed shape): canvas sides are at least ``tile`` and every
-    tile is exactly ``tile``×``tile``. Raises ConfigError / InputError with the offending values.
+    ``tile`` (LR px, a multiple of ``multiple``; an int for a square tile or (h, w)) 0 runs the
+    whole padded image as one tile. ``static=False``: canvas = image rounded up to ``multiple``; a
+    side that fits in the tile is one tile of the canvas side (so a small image runs whole, and
+    tiles may be non-square). ``static=True`` (engines with one fixed shape): canvas sides are at
+    least the tile's and every tile is exactly the tile. Raises ConfigError / InputError with the
+    offending values.
     """
-    _check_tile(tile, overlap, multiple)
+    req_h, req_w = tile_sides(tile)
+    for side in (req_h, req_w):
+        _check_tile(side, overlap, multiple)
     _check_int("scale", scale, 1)
     if not (_is_int(lr_h) and _is_int(lr_w) and lr_h >= 1 and lr_w >= 1):
         raise InputError(f"image size {lr_h!r}x{lr_w!r} LR px is empty or not an integer; expected both sides >= 1")
     canvas_h, canvas_w = _round_up(int(lr_h), multiple), _round_up(int(lr_w), multiple)
-    if tile == 0:
+    if req_h == 0:
         overlap = 0  # one tile: nothing overlaps
         tile_h, tile_w = canvas_h, canvas_w
     elif static:
-        canvas_h, canvas_w = max(canvas_h, tile), max(canvas_w, tile)
-        tile_h = tile_w = tile
+        canvas_h, canvas_w = max(canvas_h, req_h), max(canvas_w, req_w)
+        tile_h, tile_w = req_h, req_w
     else:
-        tile_h, tile_w = min(tile, canvas_h), min(tile, canvas_w)
+        tile_h, tile_w = min(req_h, canvas_h), min(req_w, canvas_w)
     ys = _axis_origins(canvas_h, tile_h, overlap)
     xs = _axis_origins(canvas_w, tile_w, overlap)
     return TilePlan(

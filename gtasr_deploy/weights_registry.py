@@ -30,6 +30,7 @@ from pathlib import Path
 from .atomic import atomic_path, atomic_write_text
 from .errors import CheckpointError, ConfigError
 from .hashing import file_sha256
+from .paths import cache_root
 
 REPOSITORY = "Blaze-UESTC/GTASR"
 URL_BASE = f"https://huggingface.co/{REPOSITORY}/resolve/main"
@@ -81,8 +82,7 @@ class WeightsFetchError(CheckpointError):
 def default_weights_dir() -> Path:
     if os.environ.get(DIR_ENV):
         return Path(os.environ[DIR_ENV])
-    root = os.environ.get("GTASR_CACHE") or Path.home() / ".cache" / "gtasr_deploy"
-    return Path(root) / "weights"
+    return cache_root() / "weights"
 
 
 def lookup(name: str) -> WeightsEntry | None:

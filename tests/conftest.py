@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import io
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,12 @@ DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "upstream_tiny"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The graph cache of --backend auto (OpenVINO's exported graph of the embedded weights): one per test
+# session, shared by every test and the CLI processes they start, so it is filled once and never
+# touches the user's cache.
+_GRAPH_CACHE = tempfile.TemporaryDirectory(prefix="gtasr-test-graph-cache-")
+os.environ["GTASR_GRAPH_CACHE"] = _GRAPH_CACHE.name
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from gtasr_deploy.errors import ConfigError, EngineBuildError  # noqa: E402
 from gtasr_deploy.export import fp16 as fp16_pass  # noqa: E402
 from gtasr_deploy.export import verify  # noqa: E402
 from gtasr_deploy.export.fp16 import convert_to_fp16  # noqa: E402
-from gtasr_deploy.export.onnx import export_fp16, export_onnx, graph_file_name  # noqa: E402
+from gtasr_deploy.export.onnx import example_inputs, export_fp16, export_onnx, graph_file_name  # noqa: E402
 from gtasr_deploy.export.verify import photo_psnr  # noqa: E402
 from gtasr_deploy.model import NetworkConfig, build_model, from_authors  # noqa: E402
 from gtasr_deploy.model.network import GroupNorm  # noqa: E402
@@ -133,7 +133,7 @@ def test_sidecar_contents(random_exports, random_model, tiny_config):
     assert result.onnx_path.name == graph_file_name("tiny", (8, 24), "fp32") == "tiny_tile8x24_fp32.onnx"
     assert result.sidecar_path == result.onnx_path.with_suffix(".json")
     model = onnx.load(str(result.onnx_path))
-    assert side["format"] == contract.FORMAT == "gtasr-onnx/2"
+    assert side["format"] == contract.FORMAT == "gtasr-onnx/3"
     groups = NormIO(random_model).size
     assert side["norm_groups"] == groups == sum(m.num_groups for m in random_model.modules()
                                                 if isinstance(m, GroupNorm)) > 0
@@ -144,6 +144,7 @@ def test_sidecar_contents(random_exports, random_model, tiny_config):
     assert NetworkConfig.from_dict(side["network_config"]) == tiny_config
     assert side["size_multiple"] == tiny_config.size_multiple == 8
     assert side["scale"] == 4 and side["tile_lr"] == [8, 24] and side["precision"] == "fp32"
+    assert side["lr_range"] == {"min": [8, 24], "opt": [8, 24], "max": [8, 24]}  # a static graph: its tile
     assert side["batch"] == {"min": 1, "opt": 1, "max": 2}
     assert side["inputs"] == list(contract.INPUTS) == ["x_t", "lq", "sigma", "norm_stats", "norm_mix"]
     assert side["outputs"] == list(contract.OUTPUTS) == ["sr", "tile_stats"]
@@ -156,6 +157,29 @@ def test_sidecar_contents(random_exports, random_model, tiny_config):
                     "sr": [batch, 3, 32, 96], "tile_stats": [batch, 2, groups]}
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.input, *model.graph.output)}
     assert set(elem.values()) == {TensorProto.FLOAT}
+
+
+def test_dynamic_graph_sidecar_and_axes(random_model, tmp_path):
+    """The default export: height and width are named (dynamic) axes, lr_range is the profile, and the
+    graph runs two different shapes like torch (checked by the exporter itself, and here once more)."""
+    result = export_onnx(random_model, tmp_path, name="tiny", batch_max=2, lr_opt=20, lr_max=40, log=SILENT)
+    side = json.loads(result.sidecar_path.read_text())
+    assert result.onnx_path.name == "tiny_fp32.onnx" and side["tile_lr"] is None
+    assert side["lr_range"] == {"min": [8, 8], "opt": [24, 24], "max": [40, 40]}  # rounded up to the size rule 8
+    model = onnx.load(str(result.onnx_path))
+    dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in (*model.graph.input, *model.graph.output)}
+    for name in ("x_t", "lq", "sr"):
+        assert dims[name][1] == 3 and all(isinstance(d, str) and d for d in (dims[name][0], *dims[name][2:])), dims
+    shapes = contract.profile_shapes(side)
+    assert shapes["lq"] == ((1, 3, 8, 8), (1, 3, 24, 24), (2, 3, 40, 40))
+    assert shapes["x_t"][2] == (2, 3, 160, 160) and shapes["norm_stats"][0] == (2, side["norm_groups"])
+    with OrtEngine(result.onnx_path, providers="cpu") as engine:
+        assert engine.info.tile_lr is None
+        reference = TorchEngine(random_model)
+        for h, w in ((8, 16), (24, 8)):
+            feeds = example_inputs((h, w), 1)
+            assert np.abs(engine(**feeds) - reference(**feeds)).max() <= 1e-4
 
 
 def _group_norm_scopes(node) -> str | None:

@@ -1,10 +1,12 @@
-"""Identical pictures from every backend: torch and ONNX Runtime through the one pipeline, for images
-smaller than, equal to and larger than the tile, at sizes that are not multiples of the size rule,
-in both normalisation modes; and the CLI promise: gtasr-export, then gtasr-upscale --backend
-onnxruntime gives the default gtasr-upscale's files."""
+"""Identical pictures from every backend: torch, ONNX Runtime and OpenVINO through the one pipeline,
+with graphs of dynamic height and width (whole images, and tiles when memory is short) and of a
+static tile (images smaller than, equal to and larger than the tile), at sizes that are not
+multiples of the size rule, in both normalisation modes; and the CLI promise: gtasr-export, then
+gtasr-upscale --backend onnxruntime gives the default gtasr-upscale's files."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,44 @@ def graphs(tmp_path_factory, fixture_dir):
         result = export_onnx(loaded.model, out, name=name, tile_lr=(tile, tile), batch_max=2, log=SILENT)
         cases[name] = (kwargs, tile, result.onnx_path)
     return cases
+
+
+@pytest.fixture(scope="module")
+def dynamic_graphs(tmp_path_factory, fixture_dir):
+    """(weights kwargs, size rule, exported fp32 graph with dynamic height and width) per network."""
+    out = tmp_path_factory.mktemp("parity-dynamic")
+    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
+    cases = {}
+    for name, kwargs in (("fixture", fixture), ("embedded", {"weights": EMBEDDED_WEIGHTS})):
+        loaded = load_denoiser(**kwargs)
+        result = export_onnx(loaded.model, out, name=name, batch_max=2, log=SILENT)
+        cases[name] = (kwargs, loaded.model.config.size_multiple, result.onnx_path)
+    return cases
+
+
+@pytest.mark.parametrize("case", ["fixture", "embedded"])
+@pytest.mark.parametrize("budget", [None, "quarter"])
+def test_dynamic_graphs_give_torchs_picture_on_mixed_sizes(dynamic_graphs, case, budget):
+    """Tile auto on every runtime: the whole image in one call, or (a quarter of the memory) the same
+    tiles and downscaled statistics pass; ONNX Runtime and OpenVINO within 1/255 of torch."""
+    from gtasr_deploy.inference.pipeline import Pipeline
+
+    kwargs, m, graph = dynamic_graphs[case]
+    ups = {"torch": Upscaler(**kwargs, backend="torch", precision="fp32", seed=5),
+           "onnxruntime": Upscaler(backend="onnxruntime", onnx=graph, seed=5)}
+    if importlib.util.find_spec("openvino"):
+        ups["openvino"] = Upscaler(backend="openvino", onnx=graph, precision="fp32", seed=5)
+    for h, w in [(1, 1), (m // 2 + 1, m // 3 + 2), (m, 3 * m), (2 * m + 5, m + 3), (3 * m + 1, 2 * m - 1)]:
+        outs, plans = {}, {}
+        for name, up in ups.items():
+            quarter = (-(-h // m) * m) * (-(-w // m) * m) // 4
+            pipeline = Pipeline(up.engine, up.options, seed=5,
+                                budget=(lambda q=quarter: max(q, m * m)) if budget else None)
+            outs[name] = np.rint(pipeline(_photo(h, w).transpose(2, 0, 1).astype(np.float32) / 127.5 - 1) * 255)
+            plans[name] = pipeline.cost(h, w).plan
+        assert len({(p.tile_h, p.tile_w, p.n_tiles) for p in plans.values()}) == 1, plans
+        for name in outs:
+            assert np.abs(outs[name] - outs["torch"]).max() <= 1, (name, h, w)
 
 
 def _photo(h: int, w: int) -> np.ndarray:
@@ -111,13 +151,13 @@ def test_cli_export_then_onnxruntime_upscale_gives_the_default_files(tmp_path):
                                        cwd=tmp_path)
     exported = run("gtasr_deploy.cli.export", "--out", str(tmp_path / "export"))
     assert exported.returncode == 0, exported.stderr
-    graph = tmp_path / "export" / "gtasr_demo_tile128_fp32.onnx"
+    graph = tmp_path / "export" / "gtasr_demo_fp32.onnx"
     assert graph.is_file()
     default = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "torch"), "--precision", "fp32")
     ort = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "ort"), "--backend", "onnxruntime",
               "--onnx", str(graph))
     assert default.returncode == 0 and ort.returncode == 0, (default.stderr, ort.stderr)
-    assert "shared across tiles" in default.stderr and "shared across tiles" in ort.stderr
+    assert "tiles auto" in default.stderr and "tiles auto" in ort.stderr
     for png in sorted((tmp_path / "torch").glob("*.png")):
         a = np.asarray(Image.open(png)).astype(int)
         b = np.asarray(Image.open(tmp_path / "ort" / png.name)).astype(int)

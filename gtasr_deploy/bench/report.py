@@ -352,24 +352,25 @@ def _e2e_section(rows: list[dict]) -> list[str]:
         e = r["e2e"]
         if not e:
             continue
-        passes = e.get("passes_per_tile")
-        body.append([r["preset"], r["backend"], r["precision"], r["tile"], r["batch"], e.get("norm", "tile"),
-                     e["images"], e.get("tiles", "—"), "—" if passes is None else f"{passes:.2f}", e["calls"],
+        whole = e.get("pipeline_over_whole_call")
+        body.append([r["preset"], r["backend"], r["precision"], r["batch"], e.get("norm", "tile"),
+                     e["images"], e.get("tiles", "—"), e["calls"],
                      e["total_s"], e["decode_s"], e["tiling_blend_s"], e["model_s"], e["encode_s"],
                      e["model_only_s"], f"{100 * e['overhead_vs_model_only']:+.1f}%",
-                     f"{e['executed_over_output_px']:.2f}x"])
+                     f"{e['executed_over_output_px']:.2f}x",
+                     "—" if e.get("whole_image_call_s") is None else e["whole_image_call_s"],
+                     "—" if whole is None else f"{whole:.2f}x"])
     if not body:
         return []
-    header = ["preset", "backend", "precision", "LR tile", "batch", "norm", "images", "tiles", "passes / tile",
-              "calls", "total s", "decode s",
+    header = ["preset", "backend", "precision", "batch", "norm", "images", "tiles", "calls", "total s", "decode s",
               "tiling+blend s", "model s", "encode s", "model-only s of those calls", "overhead vs model-only",
-              "executed / output LR px"]
+              "executed / output LR px", "one whole-image call s", "pipeline / whole-image call"]
     return ["## End to end (folder run: decode, tiling, model, blending, encode)", "",
-            "The pipeline is the CLI's default. With shared GroupNorm statistics (norm = shared) every tile of a "
-            "multi-tile image runs twice (statistics pass, then the output pass): passes / tile says how many "
-            "network passes each tile took, and the calls, model-only time and overhead include both passes. "
-            "Overhead = total / (calls × model-only median) − 1: the cost outside the network. The last "
-            "column is the overlap + padding overhead: LR pixels the network executed per output LR pixel.", "",
+            "The pipeline is the CLI's default (tile auto): each image in one network call when the memory model "
+            "says it fits, else the largest tiles that fit plus one statistics call on the image downscaled. "
+            "Overhead = total / (calls × model-only median) − 1: the cost outside the network. Executed / output "
+            "LR px counts padding, overlap and the statistics pass; the last two columns time one engine call on "
+            "each whole padded image (where the engine takes any shape) and the pipeline's time against it.", "",
             *_table(header, body)]
 
 

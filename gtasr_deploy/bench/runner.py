@@ -86,16 +86,22 @@ def weights_key(scenario: Scenario) -> str:
     return file_sha256(scenario.weights)[:16]
 
 
-def graph_path(scenario: Scenario) -> Path:
-    """Where the exported graph of this scenario lives (name = config hash, weights, batch range)."""
-    from ..export.onnx import graph_file_name
+def graph_name(scenario: Scenario) -> str:
+    """The cached graph's name: config hash, weights and batch range (one graph with dynamic height
+    and width serves every tile and whole image)."""
     from ..model import resolve_config
 
     config = resolve_config(scenario.network)
     config_hash = hashlib.sha256(config.to_json().encode()).hexdigest()[:10]
-    name = f"{scenario.preset}-{config_hash}-{weights_key(scenario)}-b{scenario.graph_batch_max}"
+    return f"{scenario.preset}-{config_hash}-{weights_key(scenario)}-b{scenario.graph_batch_max}"
+
+
+def graph_path(scenario: Scenario) -> Path:
+    """Where the exported graph of this scenario lives."""
+    from ..export.onnx import graph_file_name
+
     graph_precision = "fp32" if scenario.backend == "openvino" else scenario.precision  # OpenVINO: the fp32 graph
-    return Path(scenario.cache_dir) / graph_file_name(name, (scenario.tile, scenario.tile), graph_precision)
+    return Path(scenario.cache_dir) / graph_file_name(graph_name(scenario), None, graph_precision)
 
 
 def load_network(scenario: Scenario):
@@ -141,7 +147,7 @@ def ensure_graph(scenario: Scenario, log=None) -> Path:
     if cached is not None:
         result = ExportResult(onnx_path=fp32, sidecar_path=sidecar_path_for(fp32), sidecar=cached, max_abs_error={})
     else:
-        result = export_onnx(model, fp32.parent, name=fp32.name.split("_tile")[0], tile_lr=(scenario.tile,) * 2,
+        result = export_onnx(model, fp32.parent, name=graph_name(scenario), tile_lr=None,
                              batch_max=scenario.graph_batch_max, weights_sha256=sha,
                              preset=scenario.preset if scenario.preset != "custom" else None, log=log)
     if scenario.precision == "fp16" and scenario.backend != "openvino":
@@ -266,21 +272,29 @@ class TimedEngine:
 def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str, Any]:
     """Decode → pipeline → encode for every image, timed per stage (seconds, summed).
 
-    The pipeline is exactly the CLI's default (:class:`~gtasr_deploy.inference.Pipeline` with the
-    default overlap and shared GroupNorm statistics: two network passes per tile when an image has
-    more than one tile), so this row predicts a timed ``gtasr-upscale`` run. ``tiling_blend_s`` is the
-    pipeline time outside the engine calls (padding, up(), noise, tile crops, pooling, blending).
-    ``model_only_s`` is what the executed calls — both passes — cost in the model-only timing
-    (calls × median), the yardstick for the pipeline's overhead."""
+    The pipeline is exactly the CLI's default (:class:`~gtasr_deploy.inference.Pipeline` with tile
+    auto: the whole image in one call when the memory model says it fits, else the largest tiles
+    that fit with a downscaled statistics pass; a static graph's own tile), so this row predicts a
+    timed ``gtasr-upscale`` run. ``tiling_blend_s`` is the pipeline time outside the engine calls
+    (padding, up(), noise, tile crops, pooling, blending). ``model_only_s`` is what the executed
+    calls cost in the model-only timing (calls × median), the yardstick for the pipeline's overhead;
+    ``whole_image_call_s`` is one engine call on each whole (padded) image, the yardstick for the
+    default path (``pipeline_over_whole_call``), measured where the engine takes any shape."""
     from ..imageio import read_image, write_image
-    from ..inference.pipeline import Pipeline, TilePolicy, default_overlap
+    from ..inference.memory import call_memory, memory_budget
+    from ..inference.pipeline import Pipeline, TilePolicy
+    from ..schedule import unit_noise, up
+    from ..tiling import plan_tiles, reflect_indices
 
     timed = TimedEngine(engine)
-    policy = TilePolicy(tile=scenario.tile, overlap=default_overlap(scenario.tile), batch=scenario.batch,
-                        norm=scenario.norm)
-    pipeline = Pipeline(timed, policy, seed=scenario.seed)
+    info = engine.info
+    policy = TilePolicy(tile=None, batch=scenario.batch, norm=scenario.norm)
+    preset = scenario.preset if scenario.preset != "custom" else None
+    budget = memory_budget(scenario.device, call_memory(preset, info.precision, info.backend))
+    pipeline = Pipeline(timed, policy, seed=scenario.seed, budget=budget)
     stages = {"decode_s": 0.0, "pipeline_s": 0.0, "encode_s": 0.0}
     output_lr_px = tiles = 0
+    whole_s: float | None = 0.0 if info.tile_lr is None else None
     with tempfile.TemporaryDirectory(prefix="gtasr-bench-") as out_dir:
         for index, path in enumerate(scenario.images):
             t0 = time.perf_counter()
@@ -295,11 +309,22 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
             stages["pipeline_s"] += t2 - t1
             stages["encode_s"] += t3 - t2
             output_lr_px += image.rgb.shape[0] * image.rgb.shape[1]
-            tiles += pipeline.work(*image.rgb.shape[:2])[0]
+            tiles += pipeline.cost(*image.rgb.shape[:2]).plan.n_tiles
+            if whole_s is not None:  # one model call on the whole padded image, same inputs as the pipeline's
+                h, w = image.rgb.shape[:2]
+                plan = plan_tiles(h, w, tile=0, overlap=0, multiple=info.size_multiple, scale=info.scale)
+                lq_t = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32))
+                lq_pad = lq_t.index_select(1, torch.from_numpy(reflect_indices(h, plan.canvas_h)))
+                lq_pad = lq_pad.index_select(2, torch.from_numpy(reflect_indices(w, plan.canvas_w)))[None]
+                x_k = up(lq_pad, info.scale) + unit_noise((1, 3, plan.canvas_h * info.scale,
+                                                           plan.canvas_w * info.scale), scenario.seed)
+                start = time.perf_counter()
+                engine(x_t=x_k.numpy(), lq=lq_pad.numpy(), sigma=np.ones(1, np.float32))
+                whole_s += time.perf_counter() - start
     model_s = sum(timed.seconds)
     total_s = stages["decode_s"] + stages["pipeline_s"] + stages["encode_s"]
     model_only_s = len(timed.seconds) * model_median_s
-    return {"images": len(scenario.images), "overlap": policy.overlap, "norm": policy.norm,
+    return {"images": len(scenario.images), "tile": "auto", "norm": policy.norm,
             "tiles": tiles, "network_passes": sum(timed.batches),
             "passes_per_tile": sum(timed.batches) / tiles if tiles else None,
             "calls": len(timed.seconds), "statistics_calls": timed.statistics_calls,
@@ -307,6 +332,8 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
             "decode_s": stages["decode_s"], "tiling_blend_s": stages["pipeline_s"] - model_s, "model_s": model_s,
             "encode_s": stages["encode_s"], "total_s": total_s, "model_only_s": model_only_s,
             "overhead_vs_model_only": total_s / model_only_s - 1.0 if model_only_s > 0 else None,
+            "whole_image_call_s": whole_s,
+            "pipeline_over_whole_call": stages["pipeline_s"] / whole_s if whole_s else None,
             "executed_lr_px": sum(timed.lr_px), "output_lr_px": output_lr_px,
             "executed_over_output_px": sum(timed.lr_px) / output_lr_px if output_lr_px else None}
 

@@ -1,11 +1,12 @@
-"""`gtasr-export`: write the ONNX graph of D for one static LR tile (fp32, optionally fp16).
+"""`gtasr-export`: write the ONNX graph of D (fp32, optionally fp16).
 
-    gtasr-export --weights GTASR_final_phase.pth --tile 256 --batch 4 --fp16
+    gtasr-export --weights GTASR_final_phase.pth --batch 4 --fp16
 
-writes ``export/GTASR_final_phase_tile256_fp32.onnx`` (+ ``.json`` sidecar) and, with ``--fp16``,
-``export/GTASR_final_phase_tile256_fp16.onnx`` (+ sidecar), then builds a TensorRT engine for the
-fp16 graph when TensorRT and a GPU are present. The default tile is the upscaler's default for the
-preset: 256 LR px for ``paper``, 128 for ``demo`` (other configs: 256 rounded to the size rule).
+writes ``export/GTASR_final_phase_fp32.onnx`` (+ ``.json`` sidecar), a graph with dynamic batch,
+height and width (the whole image in one call, on every runtime), and, with ``--fp16``,
+``export/GTASR_final_phase_fp16.onnx`` (+ sidecar), then builds a TensorRT engine for the fp16
+graph when TensorRT and a GPU are present. ``--tile N`` writes a graph for one static LR tile
+instead (``..._tileN_fp32.onnx``), for runtimes that want fixed shapes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 
 from .. import __version__
 from ..errors import GtasrError
+from ..export.onnx import DEFAULT_LR_MAX, DEFAULT_OPSET
 from .weights import weights_callback
 
 EXIT_USAGE = 2
@@ -58,10 +60,15 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
               help="Network JSON (ours or the authors' network_g names).")
 @click.option("--preset", help="Network preset (paper, demo): the config for --weights, or random weights.")
 @click.option("--tile", type=int, default=None,
-              help="Static LR tile in px (a multiple of the size rule). Default: 256 (paper), 128 (demo).")
+              help="Static LR tile in px (a multiple of the size rule). Default: dynamic height and width "
+                   "(any size; TensorRT profiles cover --max-lr).")
+@click.option("--max-lr", type=click.IntRange(min=1), default=DEFAULT_LR_MAX, show_default=True,
+              help="Dynamic graphs: the largest LR side the graph's TensorRT optimisation profile covers "
+                   "(larger images are tiled to it); ONNX Runtime and OpenVINO take any size.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Largest batch the graph is meant for.")
-@click.option("--opset", type=int, default=17, show_default=True, help="Requested ONNX opset (the one written "
-                                                                        "is recorded in the sidecar).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset (the one written is recorded in the sidecar; torch's exporter writes 18 and "
+                   "converts to others where it can).")
 @click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands) and build a TensorRT engine.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Output folder.")
@@ -71,14 +78,14 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
               help="After exporting, upscale these images (files or folders; repeatable) with torch fp32 and "
                    "with each exported graph on ONNX Runtime and compare (max/mean difference, PSNR, NaN/Inf); "
                    "exit 1 when the fp32 graph differs by more than 1/255 or the fp16 graph is below 40 dB.")
-def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
+def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engine_cache,
          check_paths) -> None:
-    """Export GTASR's denoiser D to ONNX for one static LR tile and a dynamic batch axis.
+    """Export GTASR's denoiser D to ONNX: dynamic batch, height and width (or one static LR tile).
 
     Nothing already in --out is replaced until the new graph passed every check."""
     try:
         images = _check_images(check_paths)
-        failed = _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir,
+        failed = _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir,
                          engine_cache, images)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
@@ -95,23 +102,20 @@ def _check_images(paths) -> list[Path]:
     return images
 
 
-def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
+def _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engine_cache,
             images) -> bool:
     """Export (and check); True when a check failed."""
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
-    from ..upscaler import default_tile
 
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
     loaded = _load(weights, param_key, network_config, preset)
     model = loaded.model
-    if tile is None:  # the upscaler's default for this network (weights of a preset's shape count)
-        tile = default_tile(model.config.size_multiple, loaded.preset)
-    check_tile((tile, tile), model.config.size_multiple)
+    tile_lr = None if tile is None else check_tile((tile, tile), model.config.size_multiple)
     if loaded.random:
         click.echo(RANDOM_WEIGHTS_WARNING.format(name=loaded.name), err=True)
-    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=(tile, tile), batch_max=batch, opset=opset,
-                         weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
+    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=tile_lr, batch_max=batch, opset=opset,
+                         lr_max=max_lr, weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
     click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
     graphs = [result.onnx_path]
     if fp16:

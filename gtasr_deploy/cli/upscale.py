@@ -45,9 +45,11 @@ def _resolve_device(device: str) -> str:
 @click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
                                        "network_g names). Default: read from the file or inferred from shapes.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]), default="auto",
-              show_default=True, help="auto: TensorRT if an engine can run here, else ONNX Runtime when --onnx "
-                                      "is given, else torch. openvino: the --onnx graph on OpenVINO's CPU plugin "
-                                      "(fp32 or bf16; pip extra 'openvino').")
+              show_default=True, help="auto: the fastest runtime installed. CPU: OpenVINO when the 'openvino' extra "
+                                      "is installed (the first run exports the model's graph into the graph cache, "
+                                      "$GTASR_CACHE or ~/.cache/gtasr_deploy; later runs reuse it), else ONNX "
+                                      "Runtime for --onnx, else torch. CUDA: TensorRT for --onnx when installed, "
+                                      "else torch. The choice and its reason are printed first.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Exported graph from gtasr-export (its sidecar JSON gives tile shape and size rule).")
 @click.option("--device", default="auto", show_default=True,
@@ -58,16 +60,21 @@ def _resolve_device(device: str) -> str:
 @click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
               help="Seed of the unit noise added to up(LR).")
 @click.option("--tile", default="auto", show_default=True,
-              help="LR tile size in px (a multiple of the size rule); 0 = whole image in one call (torch). "
-                   "auto: the preset's tile (256 paper, 128 demo: the one gtasr-export uses, so backends give "
-                   "the same picture), smaller when free memory is short. Images smaller than a tile are padded "
-                   "to it; an image that runs out of memory is retried with smaller tiles.")
+              help="auto: the whole image in one network call when the memory model says it fits (free RAM, "
+                   "cgroup and address-space limits; free GPU memory on CUDA), else the largest tiles that fit, "
+                   "with GroupNorm statistics from a downscaled pass. A number: LR tile size in px (a multiple "
+                   "of the size rule); 0 = always the whole image. An image that runs out of memory is retried "
+                   "with smaller tiles.")
 @click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
 @click.option("--norm", type=click.Choice(["shared", "tile"]), default="shared", show_default=True,
-              help="shared: GroupNorm statistics pooled over all tiles of an image (two network passes per tile "
-                   "when an image has several tiles), so tiled output follows the whole image without per-tile "
-                   "colour offsets; every backend does it. tile: each tile its own statistics (one pass).")
+              help="For images cut into tiles. shared: every tile normalised with GroupNorm statistics of the "
+                   "whole image, so tiled output follows the whole image without per-tile colour offsets; every "
+                   "backend does it. tile: each tile its own statistics.")
+@click.option("--stats", type=click.Choice(["downscaled", "tiles"]), default="downscaled", show_default=True,
+              help="With --norm shared, where a tiled image's statistics come from: downscaled = one extra call on "
+                   "the image downscaled 2x or more (about a quarter of a pass); tiles = every tile once more "
+                   "(a second full pass; static-tile graphs always do this).")
 @click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
               help="Older spelling of --norm shared / --norm tile.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime.")
@@ -111,7 +118,7 @@ def _resolve_device(device: str) -> str:
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (bars, or per-image lines in a log).")
 def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
-         precision, seed, tile, tile_overlap, batch, norm, shared_norm, threads, compile_model, channels_last, fmt, quality, suffix, overwrite, max_pixels,
+         precision, seed, tile, tile_overlap, batch, norm, stats, shared_norm, threads, compile_model, channels_last, fmt, quality, suffix, overwrite, max_pixels,
          shard, json_report, quiet, video_codec, crf, pix_fmt,
          outscale, width, height, long_side, strip_metadata):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
@@ -175,7 +182,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
                             device=_resolve_device(device), seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
                             batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
-                            norm=norm, shared_norm=shared_norm, compile=compile_model, channels_last=channels_last,
+                            norm=norm, shared_norm=shared_norm, stats=stats, compile=compile_model,
+                            channels_last=channels_last,
                             log=lambda line: click.echo(line, err=True))
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
@@ -191,7 +199,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     if not quiet:
         videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
         click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
-    if not quiet and jobs and upscaler.options.tile:
+    if not quiet and jobs:
         _estimate(upscaler, jobs)
     if not quiet and output_size is not None:
         click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
@@ -225,19 +233,19 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     sys.exit(result.exit_code)
 
 
-LONG_RUN_PASSES = 32  # estimate the duration before runs of more network passes than this
+LONG_RUN_CALLS = 32  # estimate the duration before runs of more engine calls than this
 
 
 def _estimate(upscaler, jobs) -> None:
-    """Before a long run, one line: network passes and the estimated duration (one timed pass)."""
-    from ..inference.estimate import describe, image_sizes, seconds_per_pass, total_passes
+    """Before a long run, one line: LR pixels the network will run and the estimated duration."""
+    from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
 
-    passes = total_passes(upscaler.pipeline, image_sizes(job.src for job in jobs))
-    if passes <= LONG_RUN_PASSES:
+    calls, pixels = total_work(upscaler.pipeline, image_sizes(job.src for job in jobs))
+    if calls <= LONG_RUN_CALLS:
         return
-    seconds = seconds_per_pass(upscaler.pipeline)
-    click.echo(f"estimate: {passes} network passes of tile {upscaler.options.tile} at {seconds:.2f} s each "
-               f"(measured now) ≈ {describe(passes * seconds)} for the images", err=True)
+    seconds = seconds_per_lr_px(upscaler.pipeline) * pixels
+    click.echo(f"estimate: {calls} network calls over {pixels / 1e6:.2f} M LR px (one call timed now) ≈ "
+               f"{describe(seconds)} for the images", err=True)
 
 
 def _parse_tile(text: str) -> int | str:
@@ -250,12 +258,18 @@ def _parse_tile(text: str) -> int | str:
 
 
 def _header(upscaler, seed: int) -> str:
-    """What the run uses, in words: weights, backend, precision (and why), tiles (and why), normalisation."""
+    """What the run uses, in words: weights, backend (and why), precision (and why), tiles (and why), norm."""
     info, opts = upscaler.engine.info, upscaler.options
-    tile = "whole image" if opts.tile == 0 else f"tile {opts.tile} ({upscaler.tile_reason}) overlap {opts.overlap}"
-    norm = ("GroupNorm statistics shared across tiles (2 network passes per tile of multi-tile images)"
-            if opts.norm == "shared" else "per-tile GroupNorm statistics")
-    return (f"{upscaler.weights_label}; backend {info.backend} on {info.device}; precision "
+    if opts.tile is None:
+        tile = f"tiles {upscaler.tile_reason}"
+    elif opts.tile == 0:
+        tile = "whole image"
+    else:
+        tile = f"tile {opts.tile} ({upscaler.tile_reason}) overlap {opts.overlap}"
+    norm = ("GroupNorm statistics of the whole image shared by its tiles" if opts.norm == "shared"
+            else "per-tile GroupNorm statistics")
+    choice = upscaler.backend_choice
+    return (f"{upscaler.weights_label}; backend {info.backend} on {info.device} ({choice.reason}); precision "
             f"{upscaler.precision_choice.header()}; {tile}, batch {opts.batch}; {norm}; seed {seed}")
 
 

@@ -45,6 +45,7 @@ class EngineInfo:
     norm_groups: int  # S: groups over all GroupNorms (length of the statistics vectors)
     norm_modes: tuple[str, ...] = NORM_MODES
     scale: int = SCALE
+    lr_max: tuple[int, int] | None = None  # largest LR (h, w) a call may take (a TensorRT profile); None = any
 
     @property
     def max_batch(self) -> int:
@@ -123,6 +124,11 @@ class Engine(abc.ABC):
                 f"{info.backend} engine: input 'lq' is {h}x{w} LR px, but this engine was built for "
                 f"static tiles of {info.tile_lr[0]}x{info.tile_lr[1]}; got shape {tuple(lq.shape)}, "
                 f"expected (N, 3, {info.tile_lr[0]}, {info.tile_lr[1]})"
+            )
+        if info.lr_max is not None and (h > info.lr_max[0] or w > info.lr_max[1]):
+            raise InputError(
+                f"{info.backend} engine: input 'lq' is {h}x{w} LR px, larger than the engine's largest shape "
+                f"{info.lr_max[0]}x{info.lr_max[1]}; got shape {tuple(lq.shape)}"
             )
         if h % info.size_multiple or w % info.size_multiple:
             raise InputError(

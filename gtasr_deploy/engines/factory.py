@@ -1,13 +1,16 @@
 """Open an engine by backend name: a dict of openers, no isinstance chains.
 
-``auto`` picks the fastest backend that can run here: TensorRT (importable and a CUDA GPU, with an
-ONNX graph to build from), else ONNX Runtime (an ONNX graph given and onnxruntime importable), else
-torch. Backend modules are imported lazily, so a missing optional backend costs nothing until used.
+``auto`` (:func:`choose_backend`) picks the fastest runtime installed for the device: on a CUDA
+device TensorRT (importable, with an ONNX graph to build from), else torch; on the CPU OpenVINO
+when its extra is installed (with no graph given, the model's graph is exported once into a cache
+by the caller), else ONNX Runtime for a given graph, else torch. Backend modules are imported
+lazily, so a missing optional backend costs nothing until used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError
@@ -37,11 +40,11 @@ def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
                      threads=threads)
 
 
-def _open_openvino(*, onnx_path, precision, threads, **_) -> Engine:
+def _open_openvino(*, onnx_path, precision, threads, cache_dir="engines", **_) -> Engine:
     from .openvino import OpenVinoEngine
 
     return OpenVinoEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "openvino"), precision=precision,
-                          threads=threads)
+                          threads=threads, cache_dir=cache_dir)
 
 
 def _open_tensorrt(*, onnx_path, **_) -> Engine:
@@ -68,13 +71,46 @@ def _onnxruntime_usable() -> bool:
     return True
 
 
-def _auto_backend(*, model, onnx_path, device) -> str:
-    """The backend ``auto`` resolves to for these arguments on this machine."""
-    if onnx_path is not None and str(device) != "cpu" and _tensorrt_usable():
-        return "tensorrt"
-    if onnx_path is not None and _onnxruntime_usable():
-        return "onnxruntime"
-    return "torch"
+def _openvino_usable(*, needs_export: bool) -> bool:
+    """OpenVINO importable, and (to export a graph for it) onnx and onnxscript too."""
+    import importlib.util
+
+    modules = ("openvino", "onnx", "onnxscript") if needs_export else ("openvino",)
+    return all(importlib.util.find_spec(name) is not None for name in modules)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendChoice:
+    backend: str
+    reason: str
+
+
+def choose_backend(requested: str, *, device: str, onnx_path=None, graph_precision: str | None = None,
+                   torch_options: bool = False, precision: str = "auto") -> BackendChoice:
+    """The backend to run and why; ``auto`` picks the fastest runtime installed here (module docstring).
+
+    ``torch_options``: options only torch has (compile, channels-last) were asked for."""
+    if requested not in BACKENDS:
+        raise ConfigError(f"unknown backend {requested!r}; valid backends: {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return BackendChoice(backend=requested, reason="requested")
+    if torch_options:
+        return BackendChoice(backend="torch", reason="--compile/--channels-last are torch options")
+    if str(device) != "cpu":
+        if onnx_path is not None and _tensorrt_usable():
+            return BackendChoice(backend="tensorrt", reason="a CUDA GPU with TensorRT and an exported graph")
+        return BackendChoice(backend="torch", reason="CUDA device")
+    cpu_precision = precision in ("auto", "fp32", "bf16")
+    if onnx_path is not None:
+        if graph_precision == "fp32" and cpu_precision and _openvino_usable(needs_export=False):
+            return BackendChoice(backend="openvino", reason="the fastest CPU runtime installed")
+        if _onnxruntime_usable():
+            return BackendChoice(backend="onnxruntime", reason="an exported graph given")
+        return BackendChoice(backend="torch", reason="no runtime for the graph is installed")
+    if cpu_precision and _openvino_usable(needs_export=True):
+        return BackendChoice(backend="openvino", reason="the fastest CPU runtime installed")
+    return BackendChoice(backend="torch", reason="OpenVINO is not installed (pip install 'gtasr-deploy[openvino]' "
+                                                 "runs faster on CPUs)")
 
 
 _OPENERS: dict[str, Callable[..., Engine]] = {
@@ -87,7 +123,7 @@ _OPENERS: dict[str, Callable[..., Engine]] = {
 
 def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None, device: str = "cpu",
                 precision: str = "fp32", threads: int | None = None, compile: bool = False,
-                channels_last: bool = False) -> Engine:
+                channels_last: bool = False, cache_dir: str | Path = "engines") -> Engine:
     """An :class:`~gtasr_deploy.engines.base.Engine` for ``backend`` in auto|torch|onnxruntime|tensorrt.
 
     ``model``: a Denoiser (torch). ``onnx_path``: a graph from gtasr-export (onnxruntime, tensorrt;
@@ -96,6 +132,14 @@ def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = _auto_backend(model=model, onnx_path=onnx_path, device=device)
+        graph_precision = None
+        if onnx_path is not None:
+            from ..contract import read_onnx_sidecar
+
+            graph_precision = read_onnx_sidecar(onnx_path)["precision"]
+        backend = choose_backend("auto", device=device, onnx_path=onnx_path, graph_precision=graph_precision,
+                                 torch_options=compile or channels_last).backend
+        if backend == "openvino" and onnx_path is None:
+            backend = "torch"  # no graph here to run; the Upscaler exports one into its cache
     return _OPENERS[backend](model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads,
-                             compile=compile, channels_last=channels_last)
+                             compile=compile, channels_last=channels_last, cache_dir=cache_dir)

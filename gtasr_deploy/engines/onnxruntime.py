@@ -75,7 +75,7 @@ class OrtEngine(Engine):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"onnxruntime engine: cannot load {onnx_path} ({first}); the file is corrupt, "
                               "truncated or not a graph from gtasr-export — re-export it") from None
-        tile = tuple(sidecar["tile_lr"])
+        tile = None if sidecar["tile_lr"] is None else tuple(sidecar["tile_lr"])
         batch = sidecar["batch"]
         self.info = EngineInfo(backend="onnxruntime", device=self._session.get_providers()[0],
                                precision=sidecar["precision"], size_multiple=int(sidecar["size_multiple"]),
@@ -94,16 +94,23 @@ class OrtEngine(Engine):
                               f"{sorted(outputs)}, expected inputs {list(INPUTS)} and outputs {list(OUTPUTS)}; "
                               "re-export with gtasr-export")
         info = self.info
-        for name, shape in io_shapes(info.tile_lr, 1, info.norm_groups, info.scale).items():
+        tile = info.tile_lr or (0, 0)  # dynamic height and width: only the fixed axes are compared
+        for name, shape in io_shapes(tile, 1, info.norm_groups, info.scale).items():
             dims = list(got[name])
             if name in ("norm_stats", "norm_mix"):
                 fixed, want = dims, list(shape)
+            elif info.tile_lr is None and name not in ("sigma", "tile_stats"):
+                # channels fixed; height and width named (dynamic) dims
+                fixed = [dims[1], *(isinstance(d, str) for d in dims[2:])]
+                want = [shape[1], True, True]
             else:
                 fixed, want = dims[1:], list(shape[1:])
             if fixed != want:
+                described = (f"tile {info.tile_lr[0]}x{info.tile_lr[1]}" if info.tile_lr is not None
+                             else "dynamic height and width")
                 raise ConfigError(f"onnxruntime engine: {onnx_path} tensor '{name}' is {dims}, but its sidecar "
-                                  f"says tile {info.tile_lr[0]}x{info.tile_lr[1]} with {info.norm_groups} norm "
-                                  f"groups (expected {want} after the batch axis); re-export it")
+                                  f"says {described} with {info.norm_groups} norm groups (expected {want} after "
+                                  "the batch axis); re-export it")
 
     def _run(self, x_t, lq, sigma, norm_stats, want_stats):
         feeds = graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups)

@@ -6,7 +6,8 @@ runs the convolutions and matmuls in bf16 on CPUs with native bf16 (AMX, AVX512-
 OpenVINO keeps its own fp32 islands; ``fp32`` is exact fp32. Compiled models are cached on disk in
 ``<cache_dir>/openvino`` (OpenVINO's model cache, keyed by the graph's content, the device, the
 compile settings and the OpenVINO version — like the TensorRT engine cache, a second run does not
-compile again). This is the only module that imports ``openvino``.
+compile again). A graph with dynamic height and width runs any LR size in one call (the whole
+image); a static-tile graph runs its tile. This is the only module that imports ``openvino``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ def import_openvino():
 
 
 class OpenVinoEngine(Engine):
-    """D through an OpenVINO compiled model of one exported graph (static tile, dynamic batch)."""
+    """D through an OpenVINO compiled model of one exported graph (dynamic batch; dynamic or static LR size).
+
+    ``cache_dir`` None: no compiled-model cache (a graph compiled once, e.g. to verify it)."""
 
     def __init__(self, onnx_path: str | Path, *, precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | Path = "engines", device: str = "CPU") -> None:
+                 cache_dir: str | Path | None = "engines", device: str = "CPU") -> None:
         ov = import_openvino()
         onnx_path = Path(onnx_path)
         if precision not in PRECISION_HINTS:
@@ -48,8 +51,9 @@ class OpenVinoEngine(Engine):
         if sidecar["precision"] != "fp32":
             raise ConfigError(f"openvino engine: {onnx_path} is an {sidecar['precision']} graph; give the fp32 graph "
                               "(OpenVINO chooses bf16 itself with --precision bf16)")
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-                  "CACHE_DIR": str(Path(cache_dir) / "openvino")}
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(Path(cache_dir) / "openvino")
         if threads is not None:
             if threads < 1:
                 raise ConfigError(f"openvino engine: threads={threads}, expected >= 1 (or None for the default)")
@@ -67,7 +71,8 @@ class OpenVinoEngine(Engine):
         self._request = self._compiled.create_infer_request()
         batch = sidecar["batch"]
         self.info = EngineInfo(backend="openvino", device=device, precision=precision,
-                               size_multiple=int(sidecar["size_multiple"]), tile_lr=tuple(sidecar["tile_lr"]),
+                               size_multiple=int(sidecar["size_multiple"]),
+                               tile_lr=None if sidecar["tile_lr"] is None else tuple(sidecar["tile_lr"]),
                                batch_range=(batch["min"], batch["opt"], batch["max"]),
                                norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))
         self.path = onnx_path

@@ -1,8 +1,10 @@
 """Export-time verification: an exported graph must compute what torch computes (SPEC §4).
 
 The one place where export meets the engines: it runs the staged graph on ONNX Runtime's CPU
-provider and the model on the torch engine with the same feeds, in both normalisation modes
-(each tile its own GroupNorm statistics, and statistics shared through ``norm_stats``).
+provider (or OpenVINO's, where that is the runtime installed) and the model on the torch engine
+with the same feeds, in both normalisation modes (each tile its own GroupNorm statistics, and
+statistics shared through ``norm_stats``), at the static tile or, for a graph with dynamic height
+and width, at two different shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import EngineBuildError
+from ..errors import ConfigError, EngineBuildError
 from ..model.precond import Denoiser
 from ..model.shared_norm import pool_statistics
 from ..schedule import unit_noise, up
@@ -26,31 +28,69 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
-def compare_with_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...]) -> dict[int, float]:
-    """Max |ORT CPU − torch| per batch size on random inputs, over sr and tile_stats, in both modes."""
-    from ..contract import read_onnx_sidecar
+RUNTIMES = {"onnxruntime": "ONNX Runtime CPU", "openvino": "OpenVINO CPU fp32"}
+
+
+def check_shapes(sidecar: dict) -> list[tuple[int, int]]:
+    """LR shapes a graph is verified at: its static tile, or two different ones of a dynamic graph."""
+    if sidecar["tile_lr"] is not None:
+        return [tuple(sidecar["tile_lr"])]
+    m = int(sidecar["size_multiple"])
+    return [(m, 2 * m), (2 * m, m)]
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a runtime that verifies and runs graphs (for cache keys)."""
+    if runtime == "openvino":
+        from ..engines.openvino import import_openvino
+
+        return import_openvino().get_version()
+    if runtime == "onnxruntime":
+        from ..engines.onnxruntime import import_onnxruntime
+
+        return import_onnxruntime().__version__
+    raise ConfigError(f"graph runtime {runtime!r}, expected one of {sorted(RUNTIMES)}")
+
+
+def _open(runtime: str, onnx_path: Path):
+    if runtime == "openvino":
+        from ..engines.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(onnx_path, precision="fp32", cache_dir=None)
     from ..engines.onnxruntime import OrtEngine
+
+    return OrtEngine(onnx_path, providers="cpu")
+
+
+def compare_with_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...],
+                       runtime: str = "onnxruntime") -> dict[int, float]:
+    """Max |runtime − torch| per batch size on random inputs, over sr and tile_stats, in both modes."""
+    from ..contract import read_onnx_sidecar
     from ..engines.torch_engine import TorchEngine
     from .onnx import example_inputs
 
-    tile = tuple(read_onnx_sidecar(onnx_path)["tile_lr"])
+    shapes = check_shapes(read_onnx_sidecar(onnx_path))
     reference = TorchEngine(model)
     errors = {}
-    with OrtEngine(onnx_path, providers="cpu") as engine:
+    with _open(runtime, onnx_path) as engine:
         for batch in batches:
-            feeds = example_inputs(tile, batch, seed=batch)
-            stats = engine.tile_statistics(**feeds)
-            want_stats = reference.tile_statistics(**feeds)
-            pooled = pool_statistics(want_stats)
-            errors[batch] = max(_max_abs(engine(**feeds), reference(**feeds)), _max_abs(stats, want_stats),
-                                _max_abs(engine(**feeds, norm_stats=pooled), reference(**feeds, norm_stats=pooled)))
+            errors[batch] = 0.0
+            for tile in shapes:
+                feeds = example_inputs(tile, batch, seed=batch)
+                stats = engine.tile_statistics(**feeds)
+                want_stats = reference.tile_statistics(**feeds)
+                pooled = pool_statistics(want_stats)
+                errors[batch] = max(errors[batch], _max_abs(engine(**feeds), reference(**feeds)),
+                                    _max_abs(stats, want_stats),
+                                    _max_abs(engine(**feeds, norm_stats=pooled), reference(**feeds, norm_stats=pooled)))
     return errors
 
 
-def check_against_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...], log: Log) -> dict[int, float]:
-    errors = compare_with_torch(model, onnx_path, batches=batches)
+def check_against_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...], log: Log,
+                        runtime: str = "onnxruntime") -> dict[int, float]:
+    errors = compare_with_torch(model, onnx_path, batches=batches, runtime=runtime)
     for batch, err in errors.items():
-        log(f"ONNX Runtime CPU vs torch, batch {batch} (per-tile and shared statistics): max abs error {err:.3g}")
+        log(f"{RUNTIMES[runtime]} vs torch, batch {batch} (per-tile and shared statistics): max abs error {err:.3g}")
     worst = max(errors.values())
     if not worst <= FP32_TOLERANCE:
         raise EngineBuildError(f"export: the graph differs from torch by {worst:.3g} max abs, expected "

@@ -29,26 +29,29 @@ def image_sizes(paths: Iterable[Path]) -> list[tuple[int, int]]:
     return sizes
 
 
-def total_passes(pipeline: Pipeline, sizes: Iterable[tuple[int, int]]) -> int:
-    """Network passes (tiles × passes per tile) the run will make, in tiles of the pipeline's shape."""
-    total = 0
+def total_work(pipeline: Pipeline, sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """(engine calls, LR px the network runs) for images of these sizes, statistics passes included."""
+    calls = pixels = 0
     for h, w in sizes:
-        tiles, passes = pipeline.work(h, w)
-        total += tiles * passes
-    return total
+        cost = pipeline.cost(h, w)
+        calls += cost.calls
+        pixels += cost.executed_px
+    return calls, pixels
 
 
-def seconds_per_pass(pipeline: Pipeline) -> float:
-    """Time one engine call of one tile (after a warm-up call)."""
-    engine, tile = pipeline.engine, pipeline.policy.tile
-    scale = engine.info.scale
+def seconds_per_lr_px(pipeline: Pipeline, side: int = 128) -> float:
+    """Time of one engine call on a block of about ``side``² LR px (after a warm-up call), per LR px."""
+    engine = pipeline.engine
+    info = engine.info
+    m = info.size_multiple
+    h, w = info.tile_lr or (max(m, side // m * m),) * 2
     rng = np.random.default_rng(0)
-    feeds = {"x_t": rng.standard_normal((1, 3, tile * scale, tile * scale), dtype=np.float32),
-             "lq": rng.uniform(-1, 1, (1, 3, tile, tile)).astype(np.float32), "sigma": np.ones(1, np.float32)}
+    feeds = {"x_t": rng.standard_normal((1, 3, h * info.scale, w * info.scale), dtype=np.float32),
+             "lq": rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32), "sigma": np.ones(1, np.float32)}
     engine(**feeds)  # warm-up: lazy initialisation, kernel selection
     start = time.perf_counter()
     engine(**feeds)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / (h * w)
 
 
 def describe(seconds: float) -> str:

@@ -1,8 +1,10 @@
 """Memory-aware tiles: how much memory one engine call takes, how much there is, and OOM detection.
 
-The model: the peak extra memory of one torch engine call is a fixed part plus a part that grows
-with the LR pixels of the batch, ``bytes ≈ fixed + per_lr_px × tile² × batch`` (weights are already
-resident). The per-preset numbers below were fitted to the peak RSS growth of one fp32 call in a
+The model: the peak extra memory of one engine call is a fixed part plus a part that grows with
+the LR pixels of the batch, ``bytes ≈ fixed + per_lr_px × px × batch`` (weights are already
+resident; Swin attention is windowed, so nothing grows faster than the pixel count). The
+pipeline turns it into a budget — the LR px one call may take now — and runs the whole image in
+one call when it fits (:func:`gtasr_deploy.tiling.choose_tile`). The per-preset numbers below were fitted to the peak RSS growth of one fp32 call in a
 fresh process, measured on this project's 2-core CPU build machine with
 ``python benchmarks/measure_memory.py demo fp32 32 64 128 256`` (34, 61, 176, 525 MB) and
 ``... paper fp32 64 128`` (299, 853 MB), and are applied with a safety margin. CUDA uses free device memory
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # (fixed bytes, bytes per LR pixel) of one fp32 call, per preset (measured; see the module docstring).
 MEMORY_MODEL = {"demo": (60e6, 7.1e3), "paper": (115e6, 45.1e3)}
 FALLBACK_MODEL = MEMORY_MODEL["paper"]  # custom networks: assume the big one
 PRECISION_FACTOR = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
+BACKEND_FACTOR = {"torch": 1.0}  # other backends: assumed like torch until measured
 SAFETY = 1.5  # measured peaks vary with thread count and allocator; leave room for the rest of the run
 # "could not create a primitive": oneDNN's error when it cannot allocate a kernel's scratch memory
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
@@ -43,9 +48,33 @@ def is_out_of_memory(err: BaseException) -> bool:
     return False
 
 
-def estimate_call_bytes(tile: int, batch: int = 1, *, preset: str | None, precision: str = "fp32") -> float:
+@dataclass(frozen=True, kw_only=True)
+class CallMemory:
+    """Peak extra bytes of one engine call: ``fixed + per_lr_px × LR px`` (see the module docstring)."""
+
+    fixed: float
+    per_lr_px: float
+
+    def bytes(self, lr_px: int) -> float:
+        return self.fixed + self.per_lr_px * lr_px
+
+    def budget_px(self, available: int | None) -> int | None:
+        """LR px one call may take with ``available`` bytes free (safety margin included); None: unknown."""
+        if available is None:
+            return None
+        return max(0, int((available / SAFETY - self.fixed) / self.per_lr_px))
+
+
+def call_memory(preset: str | None, precision: str = "fp32", backend: str = "torch") -> CallMemory:
+    """The memory model of one call for a preset, precision and backend (measured; see the docstring)."""
     fixed, per_px = MEMORY_MODEL.get(preset or "", FALLBACK_MODEL)
-    return fixed + per_px * PRECISION_FACTOR.get(precision, 1.0) * tile * tile * batch
+    factor = PRECISION_FACTOR.get(precision, 1.0) * BACKEND_FACTOR.get(backend, 1.0)
+    return CallMemory(fixed=fixed, per_lr_px=per_px * factor)
+
+
+def memory_budget(device: str, memory: CallMemory) -> Callable[[], int | None]:
+    """A budget function for :class:`~gtasr_deploy.inference.pipeline.Pipeline`: asked once per image."""
+    return lambda: memory.budget_px(available_bytes(device))
 
 
 def _cgroup_headroom() -> int | None:
@@ -98,17 +127,3 @@ def available_bytes(device: str = "cpu") -> int | None:
         return int(free)
     values = [v for v in (_mem_available(), _cgroup_headroom(), _address_space_headroom()) if v is not None]
     return min(values) if values else None
-
-
-def auto_tile(default: int, size_multiple: int, *, preset: str | None, precision: str = "fp32", batch: int = 1,
-              available: int | None) -> int:
-    """The largest tile ≤ ``default`` (a multiple of the size rule) whose estimated call fits ``available``.
-
-    ``default`` is the preset's tile, the one ``gtasr-export`` uses, so that with enough memory every
-    backend runs the same tiles. Never below the size rule."""
-    tile = default
-    if available is None:
-        return tile
-    while tile > size_multiple and estimate_call_bytes(tile, batch, preset=preset, precision=precision) * SAFETY > available:
-        tile = max(size_multiple, (tile // 2) // size_multiple * size_multiple)
-    return tile

@@ -1,19 +1,23 @@
 """One inference pipeline for every backend (SPEC §3): the only place an image meets an engine.
 
-    lq (3, h, w) in [-1, 1] ──reflect-pad (size rule, at least one tile)──► lq_pad
+    lq (3, h, w) in [-1, 1] ──reflect-pad (size rule; a static graph's tile)──► lq_pad
     x_K = up(lq_pad) + eps            eps ~ N(0, I) seeded, drawn once for the whole canvas
-    norm "shared", > 1 tile:  pass 1  stats_i = engine.tile_statistics(x_K[tile i], lq_pad[tile i], 1)
-                              pooled  = pool_statistics(stats_1..n)            (host, float64)
-                              pass 2  sr_i = engine(x_K[tile i], lq_pad[tile i], 1, norm_stats=pooled)
-    norm "tile" or one tile:          sr_i = engine(x_K[tile i], lq_pad[tile i], 1)
+    tile auto:   the whole image in one engine call when the memory model says it fits, else the
+                 tile of the largest size that fits which executes the fewest pixels (tiling.choose_tile)
+    one tile:    sr = engine(x_K, lq_pad, 1)                      (exactly the whole-image output)
+    > 1 tile, norm "shared": statistics pass, then every tile normalised with the pooled statistics
+        stats "downscaled": one call on the image downscaled f× (area), f the smallest factor >= the
+                            policy's that fits memory: about 1/f² of a pass
+        stats "tiles":      every tile once with its own statistics, pooled (host, float64): one pass
+    > 1 tile, norm "tile": each tile its own statistics (one pass)
     blend sr_i on the host (crop + raised-cosine feather) ──► crop ──► (sr + 1) / 2 clamped to [0, 1]
 
-Every engine gets the same fixed-shape tiles: an image smaller than the tile is padded to it, for
-torch as for a static ONNX/TensorRT graph, so every backend computes the same picture. ``tile=0``
-(whole image in one call) is the reference, for engines that take any shape. Noise and up(lq) are
-computed once for the padded image and cropped per tile, so every backend and every tile size sees
-the same x_K values (SPEC §1). An allocation failure during an image retries it with a smaller batch,
-then smaller tiles (engines that take any shape), before it is reported.
+Noise and up(lq) are computed once for the padded image and cropped per tile, so every backend and
+every tile size sees the same x_K values (SPEC §1): an engine that takes any shape (torch, and
+graphs exported with dynamic height and width) computes the same picture for the same plan, and a
+static-shape graph pads an image smaller than its tile to it. An allocation failure during an image
+retries it with a smaller batch, then smaller tiles (engines that take any shape), before it is
+reported.
 """
 
 from __future__ import annotations
@@ -23,82 +27,163 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..engines.base import Engine
 from ..errors import ConfigError, InputError, OutOfMemoryError
 from ..model.shared_norm import pool_statistics
 from ..schedule import unit_noise, up
-from ..tiling import Accumulator, TilePlan, iter_batches, plan_tiles, reflect_indices, tile_box
+from ..tiling import (Accumulator, TilePlan, choose_tile, default_overlap, downscale_factor, iter_batches,
+                      plan_tiles, reflect_indices, tile_box, tile_sides)
 from .memory import is_out_of_memory
 
 ProgressFn = Callable[[int, int], None]  # (network passes done, passes total) for one image
+BudgetFn = Callable[[], "int | None"]  # LR px one engine call may take now; None = no limit known
 NORM_POLICIES = ("shared", "tile")
-
-
-def default_overlap(tile: int) -> int:
-    """tile/8 LR px: 32 for the paper's 256 tile; at least 8 where the tile allows it, at most half."""
-    return min(max(8, tile // 8), tile // 2)
+STATS_POLICIES = ("downscaled", "tiles")
+__all__ = ["NORM_POLICIES", "STATS_POLICIES", "Pipeline", "TilePolicy", "Work", "default_overlap"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class TilePolicy:
     """How an image is cut and normalised.
 
-    ``tile`` LR px (a multiple of the size rule), 0 = the whole image in one call; ``overlap`` LR px;
-    ``batch`` tiles per engine call; ``norm`` "shared" (GroupNorm statistics pooled over the tiles of
-    an image, two network passes per tile when there is more than one tile) or "tile"."""
+    ``tile`` LR px (an int for a square tile or (h, w); multiples of the size rule), 0 = the whole
+    image in one call, None = auto (whole image when it fits the memory budget, else the tile that
+    fits and executes the fewest pixels); ``overlap`` LR px (None: :func:`default_overlap` of the
+    tile); ``batch`` tiles per engine call; ``norm`` "shared" (GroupNorm statistics pooled over the
+    image, so tiles follow the whole image) or "tile"; ``stats`` how shared statistics are gathered
+    when an image has several tiles: "downscaled" (one call on the image downscaled at least
+    ``stats_factor``×) or "tiles" (every tile once more)."""
 
-    tile: int
-    overlap: int
+    tile: int | tuple[int, int] | None
+    overlap: int | None = None
     batch: int = 1
     norm: str = "shared"
+    stats: str = "downscaled"
+    stats_factor: int = 2
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ConfigError(f"batch {self.batch} must be >= 1")
         if self.norm not in NORM_POLICIES:
             raise ConfigError(f"normalisation {self.norm!r}, expected one of {list(NORM_POLICIES)}")
+        if self.stats not in STATS_POLICIES:
+            raise ConfigError(f"statistics {self.stats!r}, expected one of {list(STATS_POLICIES)}")
+        if self.stats_factor < 2:
+            raise ConfigError(f"statistics downscale factor {self.stats_factor}, expected >= 2")
 
     @property
     def shared_norm(self) -> bool:
         return self.norm == "shared"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Work:
+    """What one image costs: its plan, network passes per tile and the statistics pass's LR px."""
+
+    plan: TilePlan
+    passes: int  # 2 when a statistics pass over the tiles precedes the shared pass, else 1
+    stats_factor: int  # > 1: statistics from one call on the image downscaled this many times; 0: none/tiles
+    stats_px: int  # LR px of the statistics pass (0 without one)
+
+    @property
+    def calls(self) -> int:
+        """Engine calls (batch 1) for the image: what a progress bar counts."""
+        return self.plan.n_tiles * self.passes + (1 if self.stats_factor else 0)
+
+    @property
+    def executed_px(self) -> int:
+        """LR px the network runs for this image, statistics pass included."""
+        plan = self.plan
+        return plan.n_tiles * plan.tile_h * plan.tile_w * self.passes + self.stats_px
+
+    @property
+    def pixel_ratio(self) -> float:
+        """Executed LR px per output LR px (1.0 = every pixel once, no padding)."""
+        return self.executed_px / (self.plan.lr_h * self.plan.lr_w)
+
+
 class Pipeline:
-    """``Pipeline(engine, policy, seed)(lq) -> sr``; deterministic for fixed (seed, tile, overlap, norm)."""
+    """``Pipeline(engine, policy, seed)(lq) -> sr``; deterministic for fixed (seed, plan, norm, stats).
+
+    ``budget``: the LR px one engine call may take now (from :mod:`.memory`), asked once per image
+    when the policy's tile is auto; None (or a budget that returns None) = no limit known."""
 
     def __init__(self, engine: Engine, policy: TilePolicy, *, seed: int = 0,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, budget: BudgetFn | None = None) -> None:
         info = engine.info
         if info.tile_lr is not None:
             if info.tile_lr[0] != info.tile_lr[1]:
                 raise ConfigError(f"{info.backend} engine has a non-square tile {info.tile_lr}; not supported")
-            if policy.tile != info.tile_lr[0]:
+            if policy.tile is None:
+                policy = replace(policy, tile=info.tile_lr[0])
+            elif tile_sides(policy.tile) != tuple(info.tile_lr):
                 raise ConfigError(f"tile {policy.tile} requested, but the {info.backend} engine was built for "
-                                  f"tile {info.tile_lr[0]}; use that tile or export another graph")
+                                  f"tile {info.tile_lr[0]}; use that tile or export a graph with dynamic shapes")
         if policy.norm == "shared" and "shared" not in info.norm_modes:
             raise ConfigError(f"{info.backend} engine cannot share GroupNorm statistics across tiles "
                               f"(it supports {list(info.norm_modes)}); use per-tile normalisation")
-        plan_tiles(1, 1, tile=policy.tile, overlap=policy.overlap, multiple=info.size_multiple)  # validate now
+        if policy.tile is not None:  # validate now
+            overlap = default_overlap(policy.tile) if policy.overlap is None else policy.overlap
+            plan_tiles(1, 1, tile=policy.tile, overlap=overlap if policy.tile else 0, multiple=info.size_multiple)
         self.engine, self.policy, self.seed = engine, policy, int(seed)
         self.log = log or (lambda _message: None)
+        self.budget = budget or (lambda: None)
 
     # -- planning -----------------------------------------------------------------------------------
-    def plan(self, h: int, w: int, policy: TilePolicy | None = None) -> TilePlan:
+    def _max_px(self) -> int | None:
+        """LR px one call may take: the memory budget, within an engine's largest shape."""
+        info = self.engine.info
+        budget = self.budget()
+        if info.lr_max is not None:
+            engine_px = info.lr_max[0] * info.lr_max[1]
+            budget = engine_px if budget is None else min(budget, engine_px)
+        return budget
+
+    def _tile_for(self, h: int, w: int, policy: TilePolicy, max_px: int | None) -> int | tuple[int, int]:
+        if policy.tile is not None:
+            return policy.tile
+        if max_px is None:
+            return 0
+        info = self.engine.info
+        tile = choose_tile(h, w, max_px=max_px, multiple=info.size_multiple)
+        if info.lr_max is not None and tile == (0, 0):
+            m = info.size_multiple
+            if -(-h // m) * m > info.lr_max[0] or -(-w // m) * m > info.lr_max[1]:
+                tile = info.lr_max  # fits in pixels but not in the engine's largest shape
+        return 0 if tile == (0, 0) else tile
+
+    def plan(self, h: int, w: int, policy: TilePolicy | None = None, max_px: int | None = None) -> TilePlan:
         policy = policy or self.policy
         info = self.engine.info
-        return plan_tiles(h, w, tile=policy.tile, overlap=policy.overlap, multiple=info.size_multiple,
-                          scale=info.scale, static=policy.tile > 0)
+        tile = self._tile_for(h, w, policy, max_px)
+        overlap = 0 if tile == 0 else default_overlap(tile) if policy.overlap is None else policy.overlap
+        return plan_tiles(h, w, tile=tile, overlap=overlap, multiple=info.size_multiple, scale=info.scale,
+                          static=info.tile_lr is not None)
 
-    def passes(self, plan: TilePlan, policy: TilePolicy | None = None) -> int:
-        """Network passes per tile: 2 when statistics are shared over more than one tile, else 1."""
+    def cost(self, h: int, w: int, policy: TilePolicy | None = None, max_px: int | None = None) -> Work:
+        """The plan and the passes for an h×w LR image (``max_px`` None: asked of the budget)."""
         policy = policy or self.policy
-        return 2 if policy.norm == "shared" and plan.n_tiles > 1 else 1
+        if max_px is None and policy.tile is None:
+            max_px = self._max_px()
+        plan = self.plan(h, w, policy, max_px)
+        if policy.norm != "shared" or plan.n_tiles == 1:
+            return Work(plan=plan, passes=1, stats_factor=0, stats_px=0)
+        if policy.stats == "downscaled" and self.engine.info.tile_lr is None:
+            m = self.engine.info.size_multiple
+            factor = policy.stats_factor
+            if max_px is not None:
+                factor = max(factor, downscale_factor(h, w, max_px=max_px, multiple=m))
+            small_h, small_w = -(-h // factor), -(-w // factor)
+            return Work(plan=plan, passes=1, stats_factor=factor,
+                        stats_px=(-(-small_h // m) * m) * (-(-small_w // m) * m))
+        return Work(plan=plan, passes=2, stats_factor=0, stats_px=0)
 
     def work(self, h: int, w: int) -> tuple[int, int]:
-        """(tiles, passes per tile) for an h×w LR image: what a progress bar or an estimate counts."""
-        plan = self.plan(h, w)
-        return plan.n_tiles, self.passes(plan)
+        """(tiles, passes per tile) for an h×w LR image: what an estimate counts."""
+        cost = self.cost(h, w)
+        return cost.plan.n_tiles, cost.passes
 
     # -- running ------------------------------------------------------------------------------------
     def __call__(self, lq: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
@@ -106,21 +191,30 @@ class Pipeline:
         if lq.ndim != 3 or lq.shape[0] != 3:
             raise InputError(f"expected an LR image of shape (3, h, w), got {tuple(lq.shape)}")
         policy = self.policy
+        cost = self.cost(lq.shape[1], lq.shape[2], policy)
+        if policy.tile is None and cost.plan.n_tiles > 1:
+            stats = (f"statistics from a {cost.stats_factor}x downscaled pass" if cost.stats_factor else
+                     "statistics from every tile" if cost.passes == 2 else "per-tile statistics")
+            self.log(f"image {lq.shape[2]}x{lq.shape[1]} LR px does not fit one call in memory: "
+                     f"{cost.plan.n_tiles} tiles of {_tile_text(cost.plan)}, {stats} "
+                     f"({cost.pixel_ratio:.2f} px run per px)")
         while True:
             try:
-                return self._run(lq, policy, progress)
+                return self._run(lq, policy, cost, progress)
             except Exception as err:  # noqa: BLE001 - only allocation failures are retried, the rest re-raised
                 if not is_out_of_memory(err):
                     raise
-                smaller = self._smaller(policy, lq.shape[1], lq.shape[2])
+                smaller = self._smaller(policy, cost.plan)
                 if smaller is None:
-                    raise OutOfMemoryError(f"out of memory even at tile {policy.tile or 'whole'}, batch "
+                    raise OutOfMemoryError(f"out of memory even at tile {_tile_text(cost.plan)}, batch "
                                            f"{policy.batch} ({_first_line(err)})") from None
-                self.log(f"out of memory at tile {policy.tile or 'whole'}, batch {policy.batch}; retrying with "
-                         f"tile {smaller.tile}, batch {smaller.batch}")
+                self.log(f"out of memory at tile {_tile_text(cost.plan)}, batch {policy.batch}; retrying with "
+                         f"tile {_tile_text(smaller.tile)}, batch {smaller.batch}")
                 policy = smaller
+                tile_px = cost.plan.tile_h * cost.plan.tile_w
+                cost = self.cost(lq.shape[1], lq.shape[2], policy, max_px=tile_px // 4 if tile_px >= 4 else 1)
 
-    def _smaller(self, policy: TilePolicy, h: int, w: int) -> TilePolicy | None:
+    def _smaller(self, policy: TilePolicy, plan: TilePlan) -> TilePolicy | None:
         """The next policy to try after an allocation failure, or None when nothing is smaller."""
         info = self.engine.info
         if policy.batch > 1:
@@ -128,24 +222,50 @@ class Pipeline:
         if info.tile_lr is not None:
             return None
         multiple = info.size_multiple
-        current = policy.tile or max(-(-h // multiple), -(-w // multiple)) * multiple
-        tile = current // 2 // multiple * multiple
-        if tile < multiple:
+        tile_h, tile_w = (side // 2 // multiple * multiple for side in (plan.tile_h, plan.tile_w))
+        if tile_h < multiple or tile_w < multiple:
             return None
+        tile = tile_h if tile_h == tile_w else (tile_h, tile_w)
         return replace(policy, tile=tile, overlap=default_overlap(tile))  # at most tile/2: always valid
 
-    def _run(self, lq: np.ndarray, policy: TilePolicy, progress: ProgressFn | None) -> np.ndarray:
-        engine, info = self.engine, self.engine.info
+    def _canvas(self, lq: np.ndarray, plan: TilePlan, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x_K, lq) of the padded canvas: x_K = up(lq_pad) + eps, eps ~ N(0, I), a_K = s_K = 1."""
         _, h, w = lq.shape
-        plan = self.plan(h, w, policy)
-        batch = min(policy.batch, info.max_batch)
         lq_t = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32))
         rows = torch.from_numpy(reflect_indices(h, plan.canvas_h))
         cols = torch.from_numpy(reflect_indices(w, plan.canvas_w))
         lq_pad = lq_t.index_select(1, rows).index_select(2, cols)[None]
-        x_k = up(lq_pad, info.scale)
-        x_k += unit_noise(tuple(x_k.shape), self.seed)  # x_K = up(y0) + eps, eps ~ N(0, I), a_K = s_K = 1
-        x_k_np, lq_np = x_k[0].numpy(), lq_pad[0].numpy()
+        x_k = up(lq_pad, plan.scale)
+        x_k += unit_noise(tuple(x_k.shape), seed)
+        return x_k[0].numpy(), lq_pad[0].numpy()
+
+    def _downscaled_statistics(self, lq: np.ndarray, factor: int) -> np.ndarray:
+        """(2, S) GroupNorm statistics of one whole-image call on ``lq`` downscaled ``factor``× (area)."""
+        info = self.engine.info
+        _, h, w = lq.shape
+        size = (-(-h // factor), -(-w // factor))
+        small = F.interpolate(torch.from_numpy(np.ascontiguousarray(lq))[None], size=size, mode="area")[0].numpy()
+        plan = plan_tiles(size[0], size[1], tile=0, overlap=0, multiple=info.size_multiple, scale=info.scale)
+        x_k, lq_pad = self._canvas(small, plan, self.seed)
+        stats = self.engine.tile_statistics(x_t=x_k[None], lq=lq_pad[None], sigma=np.ones(1, np.float32))
+        return np.ascontiguousarray(stats[0], dtype=np.float32)
+
+    def _run(self, lq: np.ndarray, policy: TilePolicy, cost: Work, progress: ProgressFn | None) -> np.ndarray:
+        engine, info, plan = self.engine, self.engine.info, cost.plan
+        batch = min(policy.batch, info.max_batch)
+        total, done = cost.calls, 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, total)
+
+        pooled = None
+        if cost.stats_factor:
+            pooled = self._downscaled_statistics(lq, cost.stats_factor)
+            advance(1)
+        x_k_np, lq_np = self._canvas(lq, plan, self.seed)
 
         def tiles() -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
             for indices in iter_batches(plan, batch):
@@ -154,27 +274,29 @@ class Pipeline:
                          "sigma": np.ones(len(indices), dtype=np.float32)}
                 yield indices, feeds
 
-        passes = self.passes(plan, policy)
-        total, done = plan.n_tiles * passes, 0
-        pooled = None
-        if passes == 2:
+        if cost.passes == 2:
             stats = []
             for indices, feeds in tiles():
                 stats.append(engine.tile_statistics(**feeds))
-                done += len(indices)
-                if progress is not None:
-                    progress(done, total)
+                advance(len(indices))
             pooled = pool_statistics(np.concatenate(stats))
         acc = Accumulator(plan, channels=3)
         for indices, feeds in tiles():
             sr = engine(**feeds) if pooled is None else engine(**feeds, norm_stats=pooled)
             for i, tile_out in zip(indices, sr):
                 acc.add(i, tile_out)
-            done += len(indices)
-            if progress is not None:
-                progress(done, total)
+            advance(len(indices))
         out = acc.result()
         return np.clip((out + 1.0) * 0.5, 0.0, 1.0, out=out)
+
+
+def _tile_text(tile) -> str:
+    if isinstance(tile, TilePlan):
+        tile = (tile.tile_h, tile.tile_w)
+    if tile in (0, (0, 0), None):
+        return "whole"
+    h, w = tile_sides(tile)
+    return f"{h}" if h == w else f"{h}x{w}"
 
 
 def _first_line(err: BaseException) -> str:

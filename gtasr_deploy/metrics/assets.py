@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import re
 import subprocess
@@ -28,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from ..paths import cache_root
 
 import numpy as np
 
@@ -87,8 +88,7 @@ class AssetFetchError(CheckpointError):
 
 def default_asset_dir() -> Path:
     """``$GTASR_CACHE/assets``, or ``~/.cache/gtasr_deploy/assets`` when the variable is unset."""
-    root = os.environ.get("GTASR_CACHE") or Path.home() / ".cache" / "gtasr_deploy"
-    return Path(root) / "assets"
+    return cache_root() / "assets"
 
 
 def _spec(name: str) -> AssetSpec:
