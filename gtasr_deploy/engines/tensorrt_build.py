@@ -164,7 +164,7 @@ class Targets:
 def resolve_targets(library: str, requested: str | Sequence[str] = "auto",
                     gpu: tuple[str, tuple[int, int]] | None = None) -> Targets:
     """Turn ``--trt-targets`` into :class:`Targets`, refusing in one line what cannot be built."""
-    wanted = parse_request(requested)
+    wanted = parse_request(requested, library)
     if library == "tensorrt":
         if gpu is None:
             raise BackendUnavailableError(
@@ -176,8 +176,6 @@ def resolve_targets(library: str, requested: str | Sequence[str] = "auto",
                               f"({gpu[0]}, {here}); other targets need TensorRT for RTX (--trt-library tensorrt-rtx)")
         return Targets(names=(here,), build_gpu=gpu[0])
     supported = _rtx_targets(import_library(library))
-    if "sm75" in wanted:
-        raise ConfigError(f"TensorRT targets: {TURING_REFUSAL}")
     if wanted in (("auto",), ("current",)):
         if gpu is not None:
             here = trt_cache.target_name(gpu[1])
@@ -195,11 +193,14 @@ def resolve_targets(library: str, requested: str | Sequence[str] = "auto",
     return Targets(names=tuple(wanted))
 
 
-def parse_request(requested: str | Sequence[str]) -> tuple[str, ...]:
+def parse_request(requested: str | Sequence[str], library: str = "auto") -> tuple[str, ...]:
+    """``--trt-targets`` checked before any work: names, 'auto'/'current' alone, and no sm75 for RTX."""
     text = requested if isinstance(requested, str) else ",".join(requested)
     wanted = trt_cache.parse_targets(text)
     if len(wanted) > 1 and set(wanted) & {"auto", "current"}:
         raise ConfigError(f"TensorRT targets {','.join(wanted)}: 'auto'/'current' cannot be combined with names")
+    if "sm75" in wanted and library != "tensorrt":
+        raise ConfigError(f"TensorRT targets: {TURING_REFUSAL}")
     return wanted
 
 

@@ -37,7 +37,7 @@ TARGET_HARDWARE = {
     "sm80": "A100, A30",
     "sm86": "Ampere RTX: RTX 30 series, RTX A-series",
     "sm87": "Jetson Orin",
-    "sm89": "Ada: RTX 40 series, RTX 6000 Ada, L4, L40",
+    "sm89": "Ada: RTX 40 series, RTX 6000 Ada",
     "sm90": "Hopper: H100, H200, GH200",
     "sm100": "Blackwell: B200, GB200",
     "sm120": "Blackwell RTX: RTX 50 series, RTX PRO Blackwell",
@@ -117,6 +117,12 @@ class EngineSpec:
         return out
 
 
+def canonical_profile(profile: Mapping | Profile) -> dict[str, list[list[int]]]:
+    """{input: [[min], [opt], [max]]} from a sidecar's JSON profile or a :data:`Profile` tuple."""
+    items = profile.items() if isinstance(profile, Mapping) else profile
+    return {str(name): [[int(d) for d in s] for s in shapes] for name, shapes in items}
+
+
 def _canonical(fields: Mapping) -> dict:
     """Normalise a key-field mapping so equal content hashes equal (tuples vs lists, int types)."""
     missing = [k for k in KEY_FIELDS if k not in fields]
@@ -126,9 +132,7 @@ def _canonical(fields: Mapping) -> dict:
         out = {k: str(fields[k]) for k in ("onnx_sha256", "precision", "library", "library_version", "build_gpu")}
         out["batch_range"] = [int(v) for v in fields["batch_range"]]
         out["targets"] = [str(t) for t in fields["targets"]]
-        profile = fields["profile"]
-        items = profile.items() if isinstance(profile, Mapping) else profile
-        out["profile"] = {str(name): [[int(d) for d in s] for s in shapes] for name, shapes in items}
+        out["profile"] = canonical_profile(fields["profile"])
     except (TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"engine cache key: unusable field ({err}); rebuild the engine") from err
     return out
@@ -242,7 +246,7 @@ def runs_on(sidecar: Mapping, capability: Sequence[int], gpu_name: str) -> str |
     targets = [str(t) for t in sidecar["targets"]]
     if here not in targets:
         return (f"it holds code for {describe_targets(targets)} only, and this GPU ({gpu_name}) is {here}; "
-                f"run it on one of those, or rebuild it with gtasr-export --trt-targets {here}")
+                "run it on one of those, or rebuild it on this machine (gtasr-export --trt-targets auto)")
     built_on = str(sidecar.get("build_gpu") or "")
     if sidecar["library"] == "tensorrt" and built_on and built_on != gpu_name:
         return (f"classic TensorRT built it on {built_on}, and this GPU is {gpu_name}; rebuild it here "
