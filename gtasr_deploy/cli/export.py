@@ -39,7 +39,7 @@ def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, t
     """Build (or reuse) a TensorRT engine beside each graph when a library can build here; else one line why not."""
     from ..engines import tensorrt_build
 
-    reason = tensorrt_build.explain_cannot_build(library)
+    reason = tensorrt_build.explain_cannot_build(library, targets)
     if reason is not None:
         click.echo(f"no TensorRT engine built: {reason}")
         return

@@ -213,12 +213,11 @@ def explain_unavailable() -> str | None:
     return None
 
 
-def explain_cannot_build(library: str = "auto") -> str | None:
+def explain_cannot_build(library: str = "auto", targets: str = "auto") -> str | None:
     """One line saying why no TensorRT engine can be BUILT here, or None: with TensorRT for RTX, any machine."""
+    gpu = local_gpu()
     try:
-        name = pick_library(library, local_gpu())
-        if name == "tensorrt":
-            cuda_device_info()
+        resolve_targets(pick_library(library, gpu), targets, gpu)
     except (BackendUnavailableError, ConfigError) as err:
         return str(err)
     return None
