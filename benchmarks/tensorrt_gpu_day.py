@@ -57,7 +57,8 @@ def black_tiles(sr: np.ndarray, ref: np.ndarray, tile_px: int) -> int:
     for y in range(0, sr.shape[0], tile_px):
         for x in range(0, sr.shape[1], tile_px):
             a, b = sr[y:y + tile_px, x:x + tile_px], ref[y:y + tile_px, x:x + tile_px]
-            count += int(np.nanmax(np.abs(a)) < BLACK and np.max(b) > LIT)
+            finite = np.abs(a[np.isfinite(a)])
+            count += int(finite.size > 0 and finite.max() < BLACK and np.max(b) > LIT)
     return count
 
 
@@ -151,10 +152,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from gtasr_deploy.batch import collect_inputs
     from gtasr_deploy.engines import tensorrt_build
+    from gtasr_deploy.errors import GtasrError
 
-    photos = [src for src, _ in collect_inputs(args.photos)]
-    if not photos:
-        print(f"error: no images under {args.photos}", file=sys.stderr)
+    try:
+        photos = [src for src, _ in collect_inputs(args.photos)]
+    except GtasrError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     gpu = tensorrt_build.local_gpu()
     slug = re.sub(r"[^a-z0-9]+", "_", (gpu[0] if gpu else "gpu").lower()).strip("_")

@@ -24,7 +24,8 @@ def test_dry_run_prints_the_plan_without_a_gpu(capsys, tmp_path):
 
 def test_dry_run_without_photos_is_one_line(capsys, tmp_path):
     assert day.main(["--dry-run", "--photos", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: no images under {tmp_path}"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no images found in {tmp_path}") and err.count("\n") == 1
 
 
 def test_black_tiles_count_only_tiles_with_reference_content():
