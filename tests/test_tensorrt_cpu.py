@@ -382,6 +382,18 @@ def test_auto_targets_follow_the_gpu_and_the_library(monkeypatch):
         tensorrt_build.resolve_targets("tensorrt", "sm89", hopper)
 
 
+def test_running_needs_a_library_that_serves_this_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", FakeTRT(version="1.7.1.116", rtx=True))
+    _no_library(monkeypatch, "tensorrt")
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA GeForce RTX 4090", (8, 9)))
+    assert tensorrt_build.explain_unavailable() is None
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA H100 80GB HBM3", (9, 0)))
+    assert "this GPU (NVIDIA H100 80GB HBM3) is sm90, which TensorRT for RTX does not compile for (it supports sm80, " \
+        "sm86, sm89, sm120, sm121); on this GPU use classic TensorRT" in tensorrt_build.explain_unavailable()
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    assert tensorrt_build.explain_unavailable() is None  # classic TensorRT serves the H100
+
+
 # --------------------------------------------------------------------------- fake TensorRT
 
 class FakeParserError:

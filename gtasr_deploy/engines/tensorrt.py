@@ -173,7 +173,7 @@ class TensorRTEngine(Engine):
         if not rebuild and targets == "auto":
             wanted = list(tensorrt_build.LIBRARIES) if library == "auto" else [library]
             found = find_engine(onnx_path, engine_dir, tensorrt_build.graph_spec(onnx_path), capability, gpu_name,
-                                [name for name in wanted if tensorrt_build._importable(name)])
+                                [name for name in wanted if tensorrt_build.importable(name)])
             if found is not None:
                 log(f"TensorRT engine: using {found}")
                 try:

@@ -90,12 +90,8 @@ def import_library(name: str):
     return trt
 
 
-def import_tensorrt():
-    """Classic ``tensorrt`` (kept for callers that want exactly that library)."""
-    return import_library("tensorrt")
-
-
-def _importable(name: str) -> bool:
+def importable(name: str) -> bool:
+    """Whether TensorRT library ``name`` imports here (at a version this package supports)."""
     try:
         import_library(name)
     except BackendUnavailableError:
@@ -140,11 +136,11 @@ def pick_library(requested: str = "auto", gpu: tuple[str, tuple[int, int]] | Non
     if requested != "auto":
         import_library(requested)
         return requested
-    if _importable("tensorrt-rtx"):
+    if importable("tensorrt-rtx"):
         rtx = import_library("tensorrt-rtx")
-        if gpu is None or trt_cache.target_name(gpu[1]) in _rtx_targets(rtx) or not _importable("tensorrt"):
+        if gpu is None or trt_cache.target_name(gpu[1]) in _rtx_targets(rtx) or not importable("tensorrt"):
             return "tensorrt-rtx"
-    if _importable("tensorrt"):
+    if importable("tensorrt"):
         return "tensorrt"
     raise BackendUnavailableError(
         "tensorrt backend: neither TensorRT for RTX nor TensorRT is installed; install one with "
@@ -181,6 +177,10 @@ def resolve_targets(library: str, requested: str | Sequence[str] = "auto",
             here = trt_cache.target_name(gpu[1])
             if here == "sm75":
                 raise ConfigError(f"TensorRT targets: this GPU ({gpu[0]}) is {TURING_REFUSAL}")
+            if here not in supported:
+                raise ConfigError(f"TensorRT targets: this GPU ({gpu[0]}) is {here}, which TensorRT for RTX does "
+                                  f"not compile for (it supports {', '.join(t for t in supported if t != 'sm75')}); "
+                                  "on this GPU use classic TensorRT from NVIDIA, or --backend torch")
             return Targets(names=(here,), current=True, build_gpu=gpu[0])
         if wanted == ("current",):
             raise BackendUnavailableError("TensorRT targets: 'current' needs a CUDA GPU and none is visible; name "
@@ -205,10 +205,12 @@ def parse_request(requested: str | Sequence[str], library: str = "auto") -> tupl
 
 
 def explain_unavailable() -> str | None:
-    """One line saying why no TensorRT engine can RUN here (library and GPU), or None when one can."""
+    """One line saying why no TensorRT engine can RUN here (a library that serves this GPU, and the
+    GPU), or None when one can."""
     try:
-        pick_library("auto", cuda_device_info())
-    except BackendUnavailableError as err:
+        gpu = cuda_device_info()
+        resolve_targets(pick_library("auto", gpu), "auto", gpu)
+    except (BackendUnavailableError, ConfigError) as err:
         return str(err)
     return None
 
