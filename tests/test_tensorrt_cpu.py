@@ -369,7 +369,7 @@ def test_auto_targets_follow_the_gpu_and_the_library(monkeypatch):
     assert tensorrt_build.resolve_targets("tensorrt-rtx", "auto", ada) == tensorrt_build.Targets(
         names=("sm89",), current=True, build_gpu=ada[0])
     assert tensorrt_build.resolve_targets("tensorrt-rtx", "sm89,sm120", ada).current is False
-    with pytest.raises(ConfigError, match=r"this GPU \(Quadro RTX 8000\) is sm75 \(Turing"):
+    with pytest.raises(ConfigError, match=r"this GPU \(Quadro RTX 8000\) is Turing \(sm75\), and sm75 \(Turing"):
         tensorrt_build.resolve_targets("tensorrt-rtx", "auto", ("Quadro RTX 8000", (7, 5)))
     with pytest.raises(ConfigError, match=r"\['sm90'\]: not compiled by this TensorRT for RTX; it supports sm80, sm86"):
         tensorrt_build.resolve_targets("tensorrt-rtx", "sm90")
@@ -1077,5 +1077,5 @@ def test_from_onnx_uses_an_engine_built_elsewhere_whose_targets_include_this_gpu
     trt_engine.TensorRTEngine.from_onnx(onnx, log=lambda _: None)
     assert opened == [several] and fake.named("build_serialized_network") == []
     monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA GeForce RTX 2080 Ti", (7, 5)))
-    with pytest.raises(ConfigError, match="this GPU \\(NVIDIA GeForce RTX 2080 Ti\\) is sm75"):
+    with pytest.raises(ConfigError, match="this GPU \\(NVIDIA GeForce RTX 2080 Ti\\) is Turing \\(sm75\\)"):
         trt_engine.TensorRTEngine.from_onnx(onnx, log=lambda _: None)  # nothing fits, and sm75 cannot be built

@@ -176,7 +176,7 @@ def resolve_targets(library: str, requested: str | Sequence[str] = "auto",
         if gpu is not None:
             here = trt_cache.target_name(gpu[1])
             if here == "sm75":
-                raise ConfigError(f"TensorRT targets: this GPU ({gpu[0]}) is {TURING_REFUSAL}")
+                raise ConfigError(f"TensorRT targets: this GPU ({gpu[0]}) is Turing (sm75), and {TURING_REFUSAL}")
             if here not in supported:
                 raise ConfigError(f"TensorRT targets: this GPU ({gpu[0]}) is {here}, which TensorRT for RTX does "
                                   f"not compile for (it supports {', '.join(t for t in supported if t != 'sm75')}); "
