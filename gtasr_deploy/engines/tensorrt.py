@@ -190,18 +190,19 @@ class TensorRTEngine(Engine):
                                      rebuild=rebuild)
 
     def _create_context(self, engine):
-        """TensorRT for RTX: a runtime config with the on-disk JIT kernel cache and its CUDA graph strategy."""
+        """A runtime config where the library has one (TensorRT for RTX): the on-disk JIT kernel cache and
+        the library's own CUDA graph strategy, each used only where the binding offers it."""
         trt = self._trt
         if not hasattr(engine, "create_runtime_config"):
             return engine.create_execution_context()
         config = engine.create_runtime_config()
-        if self._cache_path is not None:
+        if self._cache_path is not None and hasattr(config, "create_runtime_cache"):
             cache = config.create_runtime_cache()
             if self._cache_path.is_file() and not cache.deserialize(self._cache_path.read_bytes()):
                 self._log(f"TensorRT runtime cache {self._cache_path} is from another GPU/driver; starting afresh")
             config.set_runtime_cache(cache)
             self._runtime_cache = cache
-        if self._use_graph and hasattr(trt, "CudaGraphStrategy"):
+        if self._use_graph and hasattr(trt, "CudaGraphStrategy") and hasattr(config, "cuda_graph_strategy"):
             config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
             self._use_graph = False  # the library captures and replays; no torch capture on top
         return engine.create_execution_context(config)
