@@ -211,3 +211,33 @@ def test_running_needs_a_gpu_and_says_so():
         pytest.skip("a GPU is present: tests/test_gpu_tensorrt.py runs engines there")
     reason = tensorrt_build.explain_unavailable()
     assert "no CUDA GPU is visible" in reason and "built here with TensorRT for RTX" in reason
+
+
+# Every name the builder and the runner call, per class: the fakes in test_tensorrt_cpu.py stand in
+# for these, so the real library must have them all.
+API_USED = {
+    "Builder": ("create_network", "create_builder_config", "create_optimization_profile", "build_serialized_network"),
+    "IBuilderConfig": ("set_memory_pool_limit", "profiling_verbosity", "num_compute_capabilities",
+                       "set_compute_capability", "add_optimization_profile"),
+    "IOptimizationProfile": ("set_shape",),
+    "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
+    "ParserError": ("node", "node_name", "node_operator", "desc"),
+    "Runtime": ("deserialize_cuda_engine", "get_engine_validity"),
+    "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype",
+                    "create_execution_context", "create_runtime_config"),
+    "IRuntimeConfig": ("create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy"),
+    "IRuntimeCache": ("serialize", "deserialize"),
+    "IExecutionContext": ("set_tensor_address", "set_input_shape", "get_tensor_shape", "execute_async_v3"),
+}
+
+
+def test_the_installed_library_has_every_name_the_package_calls():
+    missing = [f"{cls}.{name}" for cls, names in API_USED.items() for name in names
+               if not hasattr(getattr(trt, cls), name)]
+    assert missing == []
+    for enum, member in (("ComputeCapability", "SM89"), ("ComputeCapability", "CURRENT"),
+                         ("CudaGraphStrategy", "WHOLE_GRAPH_CAPTURE"), ("EngineValidity", "INVALID"),
+                         ("EngineInvalidityDiagnostics", "MALFORMED_ENGINE"), ("ProfilingVerbosity", "DETAILED"),
+                         ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("MemoryPoolType", "WORKSPACE")):
+        assert hasattr(getattr(trt, enum), member), f"{enum}.{member}"
+    assert set(tensorrt_build.DEFAULT_AOT_TARGETS) <= set(tensorrt_build._rtx_targets(trt))
