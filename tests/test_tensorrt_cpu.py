@@ -40,6 +40,8 @@ def onnx_sidecar(**over) -> dict:
             "batch": {"min": 1, "opt": 2, "max": 4}, "precision": "fp16", "opset": 17, "scale": 4,
             "norm_groups": GROUPS}
     data.update(over)
+    if "lr_range" in contract.ONNX_SIDECAR_KEYS and "lr_range" not in over:  # the dynamic-shape contract
+        data["lr_range"] = {key: list(data["tile_lr"]) for key in ("min", "opt", "max")}
     return data
 
 
