@@ -1,7 +1,9 @@
 """TensorRT on a real GPU: build from the tiny fixture's ONNX graphs, parity, cache reuse, CUDA graphs.
 
-Skipped (with the reason) where TensorRT cannot import or no CUDA GPU is visible, and where the
-ONNX exporter is not available. Tolerances: the fp32 engine may use TF32 (TensorRT's default for
+Skipped (with the reason) where neither TensorRT for RTX nor TensorRT can run here (no library, or
+no CUDA GPU), and where the ONNX exporter is not available. This project has not yet run these on
+a GPU. The library is the one ``auto`` picks: TensorRT for RTX on RTX cards, classic TensorRT on
+data-centre GPUs. Tolerances: the fp32 engine may use TF32 (TensorRT's default for
 fp32 layers); the fp16 engine is judged by PSNR against torch fp32, as SPEC §4 asks. Both GroupNorm
 modes of the graph contract are checked: each tile its own statistics, and pooled ``norm_stats``.
 """
@@ -93,7 +95,7 @@ def test_engine_builds_and_matches_torch(model, graphs, tmp_path, precision):
     inputs = _inputs(2)
     ref = _reference(model, inputs)
     groups = NormIO(model).size
-    with TensorRTEngine.from_onnx(graphs[precision], cache_dir=tmp_path, workspace_gb=2, log=print) as engine:
+    with TensorRTEngine.from_onnx(graphs[precision], engine_dir=tmp_path, workspace_gb=2, log=print) as engine:
         assert engine.info.backend == "tensorrt" and engine.info.precision == precision
         assert engine.info.tile_lr == TILE and engine.info.batch_range[2] == BATCH_MAX
         assert engine.info.norm_groups == groups and "shared" in engine.info.norm_modes
@@ -114,25 +116,41 @@ def test_engine_builds_and_matches_torch(model, graphs, tmp_path, precision):
 
 def test_engine_cache_is_reused_and_stale_engines_are_refused(graphs, tmp_path):
     logs: list[str] = []
-    first = tensorrt_build.get_or_build_engine(graphs["fp16"], cache_dir=tmp_path, workspace_gb=2, log=logs.append)
+    first = tensorrt_build.get_or_build_engine(graphs["fp16"], engine_dir=tmp_path, workspace_gb=2, log=logs.append)
     stamp = first.stat().st_mtime_ns
-    again = tensorrt_build.get_or_build_engine(graphs["fp16"], cache_dir=tmp_path, workspace_gb=2, log=logs.append)
+    again = tensorrt_build.get_or_build_engine(graphs["fp16"], engine_dir=tmp_path, workspace_gb=2, log=logs.append)
     assert again == first and first.stat().st_mtime_ns == stamp and "reusing" in logs[-1]
 
     side_path = trt_cache.engine_sidecar_path(first)
     data = json.loads(side_path.read_text())
-    data["gpu_name"] = "Some Other GPU"
+    data["targets"] = ["sm121"] if data["targets"] != ["sm121"] else ["sm86"]
     side_path.write_text(json.dumps(data))
-    with pytest.raises(EngineBuildError, match="gpu_name differs"):
+    with pytest.raises(EngineBuildError, match="cannot run here: it holds code for sm.* only, and this GPU"):
         TensorRTEngine(first)
-    rebuilt = tensorrt_build.get_or_build_engine(graphs["fp16"], cache_dir=tmp_path, workspace_gb=2,
+    rebuilt = tensorrt_build.get_or_build_engine(graphs["fp16"], engine_dir=tmp_path, workspace_gb=2,
                                                  log=logs.append)
-    assert rebuilt == first and first.stat().st_mtime_ns != stamp
+    assert rebuilt == first and first.stat().st_mtime_ns != stamp and "stale" in logs[-2]
+
+
+def test_engine_built_ahead_of_time_for_this_architecture_runs(model, graphs, tmp_path):
+    """The TensorRT-for-RTX workflow: an engine compiled for named targets (as on a machine without a
+    GPU) is found beside the graph and used, without a build for CURRENT."""
+    if tensorrt_build.pick_library("auto", tensorrt_build.local_gpu()) != "tensorrt-rtx":
+        pytest.skip("ahead-of-time targets are a TensorRT-for-RTX feature; classic TensorRT builds for this GPU")
+    _, capability = tensorrt_build.cuda_device_info()
+    path = tensorrt_build.get_or_build_engine(graphs["fp16"], targets=trt_cache.target_name(capability),
+                                              workspace_gb=2, log=print)
+    logs: list[str] = []
+    inputs = _inputs(2)
+    with TensorRTEngine.from_onnx(graphs["fp16"], log=logs.append) as engine:
+        sr = engine(**inputs)
+    assert logs[0] == f"TensorRT engine: using {path}"
+    assert _psnr(sr, _reference(model, inputs)["sr"]) >= 40.0
 
 
 def test_cuda_graph_matches_eager_across_batch_changes(graphs, tmp_path):
-    eager = TensorRTEngine.from_onnx(graphs["fp16"], cache_dir=tmp_path, workspace_gb=2)
-    graphed = TensorRTEngine.from_onnx(graphs["fp16"], cache_dir=tmp_path, workspace_gb=2, cuda_graph=True)
+    eager = TensorRTEngine.from_onnx(graphs["fp16"], engine_dir=tmp_path, workspace_gb=2)
+    graphed = TensorRTEngine.from_onnx(graphs["fp16"], engine_dir=tmp_path, workspace_gb=2, cuda_graph=True)
     try:
         for n, seed in ((2, 1), (1, 2), (2, 3), (2, 4)):
             inputs = _inputs(n, seed)
@@ -150,7 +168,7 @@ def test_cuda_graph_matches_eager_across_batch_changes(graphs, tmp_path):
 
 
 def test_engine_rejects_shapes_outside_its_profile(graphs, tmp_path):
-    with TensorRTEngine.from_onnx(graphs["fp32"], cache_dir=tmp_path, workspace_gb=2) as engine:
+    with TensorRTEngine.from_onnx(graphs["fp32"], engine_dir=tmp_path, workspace_gb=2) as engine:
         with pytest.raises(InputError, match="batch 3 outside"):
             engine(**_inputs(3))
         bad = _inputs(1)

@@ -24,7 +24,7 @@ from onnx import TensorProto  # noqa: E402
 from gtasr_deploy import contract  # noqa: E402
 from gtasr_deploy.cli.export import main as export_cli  # noqa: E402
 from gtasr_deploy.engines.onnxruntime import OrtEngine  # noqa: E402
-from gtasr_deploy.engines.tensorrt_build import explain_unavailable  # noqa: E402
+from gtasr_deploy.engines.tensorrt_build import explain_cannot_build  # noqa: E402
 from gtasr_deploy.engines.torch_engine import TorchEngine  # noqa: E402
 from gtasr_deploy.errors import ConfigError, EngineBuildError  # noqa: E402
 from gtasr_deploy.export import fp16 as fp16_pass  # noqa: E402
@@ -407,10 +407,13 @@ def test_cli_writes_graph_and_sidecar(tmp_path, tiny_config):
         assert (out / f"tiny_tile8_{precision}.onnx").is_file()
     assert "RANDOM weights" in result.output
     assert "max abs error" in result.output and "PSNR" in result.output
-    reason = explain_unavailable()
-    if reason is not None:  # no TensorRT here: exactly one line saying why
+    reason = explain_cannot_build()
+    if reason is not None:  # no TensorRT library that can build here: exactly one line saying why
         assert [line for line in result.output.splitlines() if "TensorRT" in line] == [
             f"no TensorRT engine built: {reason}"]
+    else:  # TensorRT for RTX builds on any machine: one engine beside each graph
+        for precision in ("fp32", "fp16"):
+            assert len(list(out.glob(f"tiny_tile8_{precision}_*.engine"))) == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,9 +1,11 @@
-"""TensorRT cache, builder control flow and ONNX Runtime provider selection, all on CPU.
+"""TensorRT cache, targets, builder control flow, loading checks and ONNX Runtime provider selection, on CPU.
 
-TensorRT itself is replaced by a fake module that implements the documented TensorRT 10 Python
-API names the builder and the runner use, and records the calls, so these tests check OUR logic (strong
-typing, no FP16 flag, profile, workspace, timing cache, error paths, the runner binding the graph
-contract's five inputs and two outputs) — not TensorRT.
+TensorRT itself is replaced by a fake module that implements the documented Python API names the
+builder and the runner use (TensorRT 10 and TensorRT for RTX share them), and records the calls, so
+these tests check OUR logic (strong typing, no precision flag, profile, workspace, compute-capability
+targets on RTX, timing cache on classic TensorRT only, error paths, the runner binding the graph
+contract's inputs and outputs at any shape inside the profile) — not TensorRT. Real builds with
+TensorRT for RTX are in tests/test_tensorrt_rtx_build.py.
 """
 
 from __future__ import annotations
@@ -38,14 +40,39 @@ def onnx_sidecar(**over) -> dict:
             "batch": {"min": 1, "opt": 2, "max": 4}, "precision": "fp16", "opset": 17, "scale": 4,
             "norm_groups": GROUPS}
     data.update(over)
+    if "lr_range" in contract.ONNX_SIDECAR_KEYS and "lr_range" not in over:  # the dynamic-shape contract
+        data["lr_range"] = {key: list(data["tile_lr"]) for key in ("min", "opt", "max")}
     return data
 
 
-def spec(**over) -> trt_cache.EngineSpec:
-    fields = {"onnx_sha256": SHA_A, "tile_lr": (64, 48), "batch_range": (1, 2, 4), "precision": "fp16",
-              "trt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": (9, 0)}
+def spec(side=None, **over) -> trt_cache.EngineSpec:
+    fields = {"library": "tensorrt-rtx", "library_version": "1.7.1.116", "targets": ("sm86", "sm89")}
     fields.update(over)
-    return trt_cache.EngineSpec(**fields)
+    return trt_cache.EngineSpec.from_onnx_sidecar(side or onnx_sidecar(), **fields)
+
+
+# --------------------------------------------------------------------------- targets
+
+@pytest.mark.parametrize("text,expected", [
+    ("sm89", ("sm89",)), ("SM120, sm_86,sm89", ("sm86", "sm89", "sm120")), ("8.9,sm89", ("sm89",)),
+    ("auto", ("auto",)), ("current", ("current",)),
+])
+def test_parse_targets_normalises_and_sorts(text, expected):
+    assert trt_cache.parse_targets(text) == expected
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty list"), ("rtx4090", "'rtx4090' is not a compute capability"), ("sm89,auto", "cannot be combined"),
+    ("sm75", "sm75 \\(Turing: RTX 20 series\\) is not a TensorRT-for-RTX target.*FP32 GEMM"),
+])
+def test_bad_target_requests_are_one_line_config_errors(text, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        tensorrt_build.parse_request(text)
+    assert "\n" not in str(info.value)
+
+
+def test_sm75_is_allowed_to_classic_tensorrt_only():
+    assert tensorrt_build.parse_request("sm75", "tensorrt") == ("sm75",)
 
 
 # --------------------------------------------------------------------------- cache key & names
@@ -54,106 +81,120 @@ def test_cache_key_is_stable_and_ignores_dict_order_and_tuple_vs_list():
     s = spec()
     fields = s.fields()
     reordered = dict(reversed(list(fields.items())))
-    as_tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     key = trt_cache.cache_key(s)
     assert len(key) == 64 and int(key, 16) >= 0
-    assert trt_cache.cache_key(fields) == key
-    assert trt_cache.cache_key(reordered) == key
-    assert trt_cache.cache_key(as_tuples) == key
-    assert trt_cache.cache_key(spec()) == key
+    assert trt_cache.cache_key(fields) == key == trt_cache.cache_key(reordered) == trt_cache.cache_key(spec())
+    assert fields["profile"]["lq"] == [[1, 3, 64, 48], [2, 3, 64, 48], [4, 3, 64, 48]]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("onnx_sha256", SHA_B), ("tile_lr", (64, 64)), ("tile_lr", (48, 64)), ("batch_range", (1, 2, 8)),
-    ("batch_range", (1, 4, 4)), ("precision", "fp32"), ("trt_version", "10.12.0.36"),
-    ("gpu_name", "NVIDIA GeForce RTX 4090"), ("compute_capability", (8, 9)),
+@pytest.mark.parametrize("over", [
+    {"side": onnx_sidecar(onnx_sha256=SHA_B)}, {"side": onnx_sidecar(tile_lr=[64, 64])},
+    {"side": onnx_sidecar(tile_lr=[48, 64])}, {"side": onnx_sidecar(batch={"min": 1, "opt": 2, "max": 8})},
+    {"side": onnx_sidecar(batch={"min": 1, "opt": 4, "max": 4})}, {"side": onnx_sidecar(precision="fp32")},
+    {"side": onnx_sidecar(norm_groups=GROUPS + 1)},  # shapes norm_stats in the profile
+    {"library": "tensorrt"}, {"library_version": "1.8.0.1"}, {"targets": ("sm89",)},
+    {"targets": ("sm86", "sm89", "sm120")}, {"build_gpu": "NVIDIA GeForce RTX 4090"},
 ])
-def test_cache_key_changes_with_every_field(field, value):
-    assert trt_cache.cache_key(spec(**{field: value})) != trt_cache.cache_key(spec())
+def test_cache_key_changes_with_every_setting_that_shapes_the_engine(over):
+    assert trt_cache.cache_key(spec(**over)) != trt_cache.cache_key(spec())
 
 
 def test_cache_key_missing_field_is_a_config_error():
     fields = spec().fields()
-    del fields["gpu_name"]
-    with pytest.raises(ConfigError, match="missing fields \\['gpu_name'\\]"):
+    del fields["targets"]
+    with pytest.raises(ConfigError, match="missing fields \\['targets'\\]"):
         trt_cache.cache_key(fields)
 
 
-def test_engine_file_name_carries_every_field_and_is_path_safe():
-    s = spec(gpu_name="NVIDIA GeForce RTX 4090 / Laptop")
-    name = trt_cache.engine_file_name(s)
-    assert name.endswith(".engine")
-    for part in ("64x48", "b1-2-4", "fp16", SHA_A[:12], "trt10.13.0.35", "NVIDIA-GeForce-RTX-4090-Laptop",
-                 "sm90", trt_cache.cache_key(s)[:16]):
-        assert part in name
-    assert " " not in name and "/" not in name
-    assert trt_cache.engine_file_name(spec(precision="fp32")) != trt_cache.engine_file_name(spec())
-    timing = trt_cache.timing_cache_file_name(trt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3",
-                                              compute_capability=(9, 0))
-    assert timing == "timing_trt10.13.0.35_NVIDIA-H100-80GB-HBM3_sm90.cache"
+def test_engine_file_name_carries_library_targets_and_key_and_is_path_safe():
+    s = spec(build_gpu="NVIDIA GeForce RTX 4090 / Laptop")
+    name = trt_cache.engine_file_name(s, "demo_tile64_fp16")
+    assert name.startswith("demo_tile64_fp16_trtrtx1.7.1.116_sm86-sm89_NVIDIA-GeForce-RTX-4090-Laptop_")
+    assert name.endswith(f"_{trt_cache.cache_key(s)[:16]}.engine") and " " not in name and "/" not in name
+    assert trt_cache.engine_file_name(spec(library="tensorrt"), "g").startswith("g_trt1.7")
+    assert trt_cache.timing_cache_file_name(library_version="10.13.0.35", build_gpu="NVIDIA H100 80GB HBM3") == \
+        "timing_trt10.13.0.35_NVIDIA-H100-80GB-HBM3.cache"
 
 
 # --------------------------------------------------------------------------- sidecars & decisions
 
+def _stored_engine(tmp_path, s=None, data=b"serialized", name="e.engine", side=None) -> Path:
+    engine = tmp_path / name
+    engine.write_bytes(data)
+    trt_cache.write_engine_sidecar(engine, s or spec(), onnx_sidecar=side or onnx_sidecar(),
+                                   engine_sha256=hashlib.sha256(data).hexdigest(), extra={"workspace_gb": 2.0})
+    return engine
+
+
 def test_engine_sidecar_round_trip_and_load_decision(tmp_path):
-    engine = tmp_path / trt_cache.engine_file_name(spec())
-    engine.write_bytes(b"serialized")
-    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS, extra={"workspace_gb": 2.0})
+    engine = _stored_engine(tmp_path)
     data = trt_cache.read_engine_sidecar(engine)
-    assert data["cache_key"] == trt_cache.cache_key(spec())
+    assert data["cache_key"] == trt_cache.cache_key(spec()) and data["format"] == "gtasr-trt/3"
     assert data["tile_lr"] == [64, 48] and data["batch_range"] == [1, 2, 4] and data["size_multiple"] == 8
-    assert data["norm_groups"] == GROUPS and data["format"] == trt_cache.ENGINE_SIDECAR_FORMAT == 2
-    assert data["build"] == {"workspace_gb": 2.0}
+    assert data["targets"] == ["sm86", "sm89"] and data["library"] == "tensorrt-rtx"
+    assert data["norm_groups"] == GROUPS and data["build"] == {"workspace_gb": 2.0}
     assert trt_cache.sidecar_mismatch(data, spec()) is None
-    decision = trt_cache.cache_decision(engine, spec())
-    assert decision.action == "load"
+    assert trt_cache.cache_decision(engine, spec()).action == "load"
     assert trt_cache.cache_decision(engine, spec(), rebuild=True).action == "build"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("gpu_name", "NVIDIA A100-SXM4-80GB"), ("trt_version", "10.12.0.36"), ("onnx_sha256", SHA_B),
-    ("compute_capability", (8, 0)), ("batch_range", (1, 1, 8)),
+@pytest.mark.parametrize("over,field", [
+    ({"library_version": "1.6.0.1"}, "library_version"), ({"side": onnx_sidecar(onnx_sha256=SHA_B)}, "onnx_sha256"),
+    ({"targets": ("sm120",)}, "targets"), ({"side": onnx_sidecar(batch={"min": 1, "opt": 1, "max": 8})}, "profile"),
+    ({"library": "tensorrt"}, "library"),
 ])
-def test_stale_sidecar_means_rebuild_naming_the_field(tmp_path, field, value):
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"serialized")
-    trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
-    decision = trt_cache.cache_decision(engine, spec(**{field: value}))
-    assert decision.action == "build"
-    assert f"{field} differs" in decision.reason
-
-
-def test_edited_cache_key_is_detected(tmp_path):
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"x")
-    path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
-    data = json.loads(path.read_text())
-    data["cache_key"] = "0" * 64
-    path.write_text(json.dumps(data))
-    assert "cache_key differs" in trt_cache.cache_decision(engine, spec()).reason
+def test_changed_setting_means_rebuild_naming_the_field(tmp_path, over, field):
+    decision = trt_cache.cache_decision(_stored_engine(tmp_path), spec(**over))
+    assert decision.action == "build" and f"{field} differs" in decision.reason
 
 
 @pytest.mark.parametrize("setup,reason", [
     ("no_engine", "no cached engine"), ("empty_engine", "is empty"), ("no_sidecar", "sidecar"),
-    ("bad_json", "not readable JSON"), ("missing_keys", "missing keys"),
-    ("format_1", "missing keys ['norm_groups']"),
+    ("bad_json", "not readable JSON"), ("old_format", "format 2, expected 'gtasr-trt/3'"),
+    ("missing_keys", "missing keys"), ("edited_key", "cache_key differs"), ("corrupt", "corrupt, truncated or replaced"),
 ])
 def test_cache_decision_builds_when_files_are_unusable(tmp_path, setup, reason):
-    engine = tmp_path / "e.engine"
-    if setup != "no_engine":
-        engine.write_bytes(b"" if setup == "empty_engine" else b"x")
-    if setup == "bad_json":
-        trt_cache.engine_sidecar_path(engine).write_text("{not json")
-    if setup == "missing_keys":
-        trt_cache.engine_sidecar_path(engine).write_text(json.dumps({"onnx_sha256": SHA_A}))
-    if setup == "format_1":  # an engine built before GroupNorm statistics became graph I/O
-        path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k != "norm_groups"}
-        path.write_text(json.dumps({**old, "format": 1}))
-        with pytest.raises(ConfigError, match=r"missing keys \['norm_groups'\]; rebuild"):
-            trt_cache.read_engine_sidecar(engine)
+    engine = _stored_engine(tmp_path)
+    side_path = trt_cache.engine_sidecar_path(engine)
+    data = json.loads(side_path.read_text())
+    if setup == "no_engine":
+        engine.unlink()
+    elif setup == "empty_engine":
+        engine.write_bytes(b"")
+    elif setup == "no_sidecar":
+        side_path.unlink()
+    elif setup == "bad_json":
+        side_path.write_text("{not json")
+    elif setup == "old_format":  # an engine sidecar from before targets (one local GPU per engine)
+        side_path.write_text(json.dumps({**data, "format": 2}))
+    elif setup == "missing_keys":
+        side_path.write_text(json.dumps({k: v for k, v in data.items() if k != "engine_sha256"}))
+    elif setup == "edited_key":
+        side_path.write_text(json.dumps({**data, "cache_key": "0" * 64}))
+    elif setup == "corrupt":
+        engine.write_bytes(b"serializeD")
     decision = trt_cache.cache_decision(engine, spec())
     assert decision.action == "build" and reason in decision.reason
+
+
+@pytest.mark.parametrize("capability,gpu,problem", [
+    ((8, 9), "NVIDIA GeForce RTX 4090", None), ((8, 6), "NVIDIA GeForce RTX 3090", None),
+    ((12, 0), "NVIDIA GeForce RTX 5090", "holds code for sm86 (Ampere RTX: RTX 30 series, RTX A-series), sm89 "
+                                         "(Ada: RTX 40 series, RTX 6000 Ada) only, and this GPU (NVIDIA GeForce RTX "
+                                         "5090) is sm120"),
+    ((9, 0), "NVIDIA H100 80GB HBM3", "this GPU (NVIDIA H100 80GB HBM3) is sm90"),
+])
+def test_runs_on_names_the_hardware_the_engine_needs(capability, gpu, problem):
+    got = trt_cache.runs_on(spec().fields(), capability, gpu)
+    assert got == problem if problem is None else problem in got
+
+
+def test_classic_engine_runs_only_on_the_gpu_model_it_was_built_on():
+    side = spec(library="tensorrt", library_version="10.13.0.35", targets=("sm90",),
+                build_gpu="NVIDIA H100 80GB HBM3").fields()
+    assert trt_cache.runs_on(side, (9, 0), "NVIDIA H100 80GB HBM3") is None
+    assert "built it on NVIDIA H100 80GB HBM3, and this GPU is NVIDIA H200" in trt_cache.runs_on(
+        side, (9, 0), "NVIDIA H200")
 
 
 def test_read_onnx_sidecar_accepts_onnx_or_json_path(tmp_path):
@@ -288,32 +329,71 @@ def test_no_sidecar_means_no_profile_options():
 
 # --------------------------------------------------------------------------- availability messages
 
-def test_missing_tensorrt_module_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
-    with pytest.raises(BackendUnavailableError) as info:
-        tensorrt_build.import_tensorrt()
-    message = str(info.value)
-    assert "pip install 'gtasr-deploy[tensorrt]'" in message and "NVIDIA GPU" in message
-    assert tensorrt_build.explain_unavailable() == message
-    with pytest.raises(BackendUnavailableError, match=r"gtasr-deploy\[tensorrt\]"):
-        trt_engine.TensorRTEngine("engines/none.engine")
+def _no_library(monkeypatch, *names):
+    for name in names:
+        monkeypatch.setitem(sys.modules, tensorrt_build.LIBRARIES[name].module, None)  # import raises ImportError
+
+
+def test_missing_libraries_name_the_extra(monkeypatch):
+    _no_library(monkeypatch, "tensorrt", "tensorrt-rtx")
+    with pytest.raises(BackendUnavailableError, match=r"'tensorrt_rtx'.*pip install 'gtasr-deploy\[tensorrt-rtx\]'"):
+        tensorrt_build.import_library("tensorrt-rtx")
+    with pytest.raises(BackendUnavailableError, match=r"neither TensorRT for RTX nor TensorRT.*tensorrt-rtx"):
+        tensorrt_build.pick_library("auto")
+    reason = tensorrt_build.explain_cannot_build()
+    assert reason is not None and "neither" in reason and "\n" not in reason
 
 
 def test_old_tensorrt_is_refused(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(version="8.6.1"))
-    with pytest.raises(BackendUnavailableError, match=r"TensorRT 8\.6\.1 is too old, expected >= 10\.0"):
-        tensorrt_build.import_tensorrt()
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt 8\.6\.1 is too old, expected >= 10\.0"):
+        tensorrt_build.import_library("tensorrt")
 
 
-def test_missing_cuda_is_reported(monkeypatch):
-    import torch
-
+def test_rtx_builds_without_a_gpu_classic_does_not(monkeypatch):
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", FakeTRT(version="1.7.1.116", rtx=True))
+    _no_library(monkeypatch, "tensorrt")
+    assert tensorrt_build.explain_cannot_build() is None
+    assert tensorrt_build.resolve_targets("tensorrt-rtx") == tensorrt_build.Targets(names=("sm86", "sm89", "sm120"))
+    reason = tensorrt_build.explain_unavailable()  # running needs a GPU
+    assert "no CUDA GPU is visible" in reason and "can still be built here with TensorRT for RTX" in reason
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(BackendUnavailableError, match=r"no CUDA GPU is visible.*NVIDIA GPU"):
-        tensorrt_build.cuda_device_info()
-    reason = tensorrt_build.explain_unavailable()
-    assert reason is not None and "no CUDA GPU" in reason and "\n" not in reason
+    with pytest.raises(BackendUnavailableError, match="classic TensorRT builds only on the GPU"):
+        tensorrt_build.resolve_targets("tensorrt", "auto", None)
+    assert "classic TensorRT builds only on the GPU" in tensorrt_build.explain_cannot_build("tensorrt")
+
+
+def test_auto_targets_follow_the_gpu_and_the_library(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", FakeTRT(version="1.7.1.116", rtx=True))
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    ada = ("NVIDIA GeForce RTX 4090", (8, 9))
+    assert tensorrt_build.resolve_targets("tensorrt-rtx", "auto", ada) == tensorrt_build.Targets(
+        names=("sm89",), current=True, build_gpu=ada[0])
+    assert tensorrt_build.resolve_targets("tensorrt-rtx", "sm89,sm120", ada).current is False
+    with pytest.raises(ConfigError, match=r"this GPU \(Quadro RTX 8000\) is Turing \(sm75\), and sm75 \(Turing"):
+        tensorrt_build.resolve_targets("tensorrt-rtx", "auto", ("Quadro RTX 8000", (7, 5)))
+    with pytest.raises(ConfigError, match=r"\['sm90'\]: not compiled by this TensorRT for RTX; it supports sm80, sm86"):
+        tensorrt_build.resolve_targets("tensorrt-rtx", "sm90")
+    hopper = ("NVIDIA H100 80GB HBM3", (9, 0))
+    assert tensorrt_build.pick_library("auto", ada) == "tensorrt-rtx"
+    assert tensorrt_build.pick_library("auto", hopper) == "tensorrt"  # RTX cannot target sm90; classic can
+    assert tensorrt_build.resolve_targets("tensorrt", "auto", hopper) == tensorrt_build.Targets(
+        names=("sm90",), build_gpu=hopper[0])
+    with pytest.raises(ConfigError, match="classic TensorRT compiles for this GPU only .*sm90"):
+        tensorrt_build.resolve_targets("tensorrt", "sm89", hopper)
+
+
+def test_running_needs_a_library_that_serves_this_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", FakeTRT(version="1.7.1.116", rtx=True))
+    _no_library(monkeypatch, "tensorrt")
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA GeForce RTX 4090", (8, 9)))
+    assert tensorrt_build.explain_unavailable() is None
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA H100 80GB HBM3", (9, 0)))
+    assert "this GPU (NVIDIA H100 80GB HBM3) is sm90, which TensorRT for RTX does not compile for (it supports sm80, " \
+        "sm86, sm89, sm120, sm121); on this GPU use classic TensorRT" in tensorrt_build.explain_unavailable()
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    assert tensorrt_build.explain_unavailable() is None  # classic TensorRT serves the H100
 
 
 # --------------------------------------------------------------------------- fake TensorRT
@@ -359,11 +439,13 @@ class FakeParser:
 
 
 class FakeTRT(types.ModuleType):
-    """Module-shaped fake of the TensorRT 10 Python API subset the builder calls; records calls."""
+    """Module-shaped fake of the Python API subset the builder calls (TensorRT 10, or for RTX with
+    ``rtx=True``); records calls. ``build_errors`` are logged at ERROR before a failed build."""
 
-    def __init__(self, *, version="10.13.0.35", strongly_typed=True, parse_errors=(), build_result=b"ENGINE",
-                 inputs=contract.INPUTS, timing_accepts=True):
-        super().__init__("tensorrt")
+    def __init__(self, *, version="10.13.0.35", rtx=False, strongly_typed=True, parse_errors=(),
+                 build_result=b"ENGINE", inputs=contract.INPUTS, timing_accepts=True, build_errors=(),
+                 kernel_report=""):
+        super().__init__("tensorrt_rtx" if rtx else "tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
         rec = self.calls
@@ -371,12 +453,24 @@ class FakeTRT(types.ModuleType):
         self.NetworkDefinitionCreationFlag = flag_cls
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
+        self.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
+        if rtx:
+            self.ComputeCapability = types.SimpleNamespace(
+                CURRENT="CURRENT", __members__={n: n for n in ("NONE", "CURRENT", "SM75", "SM80", "SM86", "SM89",
+                                                               "SM120", "SM121")})
+        severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
 
-        class Logger:
+        class ILogger:
+            Severity = severity
+
+            def __init__(self):
+                pass
+
+        class Logger(ILogger):
             WARNING = "WARNING"
 
-            def __init__(self, severity):
-                rec.append(("Logger", severity))
+            def __init__(self, level="WARNING"):
+                rec.append(("Logger", level))
 
         class Network:
             num_inputs = len(inputs)
@@ -398,11 +492,18 @@ class FakeTRT(types.ModuleType):
         class Config:
             _cache = None
 
+            def __setattr__(self, name, value):
+                rec.append(("config", name, value))
+                object.__setattr__(self, name, value)
+
             def set_memory_pool_limit(self, pool, size):
                 rec.append(("set_memory_pool_limit", pool, size))
 
             def set_flag(self, flag):
                 rec.append(("set_flag", flag))
+
+            def set_compute_capability(self, value, index):
+                rec.append(("set_compute_capability", value, index))
 
             def add_optimization_profile(self, profile):
                 rec.append(("add_optimization_profile",))
@@ -415,7 +516,7 @@ class FakeTRT(types.ModuleType):
                 rec.append(("set_timing_cache", cache.data, ignore_mismatch))
                 ok = timing_accepts or cache.data == b""
                 if ok:
-                    self._cache = cache
+                    object.__setattr__(self, "_cache", cache)
                 return ok
 
             def get_timing_cache(self):
@@ -423,7 +524,7 @@ class FakeTRT(types.ModuleType):
 
         class Builder:
             def __init__(self, logger):
-                pass
+                self.logger = logger
 
             def create_network(self, flags):
                 rec.append(("create_network", flags))
@@ -437,6 +538,10 @@ class FakeTRT(types.ModuleType):
 
             def build_serialized_network(self, network, config):
                 rec.append(("build_serialized_network",))
+                for message in build_errors:
+                    self.logger.log(severity.ERROR, message)
+                if kernel_report:
+                    self.logger.log(severity.VERBOSE, kernel_report)
                 return None if build_result is None else memoryview(build_result)
 
         class OnnxParser(FakeParser):
@@ -447,7 +552,7 @@ class FakeTRT(types.ModuleType):
                 rec.append(("parse_from_file", path))
                 return not parse_errors
 
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.ILogger, self.Logger, self.Builder, self.OnnxParser = ILogger, Logger, Builder, OnnxParser
 
     def named(self, call):
         return [c for c in self.calls if c[0] == call]
@@ -480,124 +585,180 @@ def _write_graph(tmp_path, **over) -> Path:
     return onnx
 
 
-def test_build_sets_strong_typing_profile_workspace_and_never_fp16(tmp_path, monkeypatch):
+EXPECTED_PROFILE = [
+    ("set_shape", "x_t", (1, 3, 256, 192), (2, 3, 256, 192), (4, 3, 256, 192)),
+    ("set_shape", "lq", (1, 3, 64, 48), (2, 3, 64, 48), (4, 3, 64, 48)),
+    ("set_shape", "sigma", (1,), (2,), (4,)),
+    ("set_shape", "norm_stats", (2, GROUPS), (2, GROUPS), (2, GROUPS)),
+    ("set_shape", "norm_mix", (1,), (1,), (1,)),
+]
+
+
+def test_classic_build_sets_strong_typing_profile_workspace_timing_cache_and_never_fp16(tmp_path, monkeypatch):
     fake = FakeTRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx = _write_graph(tmp_path)
     timing = tmp_path / "timing.cache"
-    data = tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), workspace_gb=1.5,
-                                                  timing_cache_path=timing, log=lambda _: None)
-    assert data == b"ENGINE"
+    built = tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), library="tensorrt",
+                                                   workspace_gb=1.5, timing_cache_path=timing, log=lambda _: None)
+    assert built.data == b"ENGINE"
     assert fake.named("create_network") == [("create_network", 1 << 0)]
     assert fake.named("set_flag") == []  # no FP16 (nor any other) builder flag
     assert fake.named("set_memory_pool_limit") == [("set_memory_pool_limit", "WORKSPACE", int(1.5 * 2**30))]
-    assert fake.named("set_shape") == [
-        ("set_shape", "x_t", (1, 3, 256, 192), (2, 3, 256, 192), (4, 3, 256, 192)),
-        ("set_shape", "lq", (1, 3, 64, 48), (2, 3, 64, 48), (4, 3, 64, 48)),
-        ("set_shape", "sigma", (1,), (2,), (4,)),
-        ("set_shape", "norm_stats", (2, GROUPS), (2, GROUPS), (2, GROUPS)),
-        ("set_shape", "norm_mix", (1,), (1,), (1,)),
-    ]
+    assert fake.named("set_shape") == EXPECTED_PROFILE  # contract.profile_shapes, nothing else
     assert len(fake.named("add_optimization_profile")) == 1
-    assert fake.named("parse_from_file") == [("parse_from_file", str(onnx))]
+    assert ("config", "profiling_verbosity", "DETAILED") in fake.calls
+    assert fake.named("set_compute_capability") == []  # classic TensorRT: the GPU it runs on
     assert fake.named("create_timing_cache") == [("create_timing_cache", b"")]
     assert timing.read_bytes() == b"TIMING:"  # saved after the build
 
 
-def test_build_reuses_timing_cache_and_recovers_from_a_mismatched_one(tmp_path, monkeypatch):
+def test_rtx_build_sets_targets_and_has_no_timing_cache(tmp_path, monkeypatch):
+    fake = FakeTRT(version="1.7.1.116", rtx=True)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", fake)
+    onnx = _write_graph(tmp_path)
+    timing = tmp_path / "timing.cache"
+    targets = tensorrt_build.Targets(names=("sm86", "sm89", "sm120"))
+    tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), library="tensorrt-rtx",
+                                           targets=targets, timing_cache_path=timing, log=lambda _: None)
+    assert ("config", "num_compute_capabilities", 3) in fake.calls
+    assert fake.named("set_compute_capability") == [("set_compute_capability", "SM86", 0),
+                                                     ("set_compute_capability", "SM89", 1),
+                                                     ("set_compute_capability", "SM120", 2)]
+    assert fake.named("set_shape") == EXPECTED_PROFILE and fake.named("set_flag") == []
+    assert fake.named("create_timing_cache") == [] and not timing.exists()
+    fake.calls.clear()
+    current = tensorrt_build.Targets(names=("sm89",), current=True, build_gpu="NVIDIA GeForce RTX 4090")
+    tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), library="tensorrt-rtx",
+                                           targets=current, log=lambda _: None)
+    assert fake.named("set_compute_capability") == [("set_compute_capability", "CURRENT", 0)]
+
+
+def test_classic_build_recovers_from_a_mismatched_timing_cache(tmp_path, monkeypatch):
     onnx = _write_graph(tmp_path)
     side = contract.read_onnx_sidecar(onnx)
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"OLD")
     fake = FakeTRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    tensorrt_build.build_serialized_engine(onnx, side, timing_cache_path=timing, log=lambda _: None)
+    tensorrt_build.build_serialized_engine(onnx, side, library="tensorrt", timing_cache_path=timing,
+                                           log=lambda _: None)
     assert fake.named("set_timing_cache") == [("set_timing_cache", b"OLD", False)]
     assert timing.read_bytes() == b"TIMING:OLD"
-
     timing.write_bytes(b"FOREIGN")
     fake = FakeTRT(timing_accepts=False)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     logs = []
-    tensorrt_build.build_serialized_engine(onnx, side, timing_cache_path=timing, log=logs.append)
+    tensorrt_build.build_serialized_engine(onnx, side, library="tensorrt", timing_cache_path=timing,
+                                           log=logs.append)
     assert [c[1] for c in fake.named("create_timing_cache")] == [b"FOREIGN", b""]
-    assert any("does not match" in line for line in logs)
-    assert timing.read_bytes() == b"TIMING:"
+    assert any("does not match" in line for line in logs) and timing.read_bytes() == b"TIMING:"
 
 
 def test_build_without_strongly_typed_flag_uses_default_network(tmp_path, monkeypatch):
     fake = FakeTRT(version="11.0.0", strongly_typed=False)  # TensorRT 11: always strongly typed
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx = _write_graph(tmp_path)
-    tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), log=lambda _: None)
+    tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), library="tensorrt",
+                                           log=lambda _: None)
     assert fake.named("create_network") == [("create_network", 0)]
 
 
+KERNELS = """Layers:
+Name: node_conv2d_myl0_2, LayerType: correlation, Inputs: [ { Name: a, Datatype: Half }], Constants: [], Outputs: [ { Name: b, Dimensions: [-1,32], Datatype: Half, Format: x }], TacticName: t, StreamId: 0, Metadata: [ONNX Layer: node_conv2d]
+Name: node_linear+node_linear_1, LayerType: gemm, Inputs: [ { Name: s, Datatype: Float }], Constants: [], Outputs: [ { Name: c, Datatype: Float, Format: x }], TacticName: t, StreamId: 0, Metadata: [ONNX Layer: node_linear][ONNX Layer: node_linear_1]
+Name: __myl_Mean, LayerType: kgen, Inputs: [ { Name: b, Datatype: Half }], Constants: [], Outputs: [ { Name: d, Datatype: Float }, { Name: e, Datatype: Half }], TacticName: t, StreamId: 0, Metadata: [ONNX Layer: node_mean]"""
+
+
+def test_kernel_report_is_parsed_and_summarised():
+    kernels = tensorrt_build.parse_kernel_report(KERNELS)
+    assert kernels == [
+        {"name": "node_conv2d_myl0_2", "type": "correlation", "out": ["Half"], "onnx": ["node_conv2d"]},
+        {"name": "node_linear+node_linear_1", "type": "gemm", "out": ["Float"], "onnx": ["node_linear", "node_linear_1"]},
+        {"name": "__myl_Mean", "type": "kgen", "out": ["Float", "Half"], "onnx": ["node_mean"]},
+    ]
+    assert tensorrt_build.summarize_kernels(kernels) == {"correlation": {"Half": 1}, "gemm": {"Float": 1},
+                                                         "kgen": {"Float+Half": 1}}
+
+
 @pytest.mark.parametrize("fake_kwargs,match", [
-    ({"build_result": None}, "build_serialized_network returned None"),
+    ({"build_result": None}, "failed: build_serialized_network returned None \\(no error logged\\)"),
+    ({"build_result": None, "build_errors": ["Error Code 1: Myelin (Cannot compile operation 'node_linear' for "
+                                             "Turing (SM75): FP32 GEMM is not supported. In compileGraph at /x.cpp:1)",
+                                             "second"]},
+     "failed: Error Code 1: Myelin \\(Cannot compile operation 'node_linear' for Turing \\(SM75\\): FP32 GEMM is not "
+     "supported. \\(\\+1 more error\\(s\\) in the TensorRT log\\)$"),
     ({"parse_errors": [FakeParserError(7, "unsupported op", "/up/Resize", "Resize")]},
      "node #7 '/up/Resize' \\(Resize\\): unsupported op"),
-    ({"inputs": ("x_t", "lq")},
-     "inputs are \\['x_t', 'lq'\\], expected \\['x_t', 'lq', 'sigma', 'norm_stats', 'norm_mix'\\]"),
     ({"inputs": ("x_t", "lq", "sigma")}, "inputs are \\['x_t', 'lq', 'sigma'\\], expected .*re-export"),  # old graph
 ])
-def test_build_failures_are_engine_build_errors(tmp_path, monkeypatch, fake_kwargs, match):
+def test_build_failures_are_one_line_engine_build_errors(tmp_path, monkeypatch, fake_kwargs, match):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(**fake_kwargs))
     onnx = _write_graph(tmp_path)
     timing = tmp_path / "timing.cache"
-    with pytest.raises(EngineBuildError, match=match):
-        tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx),
+    with pytest.raises(EngineBuildError, match=match) as info:
+        tensorrt_build.build_serialized_engine(onnx, contract.read_onnx_sidecar(onnx), library="tensorrt",
                                                timing_cache_path=timing, log=lambda _: None)
-    assert not timing.exists()
+    assert "\n" not in str(info.value) and not timing.exists()
 
 
-def _fake_machine(monkeypatch, gpu="NVIDIA H100 80GB HBM3", capability=(9, 0), **fake_kwargs) -> FakeTRT:
-    fake = FakeTRT(**fake_kwargs)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(tensorrt_build, "cuda_device_info", lambda: (gpu, capability))
+def _fake_machine(monkeypatch, gpu=("NVIDIA H100 80GB HBM3", (9, 0)), rtx=False, **fake_kwargs) -> FakeTRT:
+    fake = FakeTRT(version="1.7.1.116" if rtx else "10.13.0.35", rtx=rtx, **fake_kwargs)
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    _no_library(monkeypatch, "tensorrt" if rtx else "tensorrt-rtx")
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: gpu)
     return fake
 
 
-def test_get_or_build_engine_builds_then_reuses_then_rebuilds_on_change(tmp_path, monkeypatch):
+def test_get_or_build_engine_builds_beside_the_graph_reuses_and_rebuilds_on_change(tmp_path, monkeypatch):
     onnx = _write_graph(tmp_path)
-    cache_dir = tmp_path / "engines"
-    fake = _fake_machine(monkeypatch)
+    fake = _fake_machine(monkeypatch, gpu=None, rtx=True, kernel_report=KERNELS)
     logs = []
-    first = tensorrt_build.get_or_build_engine(onnx, cache_dir=cache_dir, log=logs.append)
-    assert first.parent == cache_dir and first.read_bytes() == b"ENGINE"
-    sidecar = trt_cache.read_engine_sidecar(first)
-    assert sidecar["gpu_name"] == "NVIDIA H100 80GB HBM3" and sidecar["compute_capability"] == [9, 0]
-    assert sidecar["trt_version"] == "10.13.0.35" and sidecar["precision"] == "fp16"
-    assert sidecar["onnx_sha256"] == trt_cache.file_sha256(onnx)
-    assert sidecar["norm_groups"] == GROUPS and sidecar["size_multiple"] == 8  # copied from the graph's sidecar
-    assert list(cache_dir.glob("timing_trt10.13.0.35_*_sm90.cache"))
+    first = tensorrt_build.get_or_build_engine(onnx, targets="sm89", log=logs.append)
+    assert first.parent == onnx.parent and first.read_bytes() == b"ENGINE"
+    assert first.name.startswith("gtasr_tile64_fp16_trtrtx1.7.1.116_sm89_")
+    side = trt_cache.read_engine_sidecar(first)
+    assert side["library"] == "tensorrt-rtx" and side["targets"] == ["sm89"] and side["build_gpu"] == ""
+    assert side["onnx_sha256"] == trt_cache.file_sha256(onnx) and side["precision"] == "fp16"
+    assert side["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
+    assert side["norm_groups"] == GROUPS and side["size_multiple"] == 8  # copied from the graph's sidecar
+    assert side["build"]["kernels"] == {"correlation": {"Half": 1}, "gemm": {"Float": 1}, "kgen": {"Float+Half": 1}}
+    assert side["build"]["kernel_report"][1]["onnx"] == ["node_linear", "node_linear_1"]
     assert len(fake.named("build_serialized_network")) == 1
 
-    again = tensorrt_build.get_or_build_engine(onnx, cache_dir=cache_dir, log=logs.append)
-    assert again == first and len(fake.named("build_serialized_network")) == 1
-    assert "reusing" in logs[-1]
-
-    tensorrt_build.get_or_build_engine(onnx, cache_dir=cache_dir, rebuild=True, log=logs.append)
+    again = tensorrt_build.get_or_build_engine(onnx, targets="sm89", log=logs.append)
+    assert again == first and len(fake.named("build_serialized_network")) == 1 and "reusing" in logs[-1]
+    tensorrt_build.get_or_build_engine(onnx, targets="sm89", rebuild=True, log=logs.append)
     assert len(fake.named("build_serialized_network")) == 2
+    several = tensorrt_build.get_or_build_engine(onnx, targets="sm120,sm89", log=logs.append)
+    assert several != first and trt_cache.read_engine_sidecar(several)["targets"] == ["sm89", "sm120"]
+    assert len(fake.named("build_serialized_network")) == 3
+    default = tensorrt_build.get_or_build_engine(onnx, engine_dir=tmp_path / "engines", log=logs.append)
+    assert default.parent == tmp_path / "engines" and "_sm86-sm89-sm120_" in default.name
 
-    other = _fake_machine(monkeypatch, gpu="NVIDIA GeForce RTX 4090", capability=(8, 9))
-    second = tensorrt_build.get_or_build_engine(onnx, cache_dir=cache_dir, log=logs.append)
-    assert second != first and len(other.named("build_serialized_network")) == 1
-    assert trt_cache.read_engine_sidecar(second)["compute_capability"] == [8, 9]
+
+def test_get_or_build_engine_rebuilds_a_corrupt_engine(tmp_path, monkeypatch):
+    onnx = _write_graph(tmp_path)
+    fake = _fake_machine(monkeypatch, gpu=None, rtx=True)
+    path = tensorrt_build.get_or_build_engine(onnx, targets="sm89", log=lambda _: None)
+    path.write_bytes(b"ENGINF")
+    logs = []
+    tensorrt_build.get_or_build_engine(onnx, targets="sm89", log=logs.append)
+    assert len(fake.named("build_serialized_network")) == 2 and path.read_bytes() == b"ENGINE"
+    assert any("corrupt, truncated or replaced" in line for line in logs)
 
 
-def test_get_or_build_engine_rebuilds_an_engine_whose_sidecar_is_stale(tmp_path, monkeypatch):
+def test_classic_engines_are_per_gpu_with_a_timing_cache(tmp_path, monkeypatch):
     onnx = _write_graph(tmp_path)
     fake = _fake_machine(monkeypatch)
-    path = tensorrt_build.get_or_build_engine(onnx, cache_dir=tmp_path, log=lambda _: None)
-    side_path = trt_cache.engine_sidecar_path(path)
-    data = json.loads(side_path.read_text())
-    data["trt_version"] = "10.12.0.36"
-    side_path.write_text(json.dumps(data))
-    logs = []
-    tensorrt_build.get_or_build_engine(onnx, cache_dir=tmp_path, log=logs.append)
-    assert len(fake.named("build_serialized_network")) == 2
-    assert any("trt_version differs" in line for line in logs)
+    first = tensorrt_build.get_or_build_engine(onnx, log=lambda _: None)
+    side = trt_cache.read_engine_sidecar(first)
+    assert side["library"] == "tensorrt" and side["targets"] == ["sm90"] and side["build_gpu"] == "NVIDIA H100 80GB HBM3"
+    assert list(onnx.parent.glob("timing_trt10.13.0.35_NVIDIA-H100-80GB-HBM3.cache"))
+    other = _fake_machine(monkeypatch, gpu=("NVIDIA GeForce RTX 4090", (8, 9)))
+    second = tensorrt_build.get_or_build_engine(onnx, log=lambda _: None)
+    assert second != first and len(other.named("build_serialized_network")) == 1
+    assert len(fake.named("build_serialized_network")) == 1
 
 
 def test_get_or_build_engine_refuses_a_graph_changed_after_export(tmp_path, monkeypatch):
@@ -605,9 +766,9 @@ def test_get_or_build_engine_refuses_a_graph_changed_after_export(tmp_path, monk
     onnx.write_bytes(b"edited")
     _fake_machine(monkeypatch)
     with pytest.raises(ConfigError, match="changed after export"):
-        tensorrt_build.get_or_build_engine(onnx, cache_dir=tmp_path, log=lambda _: None)
+        tensorrt_build.get_or_build_engine(onnx, log=lambda _: None)
     with pytest.raises(ConfigError, match="not found"):
-        tensorrt_build.get_or_build_engine(tmp_path / "missing.onnx", cache_dir=tmp_path)
+        tensorrt_build.get_or_build_engine(tmp_path / "missing.onnx")
 
 
 # --------------------------------------------------------------------------- runtime helpers
@@ -696,18 +857,57 @@ def test_io_shapes_follow_the_x4_contract():
     assert shapes == {"x_t": (3, 3, 256, 192), "lq": (3, 3, 64, 48), "sigma": (3,), "norm_stats": (2, GROUPS),
                       "norm_mix": (1,), "sr": (3, 3, 256, 192), "tile_stats": (3, 2, GROUPS)}
     assert set(shapes) == {*contract.INPUTS, *contract.OUTPUTS}
-    assert set(trt_engine.BATCHED) == {n for n, s in shapes.items() if s[0] == 3}  # the batch-axis tensors
 
 
-def test_engine_built_for_another_gpu_is_refused_before_deserializing(tmp_path, monkeypatch):
-    fake = _fake_machine(monkeypatch)
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"ENGINE")
-    trt_cache.write_engine_sidecar(engine, spec(gpu_name="NVIDIA A100-SXM4-80GB", compute_capability=(8, 0)),
-                                   size_multiple=8, norm_groups=GROUPS)
-    fake.Runtime = None  # deserializing would fail loudly: the check must come first
-    with pytest.raises(EngineBuildError, match="cannot run here: gpu_name differs"):
+RTX_4090 = ("NVIDIA GeForce RTX 4090", (8, 9))
+
+
+def _refusing_machine(monkeypatch, gpu=RTX_4090):
+    """RTX library installed, a GPU faked; deserializing would fail loudly, so refusals must come first."""
+    fake = _fake_machine(monkeypatch, gpu=gpu, rtx=True)
+    fake.Runtime = None
+    return fake
+
+
+@pytest.mark.parametrize("gpu,match", [
+    (("NVIDIA H100 80GB HBM3", (9, 0)), "cannot run here: it holds code for sm86 .*sm89 .* only, and this GPU "
+                                        "\\(NVIDIA H100 80GB HBM3\\) is sm90"),
+    (("NVIDIA GeForce RTX 2080", (7, 5)), "this GPU \\(NVIDIA GeForce RTX 2080\\) is sm75"),
+])
+def test_engine_for_other_hardware_is_refused_before_deserializing(tmp_path, monkeypatch, gpu, match):
+    _refusing_machine(monkeypatch, gpu)
+    with pytest.raises(EngineBuildError, match=match) as info:
+        trt_engine.TensorRTEngine(_stored_engine(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_engine_of_another_library_version_or_corrupt_or_foreign_is_refused(tmp_path, monkeypatch):
+    _refusing_machine(monkeypatch)
+    old = _stored_engine(tmp_path, spec(library_version="1.6.0.1"), name="old.engine")
+    with pytest.raises(EngineBuildError, match="built with tensorrt-rtx 1.6.0.1 and 1.7.1.116 is installed"):
+        trt_engine.TensorRTEngine(old)
+    engine = _stored_engine(tmp_path)
+    engine.write_bytes(b"serialize")  # truncated
+    with pytest.raises(trt_engine.EngineDeserializeError, match="corrupt, truncated or replaced"):
         trt_engine.TensorRTEngine(engine)
+    bare = tmp_path / "downloaded.engine"  # an engine from elsewhere, no sidecar
+    bare.write_bytes(b"ENGINE")
+    with pytest.raises(ConfigError, match="sidecar .* not found; an engine without it cannot be checked"):
+        trt_engine.TensorRTEngine(bare)
+    classic = _stored_engine(tmp_path, spec(library="tensorrt", library_version="10.13.0.35", targets=("sm89",)),
+                             name="classic.engine")
+    with pytest.raises(BackendUnavailableError, match=r"gtasr-deploy\[tensorrt\]"):  # the library that built it
+        trt_engine.TensorRTEngine(classic)
+
+
+def test_library_validity_check_refuses_a_malformed_engine(tmp_path, monkeypatch):
+    fake = _fake_machine(monkeypatch, gpu=RTX_4090, rtx=True)
+    fake.EngineValidity = types.SimpleNamespace(VALID=0, SUBOPTIMAL=1, INVALID=2)
+    fake.EngineInvalidityDiagnostics = types.SimpleNamespace(__members__={"VERSION_MISMATCH": 1, "MALFORMED_ENGINE": 32})
+    fake.Runtime = lambda logger: types.SimpleNamespace(get_engine_validity=lambda data: (2, 32),
+                                                        deserialize_cuda_engine=None)
+    with pytest.raises(trt_engine.EngineDeserializeError, match=r"INVALID \(MALFORMED_ENGINE\)"):
+        trt_engine.TensorRTEngine(_stored_engine(tmp_path))
 
 
 # --------------------------------------------------------------------------- runner I/O with a fake engine
@@ -715,8 +915,9 @@ def test_engine_built_for_another_gpu_is_refused_before_deserializing(tmp_path, 
 class _FakeContext:
     """Execution context: resolves bound addresses to the buffers behind them and computes a known function."""
 
-    def __init__(self, buffers):
+    def __init__(self, buffers, groups=GROUPS):
         self.buffers = buffers  # data_ptr -> tensor, every buffer the runner allocated
+        self.groups = groups
         self.addresses, self.shapes, self.seen = {}, {}, []
 
     def set_tensor_address(self, name, ptr):
@@ -727,22 +928,54 @@ class _FakeContext:
         self.shapes[name] = tuple(shape)
         return True
 
+    def get_tensor_shape(self, name):
+        n = self.shapes["x_t"][0]
+        return self.shapes["x_t"] if name == "sr" else (n, 2, self.groups)
+
+    def _view(self, name):
+        shape = self.shapes.get(name) or self.get_tensor_shape(name)
+        flat = self.buffers[self.addresses[name]]
+        return flat[:int(np.prod(shape))].view(shape)
+
     def execute_async_v3(self, stream):
-        t = {name: self.buffers[ptr] for name, ptr in self.addresses.items()}
+        t = {name: self._view(name) for name in self.addresses}
         n = self.shapes["x_t"][0]
         mix, stats = float(t["norm_mix"][0]), t["norm_stats"].clone()
         self.seen.append({"n": n, "norm_mix": mix, "norm_stats": stats.numpy()})
-        shift = t["sigma"][:n, None, None, None] + mix * stats.sum()
-        t["sr"][:n] = t["x_t"][:n] + shift
-        t["tile_stats"][:n, 0] = t["x_t"][:n].mean(dim=(1, 2, 3))[:, None]
-        t["tile_stats"][:n, 1] = t["lq"][:n].mean(dim=(1, 2, 3))[:, None]
+        t["sr"][:] = t["x_t"] + t["sigma"][:, None, None, None] + mix * stats.sum()
+        t["tile_stats"][:, 0] = t["x_t"].mean(dim=(1, 2, 3))[:, None]
+        t["tile_stats"][:, 1] = t["lq"].mean(dim=(1, 2, 3))[:, None]
         return True
 
 
-def _fake_runtime_engine(monkeypatch, tmp_path):
+class _FakeRuntimeConfig:
+    def __init__(self, log):
+        self.log = log
+        self.cuda_graph_strategy = "DISABLED"
+
+    def create_runtime_cache(self):
+        log = self.log
+
+        class Cache:
+            def deserialize(self, blob):
+                log.append(("deserialize", bytes(blob)))
+                return bytes(blob) == b"GOOD"
+
+            def serialize(self):
+                return memoryview(b"KERNELS")
+
+        return Cache()
+
+    def set_runtime_cache(self, cache):
+        self.log.append(("set_runtime_cache",))
+        return True
+
+
+def _fake_runtime_engine(monkeypatch, tmp_path, rtx=False, **kwargs):
     """A TensorRTEngine over a fake TensorRT: host 'device' buffers, fake stream, one known engine."""
-    fake = _fake_machine(monkeypatch)
+    fake = _fake_machine(monkeypatch, gpu=RTX_4090 if rtx else ("NVIDIA H100 80GB HBM3", (9, 0)), rtx=rtx)
     fake.TensorIOMode, fake.DataType = _FAKE_TRT_ENUMS.TensorIOMode, _FAKE_TRT_ENUMS.DataType
+    fake.CudaGraphStrategy = types.SimpleNamespace(WHOLE_GRAPH_CAPTURE="WHOLE_GRAPH_CAPTURE")
     buffers = {}
     real_empty = torch.empty
 
@@ -757,25 +990,30 @@ def _fake_runtime_engine(monkeypatch, tmp_path):
         cuda_stream=0, synchronize=lambda: None))
     context = _FakeContext(buffers)
     engine = _FakeEngine(_io())
-    engine.create_execution_context = lambda: context
+    calls = []
+    engine.create_execution_context = lambda config=None: calls.append(("context", config)) or context
+    if rtx:
+        engine.create_runtime_config = lambda: _FakeRuntimeConfig(calls)
     fake.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
-    path = tmp_path / "e.engine"
-    path.write_bytes(b"ENGINE")
-    trt_cache.write_engine_sidecar(path, spec(), size_multiple=8, norm_groups=GROUPS)
-    return trt_engine.TensorRTEngine(path), context
+    s = spec() if rtx else spec(library="tensorrt", library_version="10.13.0.35", targets=("sm90",),
+                                build_gpu="NVIDIA H100 80GB HBM3")
+    path = _stored_engine(tmp_path, s, data=b"ENGINE")
+    return trt_engine.TensorRTEngine(path, log=lambda _: None, **kwargs), context, calls
 
 
-def _host_inputs(n, seed=0):
+def _host_inputs(n, seed=0, tile=(64, 48)):
     rng = np.random.default_rng(seed)
-    return {"x_t": rng.standard_normal((n, 3, 256, 192)).astype(np.float32),
-            "lq": rng.uniform(-1, 1, (n, 3, 64, 48)).astype(np.float32),
+    h, w = tile
+    return {"x_t": rng.standard_normal((n, 3, 4 * h, 4 * w)).astype(np.float32),
+            "lq": rng.uniform(-1, 1, (n, 3, h, w)).astype(np.float32),
             "sigma": np.linspace(1.0, 0.5, n, dtype=np.float32)}
 
 
-def test_runner_binds_every_input_and_output_and_feeds_the_norm_mode(tmp_path, monkeypatch):
-    engine, context = _fake_runtime_engine(monkeypatch, tmp_path)
+def test_runner_sets_every_input_shape_per_call_and_feeds_the_norm_mode(tmp_path, monkeypatch):
+    engine, context, _ = _fake_runtime_engine(monkeypatch, tmp_path)
     assert engine.info.norm_groups == GROUPS and engine.info.norm_modes == ("tile", "shared")
-    assert context.addresses == {name: engine._dev[name].data_ptr() for name in (*contract.INPUTS, *contract.OUTPUTS)}
+    assert engine.info.tile_lr == (64, 48) and engine.info.batch_range == (1, 2, 4)
+    assert set(context.addresses) == {*contract.INPUTS, *contract.OUTPUTS}
 
     feeds = _host_inputs(2)
     sr = engine(**feeds)  # per-tile statistics: norm_mix 0, whatever norm_stats holds is ignored by the graph
@@ -793,12 +1031,10 @@ def test_runner_binds_every_input_and_output_and_feeds_the_norm_mode(tmp_path, m
     assert stats.shape == (2, 2, GROUPS) and stats.dtype == np.float32
     np.testing.assert_allclose(stats[:, 0], np.repeat(feeds["x_t"].mean(axis=(1, 2, 3))[:, None], GROUPS, 1),
                                rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(stats[:, 1], np.repeat(feeds["lq"].mean(axis=(1, 2, 3))[:, None], GROUPS, 1),
-                               rtol=1e-5, atol=1e-6)
     assert context.seen[-1]["norm_mix"] == 0.0  # statistics are each tile's own
 
     one = _host_inputs(1, seed=1)
-    np.testing.assert_array_equal(engine(**one), one["x_t"] + 1.0)  # batch 1 after batch 2: shapes re-bound
+    np.testing.assert_array_equal(engine(**one), one["x_t"] + 1.0)  # batch 1 after batch 2: shapes re-set
     assert context.shapes["x_t"][0] == context.shapes["sigma"][0] == 1 and context.shapes["norm_stats"] == (2, GROUPS)
     with pytest.raises(InputError, match=rf"'norm_stats' has shape \(2, 5\), expected \(2, {GROUPS}\)"):
         engine(**one, norm_stats=np.zeros((2, 5), np.float32))
@@ -807,14 +1043,41 @@ def test_runner_binds_every_input_and_output_and_feeds_the_norm_mode(tmp_path, m
         engine(**one)
 
 
-def test_engine_sidecar_without_norm_groups_is_refused_before_deserializing(tmp_path, monkeypatch):
-    fake = _fake_machine(monkeypatch)
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"ENGINE")
-    path = trt_cache.write_engine_sidecar(engine, spec(), size_multiple=8, norm_groups=GROUPS)
-    data = json.loads(path.read_text())
-    del data["norm_groups"]
-    path.write_text(json.dumps(data))
-    fake.Runtime = None  # deserializing would fail loudly: the check must come first
-    with pytest.raises(ConfigError, match=r"missing keys \['norm_groups'\]"):
-        trt_engine.TensorRTEngine(engine)
+def test_runner_checks_shapes_against_the_profile(tmp_path, monkeypatch):
+    engine, _, _ = _fake_runtime_engine(monkeypatch, tmp_path)
+    engine.info = type(engine.info)(**{**engine.info.__dict__, "tile_lr": None})  # as for a dynamic-spatial graph
+    with pytest.raises(InputError, match=r"input 'x_t' has shape \(1, 3, 128, 128\), outside the engine's profile "
+                                         r"\(1, 3, 256, 192\)\.\.\(4, 3, 256, 192\)"):
+        engine(**_host_inputs(1, tile=(32, 32)))
+
+
+def test_rtx_runner_keeps_the_runtime_cache_on_disk_and_uses_its_cuda_graph_strategy(tmp_path, monkeypatch):
+    engine, _, calls = _fake_runtime_engine(monkeypatch, tmp_path, rtx=True, cuda_graph=True)
+    config = calls[-1][1]
+    assert calls[0] == ("set_runtime_cache",) and isinstance(config, _FakeRuntimeConfig)
+    assert config.cuda_graph_strategy == "WHOLE_GRAPH_CAPTURE" and engine._use_graph is False
+    engine(**_host_inputs(1))
+    engine.close()
+    cache_file = tmp_path / "e.runtime-cache"
+    assert cache_file.read_bytes() == b"KERNELS"
+    cache_file.write_bytes(b"GOOD")
+    engine, _, calls = _fake_runtime_engine(monkeypatch, tmp_path, rtx=True)
+    assert ("deserialize", b"GOOD") in calls and calls[-1][1].cuda_graph_strategy == "DISABLED"
+    engine.close()
+
+
+def test_from_onnx_uses_an_engine_built_elsewhere_whose_targets_include_this_gpu(tmp_path, monkeypatch):
+    onnx = _write_graph(tmp_path)
+    side = contract.read_onnx_sidecar(onnx)
+    fake = _fake_machine(monkeypatch, gpu=RTX_4090, rtx=True)
+    several = _stored_engine(onnx.parent, spec(side, targets=("sm86", "sm89", "sm120")), name=f"{onnx.stem}_x.engine",
+                             side=side)
+    _stored_engine(onnx.parent, spec(side, targets=("sm120",)), name=f"{onnx.stem}_a.engine", side=side)
+    opened = []
+    monkeypatch.setattr(trt_engine.TensorRTEngine, "__init__",
+                        lambda self, path, **kw: opened.append(Path(path)))
+    trt_engine.TensorRTEngine.from_onnx(onnx, log=lambda _: None)
+    assert opened == [several] and fake.named("build_serialized_network") == []
+    monkeypatch.setattr(tensorrt_build, "local_gpu", lambda: ("NVIDIA GeForce RTX 2080 Ti", (7, 5)))
+    with pytest.raises(ConfigError, match="this GPU \\(NVIDIA GeForce RTX 2080 Ti\\) is Turing \\(sm75\\)"):
+        trt_engine.TensorRTEngine.from_onnx(onnx, log=lambda _: None)  # nothing fits, and sm75 cannot be built

@@ -4,9 +4,11 @@
 
 writes ``export/GTASR_final_phase_fp32.onnx`` (+ ``.json`` sidecar), a graph with dynamic batch,
 height and width (the whole image in one call, on every runtime), and, with ``--fp16``,
-``export/GTASR_final_phase_fp16.onnx`` (+ sidecar), then builds a TensorRT engine for the fp16
-graph when TensorRT and a GPU are present. ``--tile N`` writes a graph for one static LR tile
-instead (``..._tileN_fp32.onnx``), for runtimes that want fixed shapes.
+``export/GTASR_final_phase_fp16.onnx`` (+ sidecar), then builds a TensorRT engine beside each graph
+when a TensorRT library is installed: TensorRT for RTX builds on any machine, GPU or not, for
+``--trt-targets`` (default: this GPU, or with none sm86,sm89,sm120); classic TensorRT builds for
+the GPU present. ``--tile N`` writes a graph for one static LR tile instead
+(``..._tileN_fp32.onnx``), for runtimes that want fixed shapes.
 """
 
 from __future__ import annotations
@@ -35,18 +37,17 @@ def _load(weights: Path | None, param_key: str, network_config: Path | None, pre
                          random_ok=True)
 
 
-def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
-    """Build (or reuse) the TensorRT engine when TensorRT and a GPU are here; else one line why not."""
-    try:
-        from ..engines import tensorrt_build
-    except ImportError as err:
-        click.echo(f"no TensorRT engine built: the TensorRT builder module is missing ({err})")
-        return
-    reason = tensorrt_build.explain_unavailable()
+def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, targets: str) -> None:
+    """Build (or reuse) a TensorRT engine beside each graph when a library can build here; else one line why not."""
+    from ..engines import tensorrt_build
+
+    reason = tensorrt_build.explain_cannot_build(library, targets)
     if reason is not None:
         click.echo(f"no TensorRT engine built: {reason}")
         return
-    tensorrt_build.get_or_build_engine(onnx_path, cache_dir=cache_dir, log=click.echo)
+    for graph in graphs:
+        tensorrt_build.get_or_build_engine(graph, engine_dir=engine_dir, library=library, targets=targets,
+                                           log=click.echo)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -69,24 +70,39 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset (the one written is recorded in the sidecar; torch's exporter writes 18 and "
                    "converts to others where it can).")
-@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands) and build a TensorRT engine.")
+@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Output folder.")
-@click.option("--engine-cache", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"),
-              show_default=True, help="Folder of cached TensorRT engines (with --fp16).")
+@click.option("--trt/--no-trt", "trt", default=True, show_default=True,
+              help="Build a TensorRT engine beside each graph when TensorRT for RTX (any machine) or TensorRT "
+                   "(with its GPU) is installed; an identical engine already there is reused.")
+@click.option("--trt-targets", default="auto", show_default=True, metavar="SM,...",
+              help="GPU architectures the engine holds code for, e.g. sm89 (RTX 40) or sm86,sm89,sm120 "
+                   "(RTX 30/40/50). auto: this GPU; with no GPU sm86,sm89,sm120. Classic TensorRT: this GPU only.")
+@click.option("--trt-library", type=click.Choice(["auto", "tensorrt-rtx", "tensorrt"]), default="auto",
+              show_default=True, help="auto: TensorRT for RTX when installed and able to target this GPU, "
+                                      "else classic TensorRT.")
+@click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for TensorRT engines.  [default: beside the graphs]")
 @click.option("--check", "check_paths", multiple=True, type=click.Path(path_type=Path), metavar="IMAGE",
               help="After exporting, upscale these images (files or folders; repeatable) with torch fp32 and "
                    "with each exported graph on ONNX Runtime and compare (max/mean difference, PSNR, NaN/Inf); "
                    "exit 1 when the fp32 graph differs by more than 1/255 or the fp16 graph is below 40 dB.")
-def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engine_cache,
-         check_paths) -> None:
+def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, trt, trt_targets,
+         trt_library, engine_dir, check_paths) -> None:
     """Export GTASR's denoiser D to ONNX: dynamic batch, height and width (or one static LR tile).
 
     Nothing already in --out is replaced until the new graph passed every check."""
     try:
         images = _check_images(check_paths)
+        engines = None
+        if trt:
+            from ..engines.tensorrt_build import parse_request
+
+            parse_request(trt_targets, trt_library)  # a bad --trt-targets fails before the (long) export
+            engines = (engine_dir, trt_library, trt_targets)
         failed = _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir,
-                         engine_cache, images)
+                         engines, images)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
@@ -102,9 +118,9 @@ def _check_images(paths) -> list[Path]:
     return images
 
 
-def _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engine_cache,
+def _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engines,
             images) -> bool:
-    """Export (and check); True when a check failed."""
+    """Export, build engines when ``engines`` is (engine_dir, library, targets), and check; True when a check failed."""
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
 
@@ -122,7 +138,8 @@ def _export(weights, param_key, network_config, preset, tile, max_lr, batch, ops
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
         graphs.append(half.onnx_path)
-        _build_tensorrt(half.onnx_path, engine_cache)
+    if engines is not None:
+        _build_tensorrt(graphs, *engines)
     if not images:
         return False
     from .check import run_check
