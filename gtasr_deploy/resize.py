@@ -55,10 +55,12 @@ class OutputSize:
         """True when nothing beyond the model's x4 is asked for."""
         return all(v is None for v in vars(self).values()) or self.outscale == MODEL_SCALE
 
-    def target(self, width: int, height: int) -> tuple[int, int]:
+    def target(self, width: int, height: int, *, max_pixels: int | None = None) -> tuple[int, int]:
         """(width, height) of the output for a (width, height) input; sides rounded, >= 1 px.
 
-        InputError when a side would exceed ``MAX_SIDE``.
+        InputError when a side would exceed ``MAX_SIDE``, or when the area of a requested size
+        (anything but the model's own x4) would exceed ``max_pixels`` (None or 0: no limit):
+        checked here, before any pixel is decoded, resized or allocated.
         """
         if self.outscale is not None:
             size = (_round(width * self.outscale), _round(height * self.outscale))
@@ -74,6 +76,10 @@ class OutputSize:
         if max(size) > MAX_SIDE:
             raise InputError(f"output would be {size[0]}x{size[1]} px, over {MAX_SIDE:,} px per side "
                              f"(input {width}x{height}); ask for a smaller size")
+        area = size[0] * size[1]
+        if max_pixels and area > max_pixels and not self.is_model_size:
+            raise InputError(f"output would be {size[0]}x{size[1]} = {area:,} px, over --max-pixels {max_pixels:,} "
+                             f"(input {width}x{height}); ask for a smaller size or raise --max-pixels")
         return size
 
     def describe(self) -> str:

@@ -29,13 +29,6 @@ class ProcessingError(GtasrError):
     """The upload decoded, but upscaling or encoding it failed (a server-side problem)."""
 
 
-def safe_name(name: str | None) -> str:
-    """A display name for messages and the download: the last path part, printable, short."""
-    base = Path((name or "").replace("\\", "/")).name
-    base = "".join(ch for ch in base if ch.isprintable() and ch not in '"')[:120]
-    return base or "upload"
-
-
 def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: int = 95,
                    max_pixels: int | None = None) -> tuple[bytes, str, tuple[int, int]]:
     """(file bytes, written format, (width, height)) of ``sr_fn`` applied to the uploaded image.
