@@ -187,7 +187,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     records = [FileRecord(input=folder, output="", status="failed", reason=reason) for folder, reason in unlisted]
     for record in records:
         _emit(f"error: {record.input}: {record.reason}", err, False)
-    _remove_stale_temps(jobs)
+    remove_run_temps(jobs)
     bars = progress and is_terminal(err)  # a log file gets plain lines, not escape codes
     bar = tqdm(total=len(jobs), file=err, disable=not bars, unit="img", dynamic_ncols=True)
     interrupted, current = False, None
@@ -239,7 +239,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     return result
 
 
-def _remove_stale_temps(jobs: Sequence[Job]) -> None:
+def remove_run_temps(jobs: Sequence[Job]) -> None:
     """Temp files of killed runs in the folders this run writes into (outputs and their records)."""
     folders = {folder for job in jobs for folder in (job.dst.parent, completion.record_path(job.dst).parent)}
     for folder in sorted(folders):
