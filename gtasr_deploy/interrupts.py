@@ -45,6 +45,7 @@ class Interrupts:
 
 
 INTERRUPTS = Interrupts()
+_ROUTED: set[int] = set()  # the signals an active signals_as_interrupt block routes to INTERRUPTS
 
 
 @contextlib.contextmanager
@@ -60,8 +61,21 @@ def signals_as_interrupt(enabled: bool = True) -> Iterator[None]:
         current = signal.getsignal(signum)
         if current is signal.SIG_DFL or current is signal.default_int_handler:
             previous[signum] = signal.signal(signum, INTERRUPTS.handler)
+    _ROUTED.update(previous)
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        _ROUTED.difference_update(previous)
+
+
+def reclaim() -> None:
+    """Route the stop signals to :data:`INTERRUPTS` again inside a :func:`signals_as_interrupt`
+    block, after a library took one over (``ray.init`` sets SIGTERM to ``sys.exit(15)``, which
+    would end the run with exit code 15, no summary and no report). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _ROUTED:
+        if signal.getsignal(signum) is not INTERRUPTS.handler:
+            signal.signal(signum, INTERRUPTS.handler)

@@ -121,7 +121,9 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
     except RuntimeError as exc:  # Serve reports a replica that could not start this way
         _fail(" ".join(str(exc).split())[:500])
     click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the same way as Ctrl-C (a service manager's stop)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as Ctrl-C does (a service manager, a closed terminal)
+        if signal.getsignal(signum) is not signal.SIG_IGN or signum == signal.SIGTERM:  # nohup keeps SIGHUP off
+            signal.signal(signum, _interrupt)
     try:
         while True:
             time.sleep(3600)

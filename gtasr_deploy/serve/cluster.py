@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import batch as batch_mod
 from ..batch import BatchSummary, FileRecord, Job
 from ..errors import ConfigError, InputError
+from ..interrupts import reclaim
 from .settings import UpscalerSettings
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -99,6 +100,7 @@ def connect(address: str, num_cpus: int | None = None):
             ray.init(num_cpus=num_cpus, **common)
         else:
             ray.init(address=address, **common)
+        reclaim()  # ray.init takes SIGTERM over (sys.exit); a batch run stops in order instead
     return ray
 
 
