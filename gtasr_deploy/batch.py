@@ -56,7 +56,7 @@ from .imageio import (
 )
 from .interrupts import EXIT_INTERRUPTED, INTERRUPTS, signals_as_interrupt
 from .progress import is_terminal, log_line
-from .resize import OutputSize, resize_planes
+from .resize import OutputSize, format_problem, resize_planes
 from .preflight import (  # noqa: F401 (the CLIs use these through batch)
     header_size,
     check_device,
@@ -314,8 +314,12 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
     sizes = {"input_size": image.size}
     try:  # an impossible output size fails before the model runs
         target = None if output_size is None else output_size.target(*image.size, max_pixels=max_pixels)
+        problem = format_problem(format_for_suffix(job.dst.suffix), target or (image.size[0] * scale,
+                                                                             image.size[1] * scale))
     except InputError as exc:
         return failed(str(exc), **sizes)
+    if problem:
+        return failed(problem, **sizes)
     try:
         sr = sr_fn(image.rgb) if on_tile is None else sr_fn(image.rgb, on_tile=on_tile)
     except GtasrError as exc:

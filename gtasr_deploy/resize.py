@@ -26,6 +26,7 @@ from .errors import InputError
 
 MODEL_SCALE = 4
 MAX_SIDE = 65_535  # JPEG's limit and far beyond what memory allows for a float32 image
+FORMAT_MAX_SIDE = {"webp": 16_383, "jpg": 65_535}  # what the encoders can write, per side
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +95,16 @@ class OutputSize:
         other = {"width": "height", "height": "width", "long_side": "short side"}[name]
         return (f"{name.replace('_', ' ')} {value} px: x4 by the model, then Lanczos to that size "
                 f"({other} from the aspect ratio; antialiased where it shrinks)")
+
+
+def format_problem(fmt: str, size: tuple[int, int]) -> str | None:
+    """Why a (width, height) picture cannot be written as ``fmt`` (a side over what the format
+    holds: WebP 16,383 px, JPEG 65,535 px), or None; known before any work, so asked first."""
+    limit = FORMAT_MAX_SIDE.get(fmt)
+    if limit is None or max(size) <= limit:
+        return None
+    return (f"the output would be {size[0]}x{size[1]} px, over {limit:,} px per side, the most a {fmt} "
+            "file holds; choose png, or a smaller size")
 
 
 def _round(value: float) -> int:

@@ -322,3 +322,20 @@ def test_batch_checks_the_area_before_decoding(tmp_path, monkeypatch):
     summary = run_batch(plan_outputs(collect_inputs(src), tmp_path / "out"), nearest_x4,
                         output_size=OutputSize(long_side=65_535), progress=False, err=io.StringIO())
     assert summary.failed == 1 and not decoded and "over --max-pixels" in summary.records[0].reason
+
+
+def test_a_size_the_output_format_cannot_hold_fails_before_the_model(tmp_path):
+    """WebP holds 16,383 px per side: a 4,200 px wide strip at x4 fails at once, as webp, and is written as png."""
+    src = _folder(tmp_path, {"strip.png": (4200, 2)})
+    calls = []
+
+    def counting_sr(rgb):
+        calls.append(1)
+        return nearest_x4(rgb)
+
+    jobs = plan_outputs(collect_inputs(src), tmp_path / "out", fmt="webp")
+    summary = run_batch(jobs, counting_sr, progress=False, err=io.StringIO())
+    assert summary.failed == 1 and not calls and "over 16,383 px per side" in summary.records[0].reason
+    summary = run_batch(plan_outputs(collect_inputs(src), tmp_path / "out"), counting_sr, progress=False,
+                        err=io.StringIO())
+    assert summary.written == 1 and calls == [1]

@@ -22,7 +22,7 @@ from PIL import Image
 
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the test extra)")
 from fastapi import FastAPI, Request  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from gtasr_deploy.serve.codec import FORMATS  # noqa: E402
@@ -37,7 +37,7 @@ from gtasr_deploy.serve.http_api import (  # noqa: E402
 )
 
 MAX_UPLOAD = 4096
-MAX_PIXELS = 400
+MAX_PIXELS = 10_000
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -148,6 +148,8 @@ def test_any_parameters_get_200_or_a_one_line_4xx(name, fmt, quality, body):
     assert headers["x-image-size"] == "16x12"
 
 
+
+
 @SETTINGS
 @given(query=st.binary(max_size=200))
 def test_any_query_bytes_get_200_or_a_one_line_4xx(query):
@@ -171,6 +173,23 @@ def test_any_headers_and_sizes_get_200_or_a_one_line_4xx(length, extra, size):
     if size > MAX_UPLOAD:
         assert status == 413
     assert status == 200 or assert_error_shape(status, headers, answer)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.integers(1, 5000), height=st.integers(1, 3), fmt=st.sampled_from(FORMATS), alpha=st.booleans())
+@example(width=4200, height=2, fmt="webp", alpha=False)
+def test_any_image_size_and_format_get_200_or_a_one_line_4xx(width, height, fmt, alpha):
+    """Sizes a client chooses: a 4,200 px wide strip is fine as PNG, but its x4 is over what WebP
+    holds (16,383 px per side): a 400 before any work, not a 500 from the encoder after it."""
+    buffer = io.BytesIO()
+    Image.new("RGBA" if alpha else "RGB", (width, height), (10, 200, 30, 128)[:4 if alpha else 3]).save(buffer, "PNG")
+    status, headers, answer = call(urllib.parse.urlencode({"name": "strip.png", "format": fmt}).encode(),
+                                   buffer.getvalue())
+    if status == 200:
+        assert headers["x-image-size"] == f"{4 * width}x{4 * height}"
+    else:
+        message = assert_error_shape(status, headers, answer)
+        assert width * height > MAX_PIXELS or (fmt == "webp" and 4 * width > 16_383), message
 
 
 @pytest.mark.parametrize("name", ["фото.png", "照片.jpg", "📷 holiday.webp", "naïve café.png", 'a"b;c%20.png',

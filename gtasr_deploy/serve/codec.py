@@ -17,6 +17,7 @@ from ..atomic import atomic_write_bytes
 from ..batch import Job, run_batch
 from ..errors import GtasrError, InputError
 from ..imageio import read_image, upscale_alpha
+from ..resize import format_problem
 
 # Output formats a client may ask for; "same" = the upload's own format (as --format same).
 FORMATS = ("png", "jpg", "webp", "same")
@@ -48,6 +49,9 @@ def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: 
         except InputError as exc:
             raise InputError(f"{name}: {str(exc).removeprefix(f'{src}: ')}") from None
         written = _SOURCE_TO_WRITE[image.source_format] if fmt == "same" else fmt
+        problem = format_problem(written, (image.size[0] * 4, image.size[1] * 4))
+        if problem:  # the client's choice of size and format, known before any work: a 400
+            raise InputError(f"{name}: {problem}")
         dst = Path(folder) / "out" / f"result.{written}"
         log = io.StringIO()
         summary = run_batch([Job(src=src, rel=Path(name), dst=dst)], sr_fn, quality=quality, max_pixels=max_pixels,
