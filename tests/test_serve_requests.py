@@ -222,3 +222,38 @@ def test_unknown_static_names_in_any_script_are_404_json():
     for name in ("secret.py", "%D1%84%D0%BE%D1%82%D0%BE", "%E2%80%A8x"):
         status, headers, answer = call(b"", method="GET", path=urllib.parse.unquote(f"/static/{name}"))
         assert status == 404 and "no such file" in assert_error_shape(status, headers, answer)
+
+
+def _samples() -> list[bytes]:
+    """One small file per format and kind the service reads: the seeds of the mutations below."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    files = []
+    for mode, fmt, extra in (("RGB", "PNG", {}), ("RGBA", "PNG", {}), ("L", "PNG", {}), ("P", "PNG", {}),
+                             ("RGB", "JPEG", {}), ("CMYK", "JPEG", {}), ("RGB", "WEBP", {}), ("RGB", "BMP", {}),
+                             ("RGB", "TIFF", {}), ("I;16", "PNG", {}), ("RGB", "GIF", {}),
+                             ("RGB", "TIFF", {"compression": "tiff_lzw"})):
+        image = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray(
+            rgb[..., 0].astype(np.uint16) * 257)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **extra)
+        files.append(buffer.getvalue())
+    return files
+
+
+SAMPLES = _samples()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(range(len(SAMPLES))), cut=st.integers(0, 400),
+       flips=st.lists(st.tuples(st.integers(0, 399), st.integers(0, 255)), max_size=6),
+       fmt=st.sampled_from(FORMATS))
+def test_any_bytes_of_any_image_format_get_200_or_a_one_line_4xx(seed, cut, flips, fmt):
+    """Uploads as a client may send them: valid files of every format, cut short and with bytes changed."""
+    data = bytearray(SAMPLES[seed])
+    for where, value in flips:
+        if where < len(data):
+            data[where] = value
+    data = bytes(data[:cut or len(data)])
+    status, headers, answer = call(urllib.parse.urlencode({"name": "x.img", "format": fmt}).encode(), data)
+    assert status == 200 or assert_error_shape(status, headers, answer)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..batch import Job, run_batch
+from ..batch import Job, exception_name, run_batch
 from ..errors import GtasrError, InputError
 from ..imageio import read_image, upscale_alpha
 from ..resize import format_problem
@@ -48,6 +48,11 @@ def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: 
             image = read_image(src, max_pixels=max_pixels)
         except InputError as exc:
             raise InputError(f"{name}: {str(exc).removeprefix(f'{src}: ')}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (whatever a decoder raises on crafted bytes: the upload's fault)
+            raise InputError(f"{name}: cannot decode the image ({exception_name(exc)}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
         written = _SOURCE_TO_WRITE[image.source_format] if fmt == "same" else fmt
         problem = format_problem(written, (image.size[0] * 4, image.size[1] * 4))
         if problem:  # the client's choice of size and format, known before any work: a 400
