@@ -224,7 +224,9 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
                 bar.update()
     except KeyboardInterrupt:
         interrupted = True
-        if current is not None and _finished(current, handlers, base, settings):  # right after its record
+        # a file finished right before the signal (its record written, not yet counted here) counts
+        counted = bool(records) and current is not None and records[-1].input == str(current.src)
+        if current is not None and not counted and _finished(current, handlers, base, settings):
             records.append(FileRecord(input=str(current.src), output=str(current.dst), status="written"))
         raise
     finally:

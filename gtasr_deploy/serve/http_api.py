@@ -171,7 +171,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, f"bad request: {exc.errors()[0].get('msg', 'invalid') if exc.errors() else 'invalid'}")
+        errors = exc.errors()
+        return error_response(400, f"bad request: {errors[0].get('msg', 'invalid') if errors else 'invalid'}")
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> Response:
