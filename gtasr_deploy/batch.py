@@ -18,14 +18,12 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -56,13 +54,16 @@ from .imageio import (
     upscale_alpha,
     write_image,
 )
+from .interrupts import EXIT_INTERRUPTED, INTERRUPTS, signals_as_interrupt
 from .progress import is_terminal, log_line
-from .resize import OutputSize, resize_planes
+from .resize import OutputSize, format_problem, resize_planes
 from .preflight import (  # noqa: F401 (the CLIs use these through batch)
+    header_size,
     check_device,
     check_input_path,
     check_output_dir,
     check_output_path,
+    check_output_sizes,
     check_report_path,
     check_report_target,
     missing_dirs,
@@ -71,7 +72,6 @@ from .preflight import (  # noqa: F401 (the CLIs use these through batch)
 
 _FLAT_INPUT = 16 / 255  # input value range below which a constant output is plausible, not a divergence
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 # sr_fn(rgb) -> sr: float32 (H, W, 3) in [0, 1] -> float32 (scale·H, scale·W, 3) in [0, 1].
 # With tile_progress=True it is called as sr_fn(rgb, on_tile=callback), callback(done, total).
@@ -133,30 +133,53 @@ class BatchSummary:
 # ---------------------------------------------------------------------------------- running
 
 
+class JobHandler(Protocol):
+    """Processing of the jobs that are not still images (videos: :class:`gtasr_deploy.video.VideoJobs`).
+
+    ``run_batch`` gives it every job it ``handles``; ``settings`` is what goes into that job's
+    completion record (the run's settings plus the handler's own); ``process`` does the job and
+    returns its record, writing its output atomically and its completion record under
+    :meth:`gtasr_deploy.interrupts.Interrupts.held`."""
+
+    def handles(self, job: Job) -> bool: ...
+
+    def settings(self, job: Job, base: Mapping) -> Mapping: ...
+
+    def process(self, job: Job, *, settings: Mapping, overwrite: bool, max_pixels: int | None,
+                err: TextIO, progress: bool) -> FileRecord: ...
+
+
+class ContractError(ValueError):
+    """``sr_fn`` or a frame function broke its contract (wrong shape or dtype): a bug, not a file's problem."""
+
+
 def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bool = False,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = 95, progress: bool = True,
               summary: bool = True, json_report: str | os.PathLike | None = None,
               err: TextIO | None = None, tile_progress: bool = False,
               handle_sigterm: bool = True, settings: Mapping | None = None,
               unlisted: Sequence[tuple[str, str]] = (), output_size: OutputSize | None = None,
-              strip_metadata: bool = False) -> BatchSummary:
+              strip_metadata: bool = False, handlers: Sequence[JobHandler] = ()) -> BatchSummary:
     """Decode -> ``sr_fn`` -> check -> bicubic alpha -> atomic write -> completion record, per job.
 
-    A file's problem (input, OS error, name too long, out of memory, GtasrError or RuntimeError
-    from ``sr_fn``, NaN/Inf or constant output, write/encode error) prints ONE line
-    ``error: <file>: <reason>`` on ``err`` and the batch goes on; ``unlisted`` (folder, reason)
-    pairs, folders the search could not enter, count as failed too. An output is skipped only
-    when its completion record (gtasr_deploy.completion) says it is this tool's finished result
-    for the same input and ``settings`` (what shapes the picture; ``quality`` is added here).
-    Ctrl-C, SIGTERM and SIGHUP (turned into KeyboardInterrupt while this runs on the main thread)
-    stop after cleaning the current temp file, still write the summary and the JSON report
-    (exit code 130), then propagate. ``sr_fn`` returning the wrong shape is a bug: ValueError.
+    A file's problem, whatever raised it (an input, OS error, name too long, out of memory, an
+    exception of OpenCV, Pillow, numpy, PyAV or the engine, NaN/Inf or constant output, a
+    write/encode error) prints ONE line ``error: <file>: <reason>`` on ``err`` and the batch goes
+    on; ``unlisted`` (folder, reason) pairs, folders the search could not enter, count as failed
+    too. An output is skipped only when its completion record (gtasr_deploy.completion) says it is
+    this tool's finished result for the same input and ``settings`` (what shapes the picture;
+    ``quality`` is added here). Jobs a ``handlers`` entry handles (videos) go to it, with the same
+    rules. Ctrl-C, SIGTERM and SIGHUP (turned into KeyboardInterrupt while this runs on the main
+    thread, gtasr_deploy.interrupts) stop the current file after cleaning its temp file, still
+    write the summary and the JSON report (exit code 130), then propagate. ``sr_fn`` returning
+    the wrong shape is a bug: :class:`ContractError` (a ValueError) propagates.
     ``output_size``: resize the x4 result (resize.py); EXIF/XMP/ICC go to each output unless
     ``strip_metadata`` (EXIF/XMP only: the ICC profile stays, the colours depend on it).
-    Progress: bars when ``err`` is a terminal, else one plain line per image (progress.py).
+    Progress: bars when ``err`` is a terminal, else one plain line per file (progress.py).
     """
     err = sys.stderr if err is None else err
-    settings = {**(settings or {}), "quality": quality, "scale": scale}
+    base = {**(settings or {}), "scale": scale}
+    settings = {**base, "quality": quality}
     if output_size is not None and not output_size.is_model_size:
         settings["output_size"] = {k: v for k, v in vars(output_size).items() if v is not None}
     if strip_metadata:
@@ -164,23 +187,29 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     records = [FileRecord(input=folder, output="", status="failed", reason=reason) for folder, reason in unlisted]
     for record in records:
         _emit(f"error: {record.input}: {record.reason}", err, False)
-    _remove_stale_temps(jobs)
+    remove_run_temps(jobs)
     bars = progress and is_terminal(err)  # a log file gets plain lines, not escape codes
     bar = tqdm(total=len(jobs), file=err, disable=not bars, unit="img", dynamic_ncols=True)
     interrupted, current = False, None
     try:
-        with _signals_as_interrupt(handle_sigterm):
+        with signals_as_interrupt(handle_sigterm):
             for job in jobs:
                 current = job
                 bar.set_postfix_str(printable(job.rel.as_posix()), refresh=False)
-                tiles = _TileBar(err, enabled=bars) if tile_progress else None
-                try:
-                    record = _guarded(job, sr_fn, scale=scale, overwrite=overwrite, max_pixels=max_pixels,
-                                      quality=quality, on_tile=tiles, settings=settings,
-                                      output_size=output_size, strip_metadata=strip_metadata)
-                finally:
-                    if tiles is not None:
-                        tiles.close()
+                handler = next((h for h in handlers if h.handles(job)), None)
+                if handler is not None:
+                    record = _guarded(job, lambda: handler.process(
+                        job, settings=handler.settings(job, base), overwrite=overwrite, max_pixels=max_pixels,
+                        err=err, progress=progress))
+                else:
+                    tiles = _TileBar(err, enabled=bars) if tile_progress else None
+                    try:
+                        record = _guarded(job, lambda: _process(
+                            job, sr_fn, scale=scale, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
+                            on_tile=tiles, settings=settings, output_size=output_size, strip_metadata=strip_metadata))
+                    finally:
+                        if tiles is not None:
+                            tiles.close()
                 records.append(record)
                 current = None
                 if record.status == "failed":
@@ -195,7 +224,9 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
                 bar.update()
     except KeyboardInterrupt:
         interrupted = True
-        if current is not None and _finished(current, settings):  # interrupted right after its record
+        # a file finished right before the signal (its record written, not yet counted here) counts
+        counted = bool(records) and current is not None and records[-1].input == str(current.src)
+        if current is not None and not counted and _finished(current, handlers, base, settings):
             records.append(FileRecord(input=str(current.src), output=str(current.dst), status="written"))
         raise
     finally:
@@ -210,7 +241,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     return result
 
 
-def _remove_stale_temps(jobs: Sequence[Job]) -> None:
+def remove_run_temps(jobs: Sequence[Job]) -> None:
     """Temp files of killed runs in the folders this run writes into (outputs and their records)."""
     folders = {folder for job in jobs for folder in (job.dst.parent, completion.record_path(job.dst).parent)}
     for folder in sorted(folders):
@@ -218,24 +249,40 @@ def _remove_stale_temps(jobs: Sequence[Job]) -> None:
             remove_stale_temps(folder, recursive=False)
 
 
-def _finished(job: Job, settings: Mapping) -> bool:
+def _finished(job: Job, handlers: Sequence[JobHandler], base: Mapping, settings: Mapping) -> bool:
     try:
-        return completion.check(job.dst, job.src, job.rel, settings) is Verdict.DONE
-    except OSError:
+        handler = next((h for h in handlers if h.handles(job)), None)
+        own = settings if handler is None else handler.settings(job, base)
+        return completion.check(job.dst, job.src, job.rel, own) is Verdict.DONE
+    except Exception:  # noqa: BLE001 (an unreadable record or a bad setting: not finished)
         return False
 
 
-def _guarded(job: Job, sr_fn: SrFn, **options) -> FileRecord:
-    """:func:`_process`, with the failures no stage foresaw turned into this file's failure."""
+def _guarded(job: Job, work: Callable[[], FileRecord]) -> FileRecord:
+    """``work()``, with the failures no stage foresaw, whatever library raised them, turned into
+    this file's failure. A broken contract (:class:`ContractError`) is a bug and propagates."""
     start = time.perf_counter()
     try:
-        return _process(job, sr_fn, **options)
+        return work()
+    except ContractError:
+        raise
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EIO... from any stage
         reason = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-    except MemoryError:
-        reason = "out of memory on this image; try a smaller --tile, or a smaller image"
-    return FileRecord(input=str(job.src), output=str(job.dst), status="failed", reason=reason,
+    except MemoryError:  # numpy's _ArrayMemoryError too
+        reason = "out of memory on this file; try a smaller --tile, or a smaller image"
+    except GtasrError as exc:
+        reason = str(exc).removeprefix(f"{job.src}: ")
+    except Exception as exc:  # noqa: BLE001 (cv2.error, PyAV, Pillow, numpy, an engine: this file fails)
+        reason = f"{exception_name(exc)}: {_first_line(exc)}"
+    return FileRecord(input=str(job.src), output=str(job.dst), status="failed", reason=" ".join(reason.split()),
                       seconds=time.perf_counter() - start)
+
+
+def exception_name(exc: BaseException) -> str:
+    """``cv2.error``, ``av.InvalidDataError``, ``ValueError``: the class with its top package."""
+    module = type(exc).__module__.split(".")[0]
+    name = type(exc).__qualname__
+    return name if module == "builtins" else f"{module}.{name}"
 
 
 def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: int | None,
@@ -256,15 +303,25 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
     if verdict is Verdict.FOREIGN and not overwrite:
         return failed(f"{job.dst} exists and is not this tool's finished result for this input "
                       "(no completion record, or changed since); --overwrite replaces it")
+    header = header_size(job.src) if output_size is not None else None
+    if header is not None:  # an impossible output size fails before the image is even decoded
+        try:
+            output_size.target(*header, max_pixels=max_pixels)
+        except InputError as exc:
+            return failed(str(exc), input_size=header)
     try:
         image = read_image(job.src, max_pixels=max_pixels)
     except InputError as exc:
         return failed(str(exc).removeprefix(f"{job.src}: "))
     sizes = {"input_size": image.size}
     try:  # an impossible output size fails before the model runs
-        target = None if output_size is None else output_size.target(*image.size)
+        target = None if output_size is None else output_size.target(*image.size, max_pixels=max_pixels)
+        problem = format_problem(format_for_suffix(job.dst.suffix), target or (image.size[0] * scale,
+                                                                             image.size[1] * scale))
     except InputError as exc:
         return failed(str(exc), **sizes)
+    if problem:
+        return failed(problem, **sizes)
     try:
         sr = sr_fn(image.rgb) if on_tile is None else sr_fn(image.rgb, on_tile=on_tile)
     except GtasrError as exc:
@@ -273,7 +330,7 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
         return failed(f"backend error: {type(exc).__name__}: {_first_line(exc)}", **sizes)
     expected = (image.rgb.shape[0] * scale, image.rgb.shape[1] * scale, 3)
     if sr.shape != expected:
-        raise ValueError(f"sr_fn returned shape {sr.shape} for {job.src}; expected {expected} (x{scale})")
+        raise ContractError(f"sr_fn returned shape {sr.shape} for {job.src}; expected {expected} (x{scale})")
     problem = output_problem(image.rgb, sr)
     if problem:
         return failed(problem, **sizes)
@@ -282,7 +339,7 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
         sr, alpha = resize_planes(sr, alpha, target)
     try:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
-        with _INTERRUPTS.held():
+        with INTERRUPTS.held():
             completion.begin(job.dst)
             write_image(job.dst, sr, alpha=alpha, is_gray=image.is_gray, bit_depth=image.bit_depth,
                         icc_profile=image.icc_profile, fmt=format_for_suffix(job.dst.suffix), quality=quality,
@@ -365,54 +422,3 @@ class _TileBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-class _Interrupts:
-    """Ctrl-C, SIGTERM (kill, job schedulers) and SIGHUP (a closed terminal) as KeyboardInterrupt,
-    so temp files get cleaned; inside :meth:`held` (an output and its completion record being
-    written) the interrupt waits until both are done, so a kept output is always a recorded one."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending: int | None = None
-
-    def handler(self, signum, frame) -> None:
-        if self.depth:
-            self.pending = signum
-            return
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if not self.depth and self.pending is not None:
-                signum, self.pending = self.pending, None
-                raise KeyboardInterrupt(f"signal {signum}")
-
-
-_INTERRUPTS = _Interrupts()
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt(enabled: bool) -> Iterator[None]:
-    """Route SIGINT, SIGTERM and SIGHUP to :data:`_INTERRUPTS` while the batch runs (main thread
-    only). A signal set to be ignored (``nohup``) stays ignored; a custom SIGINT handler stays."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if signum is None:
-            continue
-        current = signal.getsignal(signum)
-        if current is signal.SIG_DFL or current is signal.default_int_handler:
-            previous[signum] = signal.signal(signum, _INTERRUPTS.handler)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)

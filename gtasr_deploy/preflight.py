@@ -1,4 +1,4 @@
-"""Checks made before any work: devices, output folders, report paths (usage errors, exit 2).
+"""Checks made before any work: devices, output folders, report paths, output sizes (usage errors, exit 2).
 
 A usage error must leave nothing behind, so the folders these checks create are listed first
 (:func:`missing_dirs`) and removed again, when still empty, if a later check fails
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes, remove_stale_temps
 from .errors import InputError
+from .resize import OutputSize
 
 def check_device(device: str) -> None:
     """InputError unless ``device`` names a torch device that exists here (``auto`` always does)."""
@@ -148,3 +149,40 @@ def remove_empty_dirs(folders: Iterable[Path]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of an image as it will be upscaled (EXIF orientation applied), read from
+    its header without decoding a pixel; None when the header cannot be read (the file's own
+    decode then says why)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            width, height = im.size
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # rotated 90°: sides swap
+    except Exception:  # noqa: BLE001 (any reader failure: unknown here, reported by the decode)
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def check_output_sizes(sources: Sequence[Path], output_size: OutputSize | None, max_pixels: int | None) -> None:
+    """InputError (a usage error: nothing can be done) when ``output_size`` makes every one of
+    ``sources`` too large (a side over MAX_SIDE, or an area over ``max_pixels``), judged from the
+    headers. An input whose header does not read, or that fits, lets the run go on: the files
+    that do not fit then fail one by one (``OutputSize.target`` in the batch)."""
+    if output_size is None or output_size.is_model_size or not sources:
+        return
+    problems = []
+    for path in sources:
+        size = header_size(path)
+        if size is None:
+            return
+        try:
+            output_size.target(*size, max_pixels=max_pixels)
+            return
+        except InputError as exc:
+            problems.append((path, str(exc)))
+    first, reason = problems[0]
+    more = f" (and {len(problems) - 1} other input(s))" if len(problems) > 1 else ""
+    raise InputError(f"no input can be made that size: {first}: {reason}{more}")

@@ -26,6 +26,7 @@ from .errors import InputError
 
 MODEL_SCALE = 4
 MAX_SIDE = 65_535  # JPEG's limit and far beyond what memory allows for a float32 image
+FORMAT_MAX_SIDE = {"webp": 16_383, "jpg": 65_535}  # what the encoders can write, per side
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +56,12 @@ class OutputSize:
         """True when nothing beyond the model's x4 is asked for."""
         return all(v is None for v in vars(self).values()) or self.outscale == MODEL_SCALE
 
-    def target(self, width: int, height: int) -> tuple[int, int]:
+    def target(self, width: int, height: int, *, max_pixels: int | None = None) -> tuple[int, int]:
         """(width, height) of the output for a (width, height) input; sides rounded, >= 1 px.
 
-        InputError when a side would exceed ``MAX_SIDE``.
+        InputError when a side would exceed ``MAX_SIDE``, or when the area of a requested size
+        (anything but the model's own x4) would exceed ``max_pixels`` (None or 0: no limit):
+        checked here, before any pixel is decoded, resized or allocated.
         """
         if self.outscale is not None:
             size = (_round(width * self.outscale), _round(height * self.outscale))
@@ -74,6 +77,10 @@ class OutputSize:
         if max(size) > MAX_SIDE:
             raise InputError(f"output would be {size[0]}x{size[1]} px, over {MAX_SIDE:,} px per side "
                              f"(input {width}x{height}); ask for a smaller size")
+        area = size[0] * size[1]
+        if max_pixels and area > max_pixels and not self.is_model_size:
+            raise InputError(f"output would be {size[0]}x{size[1]} = {area:,} px, over --max-pixels {max_pixels:,} "
+                             f"(input {width}x{height}); ask for a smaller size or raise --max-pixels")
         return size
 
     def describe(self) -> str:
@@ -88,6 +95,16 @@ class OutputSize:
         other = {"width": "height", "height": "width", "long_side": "short side"}[name]
         return (f"{name.replace('_', ' ')} {value} px: x4 by the model, then Lanczos to that size "
                 f"({other} from the aspect ratio; antialiased where it shrinks)")
+
+
+def format_problem(fmt: str, size: tuple[int, int]) -> str | None:
+    """Why a (width, height) picture cannot be written as ``fmt`` (a side over what the format
+    holds: WebP 16,383 px, JPEG 65,535 px), or None; known before any work, so asked first."""
+    limit = FORMAT_MAX_SIDE.get(fmt)
+    if limit is None or max(size) <= limit:
+        return None
+    return (f"the output would be {size[0]}x{size[1]} px, over {limit:,} px per side, the most a {fmt} "
+            "file holds; choose png, or a smaller size")
 
 
 def _round(value: float) -> int:

@@ -17,7 +17,12 @@ What is kept, stated once:
   player shows the colours it showed for the input (a BT.601 round trip would shift them).
 * Never a broken file under the final name: the output is written to a temp file in the output
   folder (:func:`gtasr_deploy.atomic.atomic_path`) and renamed only when the file is complete; an
-  error or Ctrl-C removes the temp file.
+  error, Ctrl-C, SIGTERM or SIGHUP removes the temp file.
+* In a batch (:class:`VideoJobs`, run by :func:`gtasr_deploy.batch.run_batch` beside the images)
+  a video gets a completion record like an image (gtasr_deploy.completion): a re-run skips the
+  videos finished for the same input and settings, redoes stale ones and never replaces a file
+  this tool did not write; the rename and the record happen with signals held
+  (gtasr_deploy.interrupts), so a kept video is always a recorded one.
 
 Noise: ``frame_fn`` is called with the same arguments for every frame; the CLI passes
 ``Upscaler.upscale``, whose noise is a function of (seed, image size) only, so every frame gets the
@@ -28,9 +33,9 @@ PyAV (``pip install 'gtasr-deploy[video]'``) is imported only when a video is pr
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,9 +43,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from . import completion
 from .atomic import atomic_path
+from .batch import ContractError, FileRecord
+from .batch_plan import IMAGE_SUFFIXES, Job
+from .completion import Verdict
 from .count_progress import CountProgress
-from .errors import BackendUnavailableError, ConfigError, GtasrError, InputError
+from .errors import BackendUnavailableError, ConfigError, InputError
+from .interrupts import INTERRUPTS
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi"})
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
@@ -217,12 +227,15 @@ def _plan_streams(inp: Any, out: Any, vin: Any, fmt: str) -> tuple[dict[int, Any
 
 def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec: str | None = None,
                   crf: int | None = None, pix_fmt: str | None = None, scale: int = 4,
-                  progress: ProgressFn | None = None, max_pixels: int | None = None) -> VideoReport:
+                  progress: ProgressFn | None = None, max_pixels: int | None = None,
+                  record: tuple[Path, Mapping] | None = None) -> VideoReport:
     """Upscale every frame of ``src`` with ``frame_fn`` into ``dst`` (container from its suffix).
 
     ``codec``: FFmpeg encoder (default libx264; libvpx-vp9 for .webm); ``crf``: constant quality
     for the codecs that have one (default 18); ``pix_fmt``: default yuv420p. InputError for an
     unreadable input, ConfigError for an unusable codec setting; ``dst`` is then untouched.
+    ``record``: (input path relative to its root, settings): write ``dst``'s completion record;
+    the rename and the record happen with signals held, so a kept output is a recorded one.
     """
     av = import_av()
     src, dst = Path(src), Path(dst)
@@ -238,9 +251,15 @@ def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec:
         width, height = vin.codec_context.width, vin.codec_context.height
         if max_pixels and width * height > max_pixels:
             raise InputError(f"{src}: frames of {width}x{height} exceed --max-pixels {max_pixels}")
-        with atomic_path(dst) as temp:
-            counts = _transcode(av, inp, vin, temp, fmt, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
-                                size=(width * scale, height * scale), progress=progress, src=src)
+        with contextlib.ExitStack() as hold:
+            with atomic_path(dst) as temp:
+                counts = _transcode(av, inp, vin, temp, fmt, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
+                                    size=(width * scale, height * scale), progress=progress, src=src)
+                if record is not None:  # from here a signal waits until the rename and the record are done
+                    hold.enter_context(INTERRUPTS.held())
+                    completion.begin(dst)
+            if record is not None:
+                completion.finish(dst, src, *record)
     finally:
         inp.close()
     frames, copied, reencoded, dropped = counts
@@ -310,7 +329,7 @@ def _encode_frame(out: Any, vout: Any, frame: Any, frame_fn: FrameFn, last_pts: 
     sr = np.ascontiguousarray(frame_fn(rgb))
     expected = (vout.height, vout.width, 3)
     if sr.shape != expected or sr.dtype != np.uint8:
-        raise ValueError(f"frame_fn returned {sr.dtype} {sr.shape} for a frame of {src}; expected uint8 {expected}")
+        raise ContractError(f"frame_fn returned {sr.dtype} {sr.shape} for a frame of {src}; expected uint8 {expected}")
     new = av_frame_from(sr)
     if frame.colorspace != _UNSPECIFIED_COLORSPACE or range_:  # back with the same matrix and range
         new = new.reformat(format=vout.pix_fmt, dst_colorspace=frame.colorspace, dst_color_range=range_)
@@ -356,8 +375,6 @@ def plan_video_jobs(inputs: list[tuple[Path, Path]], output: str | Path, *, sing
                     suffix: str = "") -> list[Any]:
     """Jobs for ``inputs``. ``single`` (the input is one file) with a video file name as ``output``:
     that file. Otherwise ``output`` is a folder: ``<output>/<rel dir>/<stem><suffix><extension>``."""
-    from .batch import IMAGE_SUFFIXES, Job
-
     output = Path(output)
     kind = None if output.is_dir() else output.suffix.lower()
     if single and kind in IMAGE_SUFFIXES:
@@ -378,35 +395,44 @@ def plan_video_jobs(inputs: list[tuple[Path, Path]], output: str | Path, *, sing
     return jobs
 
 
-def run_videos(jobs: list[Any], frame_fn: FrameFn, *, overwrite: bool = False, codec: str | None = None,
-               crf: int | None = None, pix_fmt: str | None = None, max_pixels: int | None = None,
-               progress: bool = True, err: TextIO | None = None) -> list[Any]:
-    """Upscale each job's video; one line per video on ``err``. Returns batch FileRecords.
+@dataclass(frozen=True, kw_only=True)
+class VideoJobs:
+    """The video jobs of a batch, for :func:`gtasr_deploy.batch.run_batch` (``handlers=[VideoJobs(...)]``):
+    same skip rule (completion records), same one-line errors, same interrupt path as the images.
 
-    A video's problem (unreadable, unusable codec setting, failed encode) is one ``error:`` line and
-    a failed record; the others go on. Ctrl-C propagates after the temp file is removed."""
-    from .batch import FileRecord
+    ``frame_fn``: uint8 RGB frame -> x4 frame; ``codec``/``crf``/``pix_fmt`` as :func:`upscale_video`."""
 
-    err = sys.stderr if err is None else err
-    records = []
-    for job in jobs:
+    frame_fn: FrameFn
+    codec: str | None = None
+    crf: int | None = None
+    pix_fmt: str | None = None
+
+    def handles(self, job: Job) -> bool:
+        return is_video(job.src)
+
+    def settings(self, job: Job, base: Mapping) -> dict:
+        """The run's settings plus the encoder, as resolved for this output's container."""
+        codec, crf, pix_fmt = resolve_codec(self.codec, self.crf, self.pix_fmt, container_format(job.dst))
+        return {**base, "video": {"codec": codec, "crf": crf, "pix_fmt": pix_fmt}}
+
+    def process(self, job: Job, *, settings: Mapping, overwrite: bool, max_pixels: int | None,
+                err: TextIO, progress: bool) -> FileRecord:
         base = {"input": str(job.src), "output": str(job.dst)}
-        if not overwrite and job.dst.exists():
-            records.append(FileRecord(**base, status="skipped", reason="exists"))
-            continue
+        verdict = completion.check(job.dst, job.src, job.rel, settings)
+        if verdict is Verdict.DONE and not overwrite:
+            return FileRecord(**base, status="skipped", reason="done earlier for this input and settings")
+        if verdict is Verdict.FOREIGN and not overwrite:
+            return FileRecord(**base, status="failed",
+                              reason=f"{job.dst} exists and is not this tool's finished result for this input "
+                                     "(no completion record, or changed since); --overwrite replaces it")
         bar = CountProgress(job.rel.as_posix(), unit="frame", err=err, enabled=progress)
-        start = time.perf_counter()
         try:
-            report = upscale_video(job.src, job.dst, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
-                                   max_pixels=max_pixels, progress=bar)
-        except GtasrError as exc:
+            report = upscale_video(job.src, job.dst, self.frame_fn, codec=self.codec, crf=self.crf,
+                                   pix_fmt=self.pix_fmt, max_pixels=max_pixels, progress=bar,
+                                   record=(job.rel, settings))
+        finally:
             bar.close()
-            print(f"error: {job.src}: {str(exc).removeprefix(f'{job.src}: ')}", file=err)
-            records.append(FileRecord(**base, status="failed", reason=str(exc), seconds=time.perf_counter() - start))
-            continue
-        bar.close()
         if progress:
-            print(report.line(), file=err)
-        records.append(FileRecord(**base, status="written", input_size=report.input_size,
-                                  output_size=report.output_size, seconds=report.seconds))
-    return records
+            print(report.line(), file=err, flush=True)
+        return FileRecord(**base, status="written", input_size=report.input_size,
+                          output_size=report.output_size, seconds=report.seconds)

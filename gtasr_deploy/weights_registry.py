@@ -159,7 +159,8 @@ class FetchResult:
     path: Path
     sha256: str
     bytes: int
-    resumed_from: int = 0  # bytes already in the .part file when this fetch started
+    resumed_from: int = 0  # bytes of the .part file this fetch continued from (the server honoured Range)
+    restarted_from: int = 0  # bytes of a .part file discarded: the server ignored Range, the download began again
     already: bool = False  # fetched before; nothing downloaded
 
 
@@ -177,8 +178,8 @@ def fetch(name: str, *, weights_dir: str | os.PathLike | None = None, url_base: 
     url = entry.url(url_base)
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
-    resumed_from = part.stat().st_size if part.is_file() else 0
-    _download(url, part, progress=progress, timeout_s=timeout_s)
+    had = part.stat().st_size if part.is_file() else 0
+    resumed_from = _download(url, part, progress=progress, timeout_s=timeout_s)
     parameters = _verify(entry, part, url)
     sha = file_sha256(part)
     with atomic_path(final) as temp:  # the final name appears only complete and verified
@@ -189,11 +190,13 @@ def fetch(name: str, *, weights_dir: str | os.PathLike | None = None, url_base: 
         "network": entry.network, "parameters": parameters,
         "fetched_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }, indent=1) + "\n")
-    return FetchResult(entry=entry, path=final, sha256=sha, bytes=size, resumed_from=resumed_from)
+    return FetchResult(entry=entry, path=final, sha256=sha, bytes=size, resumed_from=resumed_from,
+                       restarted_from=had - resumed_from)
 
 
-def _download(url: str, part: Path, *, progress: ProgressFn | None, timeout_s: float) -> None:
+def _download(url: str, part: Path, *, progress: ProgressFn | None, timeout_s: float) -> int:
     """Append the rest of ``url`` to ``part`` (HTTP Range); restart when the server ignores Range.
+    Returns the bytes of ``part`` kept and continued from (0 when the download began again).
 
     ``part`` is a staging file written in place on purpose: an atomic temp file would be removed on
     an interrupt, and with it the bytes a resume needs. Only the verified whole file is renamed."""
@@ -204,7 +207,7 @@ def _download(url: str, part: Path, *, progress: ProgressFn | None, timeout_s: f
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left after offset: the .part is complete
-            return
+            return offset
         raise WeightsFetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:
         raise WeightsFetchError(f"{url}: cannot connect ({getattr(exc, 'reason', None) or exc})") from None
@@ -227,6 +230,7 @@ def _download(url: str, part: Path, *, progress: ProgressFn | None, timeout_s: f
     if total and done < total:
         raise WeightsFetchError(f"{url}: download interrupted at {done} of {total} bytes; "
                                 "run the same command again to resume")
+    return offset
 
 
 def _range_starts_at(content_range: str | None, offset: int) -> bool:

@@ -262,3 +262,80 @@ def test_single_output_that_is_the_input_or_with_a_suffix_is_a_usage_error(photo
     assert (photo / "a.png").read_bytes() == before
     result = CliRunner().invoke(main, [str(photo / "a.png"), str(tmp_path / "o.png"), *WEIGHTS, "--suffix", "_x4"])
     assert result.exit_code == 2 and "--suffix" in result.output and not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------------------------- area vs --max-pixels
+
+
+@pytest.mark.parametrize("spec", [OutputSize(outscale=100), OutputSize(width=500), OutputSize(height=400),
+                                  OutputSize(long_side=65_535), OutputSize(outscale=4.5)])
+@pytest.mark.parametrize("size", [(16, 16), (7, 300), (300, 7)])
+def test_a_target_over_max_pixels_by_area_is_refused_whatever_the_option(spec, size):
+    width, height = spec.target(*size)
+    limit = width * height - 1
+    with pytest.raises(InputError, match="over --max-pixels"):
+        spec.target(*size, max_pixels=limit)
+    assert spec.target(*size, max_pixels=limit + 1) == (width, height)  # exactly at the limit: fine
+    assert spec.target(*size, max_pixels=0) == (width, height)  # 0: no limit
+
+
+def _folder(tmp_path, sizes: dict[str, tuple[int, int]]) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, (w, h) in sizes.items():
+        Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / name)
+    return src
+
+
+@pytest.mark.parametrize("extra", [["--long-side", "65535"], ["--outscale", "1000"], ["--width", "60000"],
+                                   ["--height", "20000"], ["--outscale", "9", "--max-pixels", "15000"]])
+def test_cli_no_input_can_fit_is_a_usage_error_before_any_work(tmp_path, extra):
+    src = _folder(tmp_path, {"a.png": (16, 16), "b.png": (16, 12)})
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, [str(src), str(out), *WEIGHTS, *extra])
+    assert result.exit_code == 2, result.output
+    assert "no input can be made that size" in result.output and "over --max-pixels" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_cli_inputs_that_cannot_fit_fail_one_by_one_and_the_rest_are_written(tmp_path):
+    # 10x10 -> 80x80 = 6,400 px fits 10,000; 9x12 -> 72x96 = 6,912 fits; 40x40 -> 320x320 does not
+    src = _folder(tmp_path, {"a.png": (10, 10), "b.png": (40, 40), "c.png": (9, 12)})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(src), str(out), *WEIGHTS, "--outscale", "8", "--max-pixels", "10000",
+                                       "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "b.png" in errors[0] and "over --max-pixels 10,000" in errors[0]
+    assert "1 failed" in result.output
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.png", "c.png"]
+
+
+def test_batch_checks_the_area_before_decoding(tmp_path, monkeypatch):
+    """A too-large target fails from the header alone: the pixels are never decoded or resized."""
+    import gtasr_deploy.batch as batch_mod
+
+    src = _folder(tmp_path, {"a.png": (16, 16)})
+    decoded = []
+    monkeypatch.setattr(batch_mod, "read_image", lambda *a, **k: decoded.append(a) or None)
+    summary = run_batch(plan_outputs(collect_inputs(src), tmp_path / "out"), nearest_x4,
+                        output_size=OutputSize(long_side=65_535), progress=False, err=io.StringIO())
+    assert summary.failed == 1 and not decoded and "over --max-pixels" in summary.records[0].reason
+
+
+def test_a_size_the_output_format_cannot_hold_fails_before_the_model(tmp_path):
+    """WebP holds 16,383 px per side: a 4,200 px wide strip at x4 fails at once, as webp, and is written as png."""
+    src = _folder(tmp_path, {"strip.png": (4200, 2)})
+    calls = []
+
+    def counting_sr(rgb):
+        calls.append(1)
+        return nearest_x4(rgb)
+
+    jobs = plan_outputs(collect_inputs(src), tmp_path / "out", fmt="webp")
+    summary = run_batch(jobs, counting_sr, progress=False, err=io.StringIO())
+    assert summary.failed == 1 and not calls and "over 16,383 px per side" in summary.records[0].reason
+    summary = run_batch(plan_outputs(collect_inputs(src), tmp_path / "out"), counting_sr, progress=False,
+                        err=io.StringIO())
+    assert summary.written == 1 and calls == [1]

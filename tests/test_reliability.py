@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -729,3 +730,67 @@ def test_stale_temp_files_in_the_folders_a_run_writes_into_are_removed(tmp_path)
         path.write_bytes(b"partial")
     summary, _ = quiet_run(plan(src, out))
     assert summary.written == 1 and not any(p.exists() for p in stale) and live.exists()
+
+
+# ---------------------------------------------------------------------------------- any library's exception
+
+
+def _library_errors():
+    """An exception of each library a file goes through, raised the way that library raises it."""
+    import av
+    from PIL import Image as PILImage
+
+    errors = {}
+    try:
+        cv2.resize(np.zeros((2, 2), np.float32), (0, 0))
+    except cv2.error as exc:
+        errors["cv2"] = exc
+    try:
+        PILImage.open(io.BytesIO(b"not an image"))
+    except PILImage.UnidentifiedImageError as exc:
+        errors["pillow"] = exc
+    try:
+        np.zeros((2, 3)) @ np.zeros((2, 3))
+    except ValueError as exc:
+        errors["numpy"] = exc
+    errors["av"] = av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+    errors["engine"] = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code\nline 2")
+    errors["zero"] = ZeroDivisionError("division by zero")
+    return errors
+
+
+@pytest.mark.parametrize("where", ["sr", "resize", "write"])
+@pytest.mark.parametrize("library", ["cv2", "pillow", "numpy", "av", "engine", "zero"])
+def test_any_librarys_exception_fails_only_that_file_with_one_line(tmp_path, monkeypatch, library, where):
+    import gtasr_deploy.batch as batch_mod
+    from gtasr_deploy.resize import OutputSize
+
+    exc = _library_errors()[library]
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        save(src / f"{i}.png", pixels(i))
+    calls = []
+
+    def on_second(real):
+        def stage(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise exc
+            return real(*args, **kwargs)
+        return stage
+
+    sr = nearest_x4
+    if where == "sr":
+        sr = on_second(nearest_x4)
+    elif where == "resize":
+        monkeypatch.setattr(batch_mod, "resize_planes", on_second(batch_mod.resize_planes))
+    else:
+        monkeypatch.setattr(batch_mod, "write_image", on_second(batch_mod.write_image))
+    report = tmp_path / "r.json"
+    summary, lines = quiet_run(plan(src, out), sr, output_size=OutputSize(outscale=2) if where == "resize" else None,
+                               json_report=report)
+    assert (summary.written, summary.failed, summary.exit_code) == (2, 1, 1), lines
+    assert len(lines) == 2 and lines[0].startswith(f"error: {src / '1.png'}: ") and lines[1].endswith("1 failed")
+    assert "line 2" not in lines[0] and "Traceback" not in lines[0]
+    assert json.loads(report.read_text())["summary"]["failed"] == 1
+    assert images_in(out) == ["0.png", "2.png"] and not temp_files(out)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -196,6 +197,8 @@ def test_16bit_and_alpha_are_kept(service, files):
     ("name=huge.png", "HUGE", 400, "over the limit of 100,000"),
     ("name=a.png&format=gif", "PNG", 400, "format 'gif' is not one of"),
     ("name=a.png&quality=0", "PNG", 400, "quality '0' is not an integer in 1..100"),
+    ("name=a.png&quality=%C2%B2", "PNG", 400, "quality '²' is not an integer in 1..100"),
+    ("name=%D1%84%D0%BE%D1%82%D0%BE.png&format=%E2%80%A8gif", "PNG", 400, "фото.png: format"),
 ])
 def test_bad_uploads_get_a_one_line_4xx(service, files, query, data, code, words):
     if data == "TRUNCATED":
@@ -211,6 +214,16 @@ def test_bad_uploads_get_a_one_line_4xx(service, files, query, data, code, words
     assert headers["Content-Type"] == "application/json"
     message = json.loads(body)["error"]
     assert words in message and "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("name", ["фото.png", "照片.png", "📷.png"])
+def test_names_in_any_script_come_back_rfc6266_encoded(service, files, name):
+    """The live service (the request layer alone: tests/test_serve_requests.py, with Hypothesis)."""
+    status, headers, body = _post(f"{service}/v1/upscale?name={urllib.parse.quote(name)}", files["rgb.png"].read_bytes())
+    assert status == 200, body
+    disposition = headers["Content-Disposition"]
+    assert disposition.isascii()
+    assert f"filename*=UTF-8''{urllib.parse.quote(name.removesuffix('.png') + '_x4.png')}" in disposition
 
 
 def test_unknown_paths_and_methods_are_4xx(service):
@@ -246,7 +259,7 @@ gradient.addColorStop(0, "#204080"); gradient.addColorStop(1, "#f0c030");
 ctx.fillStyle = gradient; ctx.fillRect(0, 0, 24, 20);
 canvas.toBlob((blob) => {
   const transfer = new DataTransfer();
-  transfer.items.add(new File([blob], "drawn.png", {type: "image/png"}));
+  transfer.items.add(new File([blob], arguments[0], {type: "image/png"}));
   document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
 }, "image/png");
 """
@@ -274,10 +287,18 @@ def test_web_page_upscales_a_photo_in_a_headless_browser(service, files, tmp_pat
         x0, y0 = round(box["x"]), round(box["y"])
         region = shot[y0:y0 + round(box["height"]), x0:x0 + round(box["width"])]
         # the drop path: a 24x20 picture drawn on a canvas, dropped on the drop zone as a file
-        browser.execute_script(_DROP_A_DRAWN_PICTURE)
+        browser.execute_script(_DROP_A_DRAWN_PICTURE, "drawn.png")
         WebDriverWait(browser, 120).until(
             lambda b: b.execute_script("return document.getElementById('result').naturalWidth") == 96)
         assert browser.find_element(By.ID, "download").get_attribute("download") == "drawn_x4.png"
+        # a non-Latin file name: the upload, the answer and the download name all keep it
+        browser.execute_script("document.getElementById('result').removeAttribute('src'); "
+                               "document.body.dataset.state = '';")
+        browser.execute_script(_DROP_A_DRAWN_PICTURE, "фото 照片 📷.png")
+        WebDriverWait(browser, 120).until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state"))
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", \
+            browser.find_element(By.ID, "error").text
+        assert browser.find_element(By.ID, "download").get_attribute("download") == "фото 照片 📷_x4.png"
     finally:
         browser.quit()
     assert region.shape[:2] == (128, 128)

@@ -322,3 +322,108 @@ def test_bt709_colours_and_tags_survive(tmp_path, color_range):
     inner = rgb[8:-8, 8:-8].astype(int)  # away from the colour edge (chroma subsampling blurs it)
     assert np.abs(inner[:, : 4 * W // 2 - 16] - (200, 30, 40)).max() <= 6
     assert np.abs(inner[:, 4 * W // 2:] - (30, 180, 60)).max() <= 6
+
+
+# ---------------------------------------------------------------------------------- videos in run_batch
+
+
+def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
+    from PIL import Image
+
+    from gtasr_deploy.batch import collect_inputs, plan_outputs
+    from gtasr_deploy.video import collect_videos, plan_video_jobs
+
+    src = root / "in"
+    src.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (src / name).write_bytes(clip.read_bytes())
+    Image.fromarray(frame_image(2)).save(src / "still.png")
+    out = root / "out"
+    jobs = plan_outputs(collect_inputs(src), out) + plan_video_jobs(collect_videos(src), out)
+    return out, jobs
+
+
+def _nearest4_float(rgb):
+    return nearest4(rgb)
+
+
+@pytest.mark.parametrize("library", ["cv2", "av", "numpy", "engine"])
+def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_path, library):
+    import io
+
+    import cv2
+
+    from gtasr_deploy.batch import run_batch
+    from gtasr_deploy.video import VideoJobs
+
+    errors = {"cv2": cv2.error("OpenCV(4) resize.cpp: error: (-215:Assertion failed) !ssize.empty()"),
+              "av": av.error.InvalidDataError(1094995529, "Invalid data found when processing input"),
+              "numpy": np.linalg.LinAlgError("Singular matrix"), "engine": RuntimeError("CUDA error: boom\nmore")}
+    out, jobs = _batch_folder(clip, tmp_path)
+    frames = []
+
+    def frame_fn(rgb):
+        frames.append(1)
+        if len(frames) == N + 3:  # the fourth frame of the second video
+            raise errors[library]
+        return nearest4(rgb)
+
+    err, report = io.StringIO(), tmp_path / "r.json"
+    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn)], progress=False, err=err,
+                        json_report=report)
+    lines = err.getvalue().splitlines()
+    assert (summary.written, summary.failed, summary.exit_code) == (3, 1, 1), lines
+    assert lines[0].startswith(f"error: {jobs[2].src}: ") and "more" not in lines[0]
+    assert lines[-1] == "3 written, 0 skipped (done), 1 failed"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.mp4", "c.mp4", "still.png"]
+    assert not list(tmp_path.rglob(".gtasr-*.tmp"))
+    assert json.loads(report.read_text())["summary"]["failed"] == 1
+
+
+def test_videos_resume_by_completion_record(clip, tmp_path):
+    """Finished videos are skipped; other settings redo them; a file this tool did not write is left alone."""
+    import io
+
+    from gtasr_deploy.batch import run_batch
+    from gtasr_deploy.video import VideoJobs
+
+    out, jobs = _batch_folder(clip, tmp_path)
+    calls = []
+
+    def frame_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    def run(**options):
+        calls.clear()
+        return run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, **options)], progress=False,
+                         err=io.StringIO())
+
+    assert run().written == 4 and len(calls) == 3 * N
+    again = run()
+    assert (again.written, again.skipped, len(calls)) == (0, 4, 0)
+    other = run(crf=30)  # the encoder settings are in the record: the videos are redone, the image is not
+    assert (other.written, other.skipped, len(calls)) == (3, 1, 3 * N)
+    (out / "b.mp4").write_bytes(b"someone else's file")
+    foreign = run(crf=30)
+    assert foreign.failed == 1 and "not this tool's finished result" in foreign.records[2].reason
+    assert (out / "b.mp4").read_bytes() == b"someone else's file"
+    assert run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, crf=30)], overwrite=True,
+                     progress=False, err=io.StringIO()).written == 4
+
+
+def test_a_corrupt_video_is_one_line(clip, tmp_path):
+    import io
+
+    from gtasr_deploy.batch import run_batch
+    from gtasr_deploy.video import VideoJobs
+
+    out, jobs = _batch_folder(clip, tmp_path)
+    data = clip.read_bytes()
+    jobs[1].src.write_bytes(data[: len(data) // 2])  # cut in the middle
+    jobs[3].src.write_bytes(b"\0" * 5000)
+    err = io.StringIO()
+    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=nearest4)], progress=False, err=err)
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+    assert summary.failed == len(lines) >= 1 and all("\n" not in line for line in lines)
+    assert (out / "still.png").is_file() and (out / "b.mp4").is_file() and not list(tmp_path.rglob(".gtasr-*.tmp"))

@@ -133,10 +133,27 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "tiny.pth.part").write_bytes(b"garbage that is not the file's start")
+    garbage = b"garbage that is not the file's start"
+    (tmp_path / "cache" / "tiny.pth.part").write_bytes(garbage)
     server.ignore_range = True
-    assert run("fetch", "tiny", "-q").exit_code == 0
+    result = run("fetch", "tiny", "-q")
+    assert result.exit_code == 0, result.output
     assert (tmp_path / "cache" / "tiny.pth").read_bytes() == CHECKPOINT.read_bytes()
+    # the message says what happened: a restart from 0, not a resume
+    assert "resumed" not in result.output
+    assert f"downloaded again from the start: the server ignored the request to resume at {len(garbage)} bytes" \
+        in result.output
+
+
+def test_a_server_that_honours_range_after_a_cut_says_resumed_and_one_that_does_not_says_restarted(server, tmp_path):
+    size = len(server.files["tiny.pth"])
+    for ignore, words in ((False, f"resumed at {size // 2} bytes"), (True, "downloaded again from the start")):
+        server.cut_after, server.ignore_range = size // 2, False
+        assert run("fetch", "tiny", "-q", "--force").exit_code == 1  # cut: the .part keeps half
+        server.ignore_range = ignore
+        result = run("fetch", "tiny", "-q", "--force")
+        assert result.exit_code == 0 and words in result.output, result.output
+        assert (tmp_path / "cache" / "tiny.pth").read_bytes() == CHECKPOINT.read_bytes()
 
 
 def test_corrupt_or_wrong_file_is_refused(server, tmp_path):

@@ -121,7 +121,9 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
     except RuntimeError as exc:  # Serve reports a replica that could not start this way
         _fail(" ".join(str(exc).split())[:500])
     click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the same way as Ctrl-C (a service manager's stop)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as Ctrl-C does (a service manager, a closed terminal)
+        if signal.getsignal(signum) is not signal.SIG_IGN or signum == signal.SIGTERM:  # nohup keeps SIGHUP off
+            signal.signal(signum, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -154,12 +156,16 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     """Upscale INPUT (a folder, an image, or a .txt list of paths) into OUTPUT on a Ray cluster.
 
     Output names, bytes and skip rules are gtasr-upscale's (give the same --threads on CPUs).
-    Every node must see INPUT and OUTPUT at the same paths. Exit code: 0 ok, 1 some files failed, 2 usage.
+    Every node must see INPUT and OUTPUT at the same paths. Exit code: 0 ok, 1 some files failed, 2 usage,
+    130 interrupted (Ctrl-C, SIGTERM, SIGHUP: the files in flight finish, no partial ones; run again to resume).
     """
     from .. import batch as batch_mod
     from ..atomic import atomic_write_text
+    from ..interrupts import signals_as_interrupt
     from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
+    # Ctrl-C, SIGTERM and SIGHUP: the files in flight finish, then the summary and exit 130
+    click.get_current_context().with_resource(signals_as_interrupt())
     settings = _settings(kw)
     try:
         jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
@@ -168,8 +174,12 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
             batch_mod.check_report_path(json_report)
     except GtasrError as exc:
         _fail(str(exc))
-    if address == "local":
-        _preflight(settings, int(cpus_per_actor))
+    try:
+        if address == "local":
+            _preflight(settings, int(cpus_per_actor))
+    except KeyboardInterrupt:
+        click.echo("interrupted before any file was processed", err=True)
+        sys.exit(batch_mod.EXIT_INTERRUPTED)
     options = ClusterOptions(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                              gpus_per_actor=gpus_per_actor, max_retries=max_retries, num_cpus=num_cpus)
     from tqdm import tqdm
@@ -193,11 +203,13 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
         _fail(str(exc))
     except KeyboardInterrupt:
         click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(batch_mod.EXIT_INTERRUPTED)
     finally:
         bar.close()
     summary = result.summary
     click.echo(summary.line(), err=True)
+    if summary.interrupted:
+        click.echo("finished files are kept, none half-written; run the same command again to resume", err=True)
     if json_report is not None:
         import json
 

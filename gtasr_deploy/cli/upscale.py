@@ -111,7 +111,9 @@ def _resolve_device(device: str) -> str:
               help="Redo every output and replace files this tool did not write (default: skip outputs finished "
                    "for the same input and settings, so re-runs resume; refuse to replace other files).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=50_000_000, show_default=True,
-              help="Refuse inputs with more pixels than this (decompression-bomb guard); 0 = no limit.")
+              help="Refuse inputs with more pixels than this (decompression-bomb guard), and outputs of "
+                   "--outscale/--width/--height/--long-side larger than this (by area, checked before any "
+                   "work); 0 = no limit.")
 @click.option("--shard", default=None, metavar="K/N",
               help="Process the K-th of N deterministic shares (0-based). Default: RANK/WORLD_SIZE if set.")
 @click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
@@ -137,7 +139,10 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     (Ctrl-C, SIGTERM, SIGHUP: finished files are kept, no partial ones).
     """
     from .. import batch as batch_mod
+    from ..interrupts import signals_as_interrupt
 
+    # Ctrl-C, SIGTERM and SIGHUP: one orderly stop (exit 130) from here to the end of the command
+    click.get_current_context().with_resource(signals_as_interrupt())
     if scale != 4:
         _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
     if onnx_path is not None and weights is not None and backend != "torch":
@@ -170,6 +175,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
             k, n = batch_mod.shard_from_env()
             click.echo(f"note: RANK={k} WORLD_SIZE={n} in the environment: this run does share {k}/{n} "
                        f"({len(jobs)} of the files); --shard 0/1 does them all", err=True)
+        batch_mod.check_output_sizes([job.src for job in jobs], output_size, max_pixels)
         batch_mod.check_output_dir((output_dir.parent if image_file else output_dir) if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
@@ -196,38 +202,29 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     def sr_fn(rgb, on_tile=None):
         return upscaler.upscale_float(rgb, progress=on_tile)
 
-    if not quiet:
-        videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
-        click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
-    if not quiet and jobs:
-        _estimate(upscaler, jobs)
-    if not quiet and output_size is not None:
-        click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
-    try:
-        result = batch_mod.BatchSummary()
-        if jobs or not video_jobs:
-            result = batch_mod.run_batch(jobs, sr_fn, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
-                                         progress=not quiet, json_report=None if video_jobs else json_report,
-                                         tile_progress=not quiet, unlisted=unreadable,
-                                         output_size=output_size, strip_metadata=strip_metadata,
-                                         settings=batch_mod.picture_settings(
-                                             weights=weights, onnx=onnx_path, network_config=network_config,
-                                             param_key=param_key, engine=upscaler.engine.info,
-                                             tiling=upscaler.options, seed=seed))
-        if video_jobs:  # after the images; the JSON report then lists both
-            from dataclasses import replace
+    from ..video import VideoJobs
 
-            from ..video import run_videos
-
-            result = replace(result, records=result.records + tuple(run_videos(
-                video_jobs, upscaler.upscale, overwrite=overwrite, codec=video_codec, crf=crf, pix_fmt=pix_fmt,
-                max_pixels=max_pixels, progress=not quiet)))
-            click.echo(f"with the videos: {result.line()}" if jobs else result.line(), err=True)
-            problem = json_report and batch_mod._write_report(json_report, result, sys.stderr)
-            result = replace(result, report_error=problem or None)
+    try:  # one run for images and videos: one skip rule, one interrupt path, one summary and report
+        if not quiet:
+            videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
+            click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
+        if not quiet and jobs:
+            _estimate(upscaler, jobs)
+        if not quiet and output_size is not None:
+            click.echo(output_size.describe() + ("; videos stay x4" if video_jobs else ""), err=True)
+        result = batch_mod.run_batch([*jobs, *video_jobs], sr_fn, overwrite=overwrite, max_pixels=max_pixels,
+                                     quality=quality, progress=not quiet, json_report=json_report,
+                                     tile_progress=not quiet, unlisted=unreadable,
+                                     output_size=output_size, strip_metadata=strip_metadata,
+                                     handlers=[VideoJobs(frame_fn=upscaler.upscale, codec=video_codec, crf=crf,
+                                                         pix_fmt=pix_fmt)],
+                                     settings=batch_mod.picture_settings(
+                                         weights=weights, onnx=onnx_path, network_config=network_config,
+                                         param_key=param_key, engine=upscaler.engine.info,
+                                         tiling=upscaler.options, seed=seed))
     except KeyboardInterrupt:
         click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(batch_mod.EXIT_INTERRUPTED)
     finally:
         upscaler.close()
     sys.exit(result.exit_code)

@@ -102,6 +102,9 @@ def fetch(name: str, weights_dir: Path | None, force: bool, quiet: bool) -> None
         click.echo(f"{entry.name}: already at {result.path} (sha256 {result.sha256})")
     else:
         resumed = f", resumed at {result.resumed_from} bytes" if result.resumed_from else ""
+        if result.restarted_from:
+            resumed = (f", downloaded again from the start: the server ignored the request to resume at "
+                       f"{result.restarted_from} bytes (no HTTP Range support)")
         click.echo(f"{entry.name}: {result.path} ({result.bytes} bytes{resumed}), loads as the {entry.network} "
                    f"network, sha256 {result.sha256}")
 

@@ -153,7 +153,8 @@ class TensorRTEngine(Engine):
                                size_multiple=int(sidecar["size_multiple"]),
                                tile_lr=None if tile is None else tuple(int(v) for v in tile),
                                batch_range=tuple(int(v) for v in sidecar["batch_range"]),
-                               norm_groups=int(sidecar["norm_groups"]))
+                               norm_groups=int(sidecar["norm_groups"]),
+                               lr_max=tuple(int(v) for v in self._profile["lq"][2][2:4]))
         self._allocate()
         self._bound: dict[str, tuple[int, ...]] = {}
         self._graph = None

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import batch as batch_mod
 from ..batch import BatchSummary, FileRecord, Job
 from ..errors import ConfigError, InputError
+from ..interrupts import reclaim
 from .settings import UpscalerSettings
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -99,6 +100,7 @@ def connect(address: str, num_cpus: int | None = None):
             ray.init(num_cpus=num_cpus, **common)
         else:
             ray.init(address=address, **common)
+        reclaim()  # ray.init takes SIGTERM over (sys.exit); a batch run stops in order instead
     return ray
 
 
@@ -109,7 +111,9 @@ def run_on_cluster(jobs: Sequence[Job], settings: UpscalerSettings, options: Clu
     """Run every job on the cluster's actors; one FileRecord per job, in plan order.
 
     ``on_file``: called on the driver as each job finishes; ``on_workers``: called with the
-    workers' process ids once they have all loaded the model."""
+    workers' process ids once they have all loaded the model. Interrupted (KeyboardInterrupt:
+    Ctrl-C, or SIGTERM/SIGHUP under :func:`gtasr_deploy.interrupts.signals_as_interrupt`), the
+    jobs in flight finish and the summary says ``interrupted`` (exit code 130)."""
     ray = connect(options.address, options.num_cpus)
     actor_cls = ray.remote(_Worker).options(
         num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
@@ -125,11 +129,13 @@ def run_on_cluster(jobs: Sequence[Job], settings: UpscalerSettings, options: Clu
             raise ConfigError(f"the workers could not start: {_first_line(exc)}") from None
         if on_workers is not None:
             on_workers(pids)
-        records, seen = _schedule(ray, workers, jobs, options.max_retries, on_file)
+        records, seen, interrupted = _schedule(ray, workers, jobs, options.max_retries, on_file)
     finally:
         for worker in workers:
             ray.kill(worker)
-    return ClusterResult(summary=BatchSummary(records=tuple(records)), worker_pids=frozenset(seen))
+        batch_mod.remove_run_temps(jobs)  # what a worker killed mid-write left (its process is gone)
+    return ClusterResult(summary=BatchSummary(records=tuple(records), interrupted=interrupted),
+                         worker_pids=frozenset(seen))
 
 
 def _default_actors(ray, options: ClusterOptions) -> int:
@@ -139,23 +145,20 @@ def _default_actors(ray, options: ClusterOptions) -> int:
     return max(1, int(resources.get("CPU", 1) / options.cpus_per_actor))
 
 
-def _schedule(ray, workers, jobs: Sequence[Job], retries: int, on_file) -> tuple[list[FileRecord], set[int]]:
-    """One job in flight per worker; a worker whose restarts ran out is dropped, its job failed."""
+def _schedule(ray, workers, jobs: Sequence[Job], retries: int,
+              on_file) -> tuple[list[FileRecord], set[int], bool]:
+    """One job in flight per worker; a worker whose restarts ran out is dropped, its job failed.
+
+    Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt here): no new job starts, the jobs in flight
+    finish (each is one atomic write and its completion record), then the third item is True."""
     from ray.exceptions import RayActorError, RayTaskError
 
     pending, idle = deque(enumerate(jobs)), list(workers)
     inflight: dict = {}
     records: list[FileRecord | None] = [None] * len(jobs)
     seen: set[int] = set()
-    while pending or inflight:
-        while pending and idle:
-            worker, (index, job) = idle.pop(), pending.popleft()
-            inflight[worker.process.remote(index, job)] = (worker, index)
-        if not inflight:  # every worker is gone
-            for index, job in pending:
-                records[index] = _failed(job, "no worker left (all died more often than --max-retries)")
-            break
-        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+
+    def collect(ref) -> None:
         worker, index = inflight.pop(ref)
         try:
             _, record, pid = ray.get(ref)
@@ -169,7 +172,24 @@ def _schedule(ray, workers, jobs: Sequence[Job], retries: int, on_file) -> tuple
         records[index] = record
         if on_file is not None:
             on_file(record)
-    return [r for r in records if r is not None], seen
+
+    interrupted = False
+    try:
+        while pending or inflight:
+            while pending and idle:
+                worker, (index, job) = idle.pop(), pending.popleft()
+                inflight[worker.process.remote(index, job)] = (worker, index)
+            if not inflight:  # every worker is gone
+                for index, job in pending:
+                    records[index] = _failed(job, "no worker left (all died more often than --max-retries)")
+                break
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            collect(ref)
+    except KeyboardInterrupt:
+        interrupted = True
+        while inflight:  # the files being written finish; a second signal stops at once
+            collect(next(iter(inflight)))
+    return [r for r in records if r is not None], seen, interrupted
 
 
 def _failed(job: Job, reason: str) -> FileRecord:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..batch import Job, run_batch
+from ..batch import Job, exception_name, run_batch
 from ..errors import GtasrError, InputError
 from ..imageio import read_image, upscale_alpha
+from ..resize import format_problem
 
 # Output formats a client may ask for; "same" = the upload's own format (as --format same).
 FORMATS = ("png", "jpg", "webp", "same")
@@ -27,13 +28,6 @@ _SOURCE_TO_WRITE = {"png": "png", "jpeg": "jpg", "webp": "webp", "bmp": "bmp", "
 
 class ProcessingError(GtasrError):
     """The upload decoded, but upscaling or encoding it failed (a server-side problem)."""
-
-
-def safe_name(name: str | None) -> str:
-    """A display name for messages and the download: the last path part, printable, short."""
-    base = Path((name or "").replace("\\", "/")).name
-    base = "".join(ch for ch in base if ch.isprintable() and ch not in '"')[:120]
-    return base or "upload"
 
 
 def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: int = 95,
@@ -54,7 +48,15 @@ def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: 
             image = read_image(src, max_pixels=max_pixels)
         except InputError as exc:
             raise InputError(f"{name}: {str(exc).removeprefix(f'{src}: ')}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (whatever a decoder raises on crafted bytes: the upload's fault)
+            raise InputError(f"{name}: cannot decode the image ({exception_name(exc)}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
         written = _SOURCE_TO_WRITE[image.source_format] if fmt == "same" else fmt
+        problem = format_problem(written, (image.size[0] * 4, image.size[1] * 4))
+        if problem:  # the client's choice of size and format, known before any work: a 400
+            raise InputError(f"{name}: {problem}")
         dst = Path(folder) / "out" / f"result.{written}"
         log = io.StringIO()
         summary = run_batch([Job(src=src, rel=Path(name), dst=dst)], sr_fn, quality=quality, max_pixels=max_pixels,

@@ -6,8 +6,9 @@
     GET  /                                                   the web page (static/)
 
 Every answer to a bad request is a 4xx with ``{"error": "<name>: <reason>"}`` on one line: 400
-bad image or parameter, 413 upload over ``max_upload_bytes``. Anything else is a bug: logged with
-its traceback on the server, answered 500 with one line and no traceback.
+bad image or parameter, 413 upload over ``max_upload_bytes``; nothing a client sends gives a 500
+(the request layer, :mod:`gtasr_deploy.serve.http_api`, states the rules). A 500 is a fault of
+the server: logged with its traceback, answered with one line and no traceback.
 """
 
 # No `from __future__ import annotations`: FastAPI (through Serve's ingress) must see the real
@@ -17,23 +18,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import GtasrError
 from .batching import BatchedEngine, TileCall, install
-from .codec import (
-    FORMATS,
-    MEDIA_TYPES,
-    ProcessingError,
-    bicubic,
-    process_upload,
-    safe_name,
-)
+from .codec import bicubic
+from .http_api import RequestError, answer_upload, install_error_handlers
 from .settings import UpscalerSettings
 
 log = logging.getLogger("gtasr_deploy.serve")
@@ -52,67 +44,12 @@ class ServiceOptions:
     max_ongoing_requests: int = 8  # each holds its image and x4 result in host memory
 
 
-class RequestError(Exception):
-    """A client mistake: answered with ``status`` and the one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 app = FastAPI(title="gtasr-serve", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-@app.exception_handler(RequestError)
-async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Unknown path (404), wrong method (405)...: the same one-line JSON shape as every other error."""
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
-@app.exception_handler(Exception)
-async def _bug(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("gtasr-serve: unexpected error")  # the traceback stays in the server log
-    return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+install_error_handlers(app)
 
 
 def _batch_tiles(calls: list[TileCall]) -> int:
     return sum(call.tiles for call in calls)
-
-
-# Helpers sit above the class: Serve's ingress captures the module namespace as it is when
-# the class is decorated.
-def _parameters(request: Request) -> tuple[str, str, int]:
-    query = request.query_params
-    name = safe_name(query.get("name"))
-    fmt = query.get("format", "png").lower()
-    text = query.get("quality", "95")
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise RequestError(400, f"{name}: quality {text!r} is not an integer in 1..100")
-    if fmt not in FORMATS:
-        raise RequestError(400, f"{name}: format {fmt!r} is not one of {', '.join(FORMATS)}")
-    return name, fmt, int(text)
-
-
-async def _read_body(request: Request, name: str, limit: int) -> bytes:
-    """The upload, refused with 413 as soon as it passes ``limit`` bytes."""
-    def too_large(size: int) -> RequestError:
-        return RequestError(413, f"{name}: upload is {size:,} bytes, over the limit of {limit:,}")
-
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @serve.deployment
@@ -163,21 +100,9 @@ class UpscaleService:
     # ------------------------------------------------------------------ work
 
     async def _answer(self, request: Request, sr_fn, label: str) -> Response:
-        name, fmt, quality = _parameters(request)
-        data = await _read_body(request, name, self.options.max_upload_bytes)
         self._loop = asyncio.get_running_loop()
-        try:
-            body, written, (width, height) = await self._in_pool(
-                process_upload, data, sr_fn, name=name, fmt=fmt, quality=quality, max_pixels=self.options.max_pixels)
-        except ProcessingError as exc:  # the image was fine; the server could not finish it
-            log.error("gtasr-serve: %s", exc)
-            raise RequestError(500, str(exc)) from None
-        except GtasrError as exc:
-            raise RequestError(400, str(exc)) from None
-        filename = f"{Path(name).stem}_{label}.{written}"
-        return Response(body, media_type=MEDIA_TYPES[written],
-                        headers={"Content-Disposition": f'inline; filename="{filename}"',
-                                 "X-Image-Size": f"{width}x{height}"})
+        return await answer_upload(request, sr_fn, label, max_upload_bytes=self.options.max_upload_bytes,
+                                   max_pixels=self.options.max_pixels, in_pool=self._in_pool)
 
     async def _in_pool(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()

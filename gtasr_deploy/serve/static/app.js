@@ -11,6 +11,18 @@ function setProgress(text, percent) {
   $("status").textContent = text;
 }
 
+// The server's name for the result, from Content-Disposition (RFC 6266): filename* (RFC 5987,
+// UTF-8, any script) when present, else the ASCII filename; null when neither is there.
+function downloadName(xhr) {
+  const header = xhr.getResponseHeader("Content-Disposition") || "";
+  const extended = /filename\*=UTF-8''([^;\s]+)/i.exec(header);
+  if (extended) {
+    try { return decodeURIComponent(extended[1]); } catch (_) { /* malformed: use the fallback */ }
+  }
+  const plain = /filename="([^"]*)"/i.exec(header);
+  return plain ? plain[1] : null;
+}
+
 function post(path, file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
@@ -22,7 +34,7 @@ function post(path, file, onProgress) {
       xhr.onprogress = (e) => e.lengthComputable && onProgress("download", e.loaded / e.total);
     }
     xhr.onload = async () => {
-      if (xhr.status === 200) return resolve(xhr.response);
+      if (xhr.status === 200) return resolve({ blob: xhr.response, name: downloadName(xhr) });
       let message = `HTTP ${xhr.status}`;
       try { message = JSON.parse(await xhr.response.text()).error || message; } catch (_) { /* not JSON */ }
       reject(new Error(message));
@@ -57,12 +69,12 @@ async function upscale(file) {
       }),
       post("/v1/bicubic", file, null),
     ]);
-    await Promise.all([showImage($("result"), sr), showImage($("before"), before)]);
+    await Promise.all([showImage($("result"), sr.blob), showImage($("before"), before.blob)]);
     const img = $("result");
     $("compare").style.setProperty("--shown-width", `${img.naturalWidth}px`);
     const link = $("download");
     link.href = img.src;
-    link.download = `${file.name.replace(/\.[^.]*$/, "")}_x4.png`;
+    link.download = sr.name || `${file.name.replace(/\.[^.]*$/, "")}_x4.png`;
     $("sizes").textContent = `${img.naturalWidth / 4}×${img.naturalHeight / 4} → ${img.naturalWidth}×${img.naturalHeight}`;
     $("result-box").hidden = false;
     setProgress(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s`, 100);
