@@ -33,18 +33,18 @@ def _load(weights: Path | None, param_key: str, network_config: Path | None, pre
                          random_ok=True)
 
 
-def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
+def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> Path | None:
     """Build (or reuse) the TensorRT engine when TensorRT and a GPU are here; else one line why not."""
     try:
         from ..engines import tensorrt_build
     except ImportError as err:
         click.echo(f"no TensorRT engine built: the TensorRT builder module is missing ({err})")
-        return
+        return None
     reason = tensorrt_build.explain_unavailable()
     if reason is not None:
         click.echo(f"no TensorRT engine built: {reason}")
-        return
-    tensorrt_build.get_or_build_engine(onnx_path, cache_dir=cache_dir, log=click.echo)
+        return None
+    return tensorrt_build.get_or_build_engine(onnx_path, cache_dir=cache_dir, log=click.echo)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -71,15 +71,19 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
               help="After exporting, upscale these images (files or folders; repeatable) with torch fp32 and "
                    "with each exported graph on ONNX Runtime and compare (max/mean difference, PSNR, NaN/Inf); "
                    "exit 1 when the fp32 graph differs by more than 1/255 or the fp16 graph is below 40 dB.")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a Triton Inference Server model repository here: each graph (onnxruntime backend), "
+                   "its per-tile variant with dynamic batching, and the TensorRT engine where one was built "
+                   "(see docs/integrations.md).")
 def main(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
-         check_paths) -> None:
+         check_paths, triton_repo) -> None:
     """Export GTASR's denoiser D to ONNX for one static LR tile and a dynamic batch axis.
 
     Nothing already in --out is replaced until the new graph passed every check."""
     try:
         images = _check_images(check_paths)
         failed = _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir,
-                         engine_cache, images)
+                         engine_cache, images, triton_repo)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
@@ -96,13 +100,15 @@ def _check_images(paths) -> list[Path]:
 
 
 def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
-            images) -> bool:
+            images, triton_repo=None) -> bool:
     """Export (and check); True when a check failed."""
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
     from ..upscaler import default_tile
 
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
+    if triton_repo is not None:
+        check_output_dir(triton_repo)
     loaded = _load(weights, param_key, network_config, preset)
     model = loaded.model
     if tile is None:  # the upscaler's default for this network (weights of a preset's shape count)
@@ -114,11 +120,18 @@ def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16
                          weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
     click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
     graphs = [result.onnx_path]
+    engines = {}
     if fp16:
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
         graphs.append(half.onnx_path)
-        _build_tensorrt(half.onnx_path, engine_cache)
+        engines[half.onnx_path] = _build_tensorrt(half.onnx_path, engine_cache)
+    if triton_repo is not None:
+        from ..integrations.triton_repo import write_triton_repo
+
+        for graph in graphs:
+            for folder in write_triton_repo(graph, triton_repo, engine_path=engines.get(graph)):
+                click.echo(f"wrote Triton model {folder}")
     if not images:
         return False
     from .check import run_check
