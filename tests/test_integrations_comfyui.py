@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,11 @@ import pytest
 from gtasr_deploy import Upscaler
 from gtasr_deploy.imageio import upscale_alpha
 from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "integrations" / "comfyui_gtasr"
