@@ -40,6 +40,7 @@ def _dims(tensors):
     return {t.name: list(t.dims) for t in tensors}
 
 
+@pytest.mark.slow  # the module's export: ~1-2 min on 2 busy CPU cores
 def test_full_graph_model(exported):
     graph, repo, output = exported
     folder = repo / graph.stem
@@ -57,6 +58,7 @@ def test_full_graph_model(exported):
     assert shapes["lq"] == (-1, 3, 16, 16)
 
 
+@pytest.mark.slow  # the module's export: ~1-2 min on 2 busy CPU cores
 def test_per_tile_model_batches_dynamically(exported):
     graph, repo, _ = exported
     config = parse(repo / f"{graph.stem}_tile" / "config.pbtxt")
@@ -69,6 +71,7 @@ def test_per_tile_model_batches_dynamically(exported):
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
 
 
+@pytest.mark.slow  # the module's export: ~1-2 min on 2 busy CPU cores
 def test_per_tile_graph_is_norm_mix_zero(exported):
     graph, repo, _ = exported
     groups = read_onnx_sidecar(graph)["norm_groups"]
@@ -85,6 +88,7 @@ def test_per_tile_graph_is_norm_mix_zero(exported):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow  # the module's export: ~1-2 min on 2 busy CPU cores
 def test_tensorrt_plan_where_an_engine_exists(exported, tmp_path):
     graph, _, _ = exported
     engine = tmp_path / "stand-in.engine"  # the repository writer copies the file; no TensorRT here
