@@ -50,7 +50,8 @@ def comfy_run(tmp_path_factory):
     models = work / "upscale_models"
     models.mkdir()
     shutil.copy(EMBEDDED_WEIGHTS, models / "gtasr_demo.safetensors")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONDONTWRITEBYTECODE": "1"}  # the snapshot is shared and read-only: no __pycache__ in it
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "comfyui_driver.py"), str(COMFYUI), str(models),
                            str(NODE_DIR), str(work / "out.npz")], capture_output=True, text=True, env=env,
                           timeout=600, cwd=work)
