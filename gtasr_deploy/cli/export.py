@@ -37,17 +37,17 @@ def _load(weights: Path | None, param_key: str, network_config: Path | None, pre
                          random_ok=True)
 
 
-def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, targets: str) -> None:
-    """Build (or reuse) a TensorRT engine beside each graph when a library can build here; else one line why not."""
+def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, targets: str) -> dict[Path, Path]:
+    """Build (or reuse) a TensorRT engine beside each graph when a library can build here; else one line why not.
+    Returns {graph: engine}."""
     from ..engines import tensorrt_build
 
     reason = tensorrt_build.explain_cannot_build(library, targets)
     if reason is not None:
         click.echo(f"no TensorRT engine built: {reason}")
-        return
-    for graph in graphs:
-        tensorrt_build.get_or_build_engine(graph, engine_dir=engine_dir, library=library, targets=targets,
-                                           log=click.echo)
+        return {}
+    return {graph: tensorrt_build.get_or_build_engine(graph, engine_dir=engine_dir, library=library, targets=targets,
+                                                      log=click.echo) for graph in graphs}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,8 +88,12 @@ def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, t
               help="After exporting, upscale these images (files or folders; repeatable) with torch fp32 and "
                    "with each exported graph on ONNX Runtime and compare (max/mean difference, PSNR, NaN/Inf); "
                    "exit 1 when the fp32 graph differs by more than 1/255 or the fp16 graph is below 40 dB.")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a Triton Inference Server model repository here: each graph (onnxruntime backend), "
+                   "its per-tile variant with dynamic batching, and the TensorRT engine where one was built "
+                   "(see docs/integrations.md).")
 def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, trt, trt_targets,
-         trt_library, engine_dir, check_paths) -> None:
+         trt_library, engine_dir, check_paths, triton_repo) -> None:
     """Export GTASR's denoiser D to ONNX: dynamic batch, height and width (or one static LR tile).
 
     Nothing already in --out is replaced until the new graph passed every check."""
@@ -102,7 +106,7 @@ def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset,
             parse_request(trt_targets, trt_library)  # a bad --trt-targets fails before the (long) export
             engines = (engine_dir, trt_library, trt_targets)
         failed = _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir,
-                         engines, images)
+                         engines, images, triton_repo)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
@@ -119,12 +123,15 @@ def _check_images(paths) -> list[Path]:
 
 
 def _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engines,
-            images) -> bool:
-    """Export, build engines when ``engines`` is (engine_dir, library, targets), and check; True when a check failed."""
+            images, triton_repo=None) -> bool:
+    """Export, build engines when ``engines`` is (engine_dir, library, targets), write the Triton
+    repository when asked, and check; True when a check failed."""
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
 
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
+    if triton_repo is not None:
+        check_output_dir(triton_repo)
     loaded = _load(weights, param_key, network_config, preset)
     model = loaded.model
     tile_lr = None if tile is None else check_tile((tile, tile), model.config.size_multiple)
@@ -138,8 +145,13 @@ def _export(weights, param_key, network_config, preset, tile, max_lr, batch, ops
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
         graphs.append(half.onnx_path)
-    if engines is not None:
-        _build_tensorrt(graphs, *engines)
+    built = _build_tensorrt(graphs, *engines) if engines is not None else {}
+    if triton_repo is not None:
+        from ..integrations.triton_repo import write_triton_repo
+
+        for graph in graphs:
+            for folder in write_triton_repo(graph, triton_repo, engine_path=built.get(graph)):
+                click.echo(f"wrote Triton model {folder}")
     if not images:
         return False
     from .check import run_check

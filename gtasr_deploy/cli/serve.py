@@ -1,4 +1,5 @@
-"""`gtasr-serve http` (the HTTP service and web page) and `gtasr-serve batch` (folders on a Ray cluster).
+"""`gtasr-serve http` (the HTTP service and web page), `gtasr-serve batch` (folders on a Ray cluster) and
+`gtasr-serve triton` (Triton Inference Server through PyTriton).
 
 The model options are gtasr-upscale's own (same names, defaults and help), taken from its command.
 """
@@ -78,7 +79,8 @@ def _address_option(f):
 @click.group(context_settings=_CONTEXT)
 @click.version_option(__version__, prog_name="gtasr-serve")
 def main():
-    """Serve the x4 upscaler over HTTP, or run gtasr-upscale's batch on a Ray cluster (pip extra: serve)."""
+    """Serve the x4 upscaler over HTTP, or run gtasr-upscale's batch on a Ray cluster (pip extra: serve),
+    or serve it on Triton Inference Server (pip extra: triton)."""
 
 
 @_upscale_options("max_pixels", model=True, defaults={"max_pixels": 4_000_000})
@@ -132,6 +134,49 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
 
         serve.shutdown()
         sys.exit(130)
+
+
+@_upscale_options("max_pixels", model=True, defaults={"max_pixels": 4_000_000})
+@main.command(context_settings=_CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 for all interfaces).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests Triton's dynamic batcher hands to one call (each image still runs on its own).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="How long the first request of a batch waits for others.")
+def triton(host, http_port, grpc_port, metrics_port, max_batch_size, batch_wait_ms, max_pixels, **kw):
+    """Serve model 'gtasr' (image file bytes in, PNG bytes out) on Triton Inference Server via PyTriton
+    (pip extra: triton, in its own virtual environment) until Ctrl-C. See docs/integrations.md."""
+    from ..serve.triton import TritonServeOptions, serve
+
+    settings = _settings(kw)
+    try:
+        upscaler = settings.build()
+        options = TritonServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                                     max_batch_size=max_batch_size, queue_delay_us=int(batch_wait_ms * 1000),
+                                     max_pixels=max_pixels or None)
+        stops = []
+
+        def stop(signum, frame):  # SIGINT and SIGTERM stop Triton cleanly (SIGINT even where it was ignored)
+            stops.append(signum)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            serve(upscaler, options, on_ready=lambda line: click.echo(line, err=True))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    except GtasrError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if stops:  # PyTriton ends serve() quietly on an interrupt
+        sys.exit(130)
+    click.echo("error: Triton Inference Server or the model stopped on its own; see its log above", err=True)
+    sys.exit(1)
 
 
 @_upscale_options(*OUTPUT_OPTIONS, model=True)
