@@ -155,3 +155,20 @@ def test_apt_problems_are_one_line_errors_that_say_what_to_do(fake_sources, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "`apt-get`, which is not installed" in err
     assert not (tmp_path / "p" / "train").exists()
+
+
+def test_demo_set_is_the_demo_runs_nine_plus_three_and_replaces_the_folder_contents(fake_sources, tmp_path, monkeypatch):
+    from gtasr_deploy.training.photo_manifest import DEMO_SET
+
+    demo = [p for p in PHOTOS if p.name in DEMO_SET]
+    assert len(demo) == len(DEMO_SET) == 12 and sum(p.heldout for p in demo) == 3
+    archives, _ = fake_sources
+    out = tmp_path / "photos"
+    photos.assemble(out, source_dir=archives)
+    monkeypatch.setattr(photos, "DEMO_SET", frozenset({"flat.png", "deb_small.png"}))
+    written = photos.assemble(out, source_dir=archives, photo_set="demo")
+    assert [p.name for p in written["train"]] == ["flat.png"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["LICENSES.txt", "flat.png", "manifest.json"]
+    assert "deb_big" not in (out / "train" / "LICENSES.txt").read_text()
+    photos.assemble(out, source_dir=archives)  # back to the whole set: the removed photo comes back
+    assert (out / "train" / "deb_big.png").is_file()

