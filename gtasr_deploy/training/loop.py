@@ -432,7 +432,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
         if tr.step < stage.steps:
             if env.main and tr.step == 0:
                 logger.log(stage.stage, 0, validate(tr.ema, val, env.device, _val_png(cfg, stage.stage, 0)))
-            run_stage(tr, files, val, logger, stop)
+            try:
+                run_stage(tr, files, val, logger, stop)
+            except StopRequested:
+                logger.close()  # the chunk ends here; the checkpoint is written
+                raise
     logger.close()
     if not env.main or tr is None:
         return None
