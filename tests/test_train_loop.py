@@ -416,7 +416,7 @@ def test_config_rejects_unknown_keys_and_bad_sizes(tmp_path):
         config_from_dict(raw)
 
 
-@pytest.mark.parametrize("name", ["stage1", "stage2", "ctmsr_stage1", "ctmsr_stage2", "demo"])
+@pytest.mark.parametrize("name", ["stage1", "stage2", "ctmsr_stage1", "ctmsr_stage2", "demo", "photos"])
 def test_recipes_dry_run(name):
     result = CliRunner().invoke(__import__("gtasr_deploy.cli.train", fromlist=["main"]).main,
                                 [str(REPO / "training" / f"{name}.toml"), "--dry-run"])
@@ -525,7 +525,8 @@ def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
     # options the trainer gained after these weights were trained: absent from their record, so the
     # recipe must leave them at the defaults (= the behaviour that trained the weights)
     later = {("data", "cache_images"): False, ("data", "lr_in_loader"): False,
-             ("stage1", "loss", "ct_weight"): 1.0, ("stage1", "loss", "top_index_prob"): None}
+             ("stage1", "loss", "ct_weight"): 1.0, ("stage1", "loss", "top_index_prob"): None,
+             ("run", "val_png"): True, ("stage1", "init"): ""}
     for (*section, key), default in later.items():
         held, wanted = stored, recipe
         for name in section:

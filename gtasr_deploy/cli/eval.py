@@ -2,6 +2,7 @@
 
     gtasr-eval SR_DIR [--gt GT_DIR] [--metrics psnr,ssim,lpips,lsd,niqe] [--csv FILE]
     gtasr-eval compare HR_DIR [--methods bicubic,gtasr,dat-light,realesrgan] [--degrade realesrgan|bicubic]
+    gtasr-eval targets HELDOUT_DIR [--weights W] [--crop 256]
     gtasr-eval fetch-assets [--iqa clipiqa,...]
 
 The first form is the `score` command (`gtasr-eval score SR_DIR ...` also works, and is needed
@@ -153,6 +154,46 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     for line in left_out:
         click.echo(printable(f"error: {line}"), err=True)
     sys.exit(1 if left_out else 0)
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("hr_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--weights", callback=weights_callback,
+              help="GTASR weights (.pth or .safetensors, or a name fetched with gtasr-weights). "
+                   "Default: the embedded demo weights.")
+@click.option("--network-config", help="GTASR network preset or JSON (as for gtasr-upscale).")
+@click.option("--crop", type=int, default=256, show_default=True,
+              help="Centre crop of each photo in HR px (multiple of 4); 0 = whole photos.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the degradation and of GTASR's noise.")
+@click.option("--tile", type=int, default=None, help="LR tile px for GTASR (default: the Upscaler's); 0 = whole.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report (per-photo colour and score differences) as JSON.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Metric asset folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def targets(hr_dir, weights, network_config, crop, seed, tile, json_path, cache_dir, quiet):
+    """Check GTASR against bicubic on the held-out photos in HR_DIR, for bicubic-downscaled and
+    degraded LR: LPIPS >= 0.03 better, PSNR-Y <= 1 dB worse, mean colour within 2/255 per channel.
+
+    Exit code: 0 every target met, 1 some target missed (the table says which), 2 usage error.
+    """
+    from ..atomic import atomic_write_text
+    from ..evaluation.peers import MethodOptions
+    from ..evaluation.targets import TargetsConfig, format_report, report_json, run_targets
+
+    try:
+        config = TargetsConfig(crop=crop, seed=seed, cache_dir=cache_dir,
+                               method_options=MethodOptions(weights=weights, network_config=network_config,
+                                                            seed=seed, tile=tile))
+        report = run_targets(hr_dir, config, log=None if quiet else lambda m: click.echo(m, err=True))
+        if json_path is not None:
+            atomic_write_text(json_path, report_json(report))
+    except GtasrError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
+    click.echo(format_report(report), nl=False)
+    sys.exit(0 if report.met else 1)
 
 
 @main.command("fetch-assets", context_settings=_CONTEXT)

@@ -6,7 +6,9 @@ Single process: ``gtasr-train training/demo.toml``. Several GPUs:
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -22,7 +24,11 @@ from ..errors import GtasrError
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override every stage's step count.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override run.out_dir.")
-def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: str | None) -> None:
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Train one chunk: after this much wall time (or on SIGTERM) checkpoint the current step "
+                   "and exit 0; --resume continues bit for bit. Single process only.")
+def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: str | None,
+         max_minutes: float | None) -> None:
     """Train from the TOML recipe CONFIG; export the EMA weights as safetensors for gtasr-upscale."""
     from ..training.config import load_config
 
@@ -40,9 +46,13 @@ def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: s
         if dry_run:
             click.echo(cfg.to_json())
             return
-        from ..training.loop import train
+        from ..training.loop import StopRequested, train
 
-        path = train(cfg, resume=resume)
+        try:
+            path = train(cfg, resume=resume, stop=_chunk_stop(max_minutes))
+        except StopRequested as done:
+            click.echo(f"gtasr-train: {done}")
+            return
     except GtasrError as err:
         click.echo(f"gtasr-train: error: {err}", err=True)
         sys.exit(1)
@@ -56,6 +66,17 @@ def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: s
         sys.exit(130)
     if path is not None:
         click.echo(f"weights: {path}")
+
+
+def _chunk_stop(max_minutes: float | None):
+    """None without --max-minutes; else a stop() that is True once the budget is spent or after a
+    SIGTERM (which then ends the run at the next step boundary, checkpointed, instead of killing it)."""
+    if max_minutes is None:
+        return None
+    deadline = time.monotonic() + 60.0 * max_minutes
+    asked = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: asked.append(signum))
+    return lambda: bool(asked) or time.monotonic() >= deadline
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class RunConfig:
     export: str = ""  # EMA weights of the last stage, safetensors; default <out_dir>/<name>_ema.safetensors
     tensorboard: bool = False  # also log to TensorBoard when it is installed
     progress: bool = True
+    val_png: bool = True  # write <out_dir>/val/s<stage>_<step>.png (bicubic | SR | HR rows) at each validation
 
     def __post_init__(self) -> None:
         if self.amp == "auto":
@@ -173,7 +174,9 @@ class StageConfig:
     optim: OptimConfig = OptimConfig()
     loss: Any = None
     target_refresh: int = 1000  # stage II: θ' ← θ at steps k > 0 with k % target_refresh == 0 (θ' = stage-I EMA before)
-    init: str = ""  # stage II alone: stage-I training checkpoint or official .pth
+    # stage II alone: stage-I training checkpoint or official .pth; stage I: weights to fine-tune
+    # (θ and EMA ← the file's params / params_ema, or its only weights), instead of a random init
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

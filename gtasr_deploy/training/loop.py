@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from ..schedule import unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
 from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops, write_file_list
-from .degradation import degrade, mix_clean
+from .degradation import bicubic_lr, degrade, mix_clean
 from .distributed import Dist, setup_distributed
 from .logs import RunLogger
 from .losses import Batch, copy_for_target, ema_update, stage1_losses, stage2_losses
@@ -98,7 +99,8 @@ class Trainer:
 
     # --- state ------------------------------------------------------------------------------
     def init_from_stage1(self, params: dict, ema: dict) -> None:
-        """θ ← stage-I params; EMA and θ' ← stage-I params_ema (SPEC §5 stage II)."""
+        """θ ← stage-I params; EMA and θ' ← stage-I params_ema (SPEC §5 stage II). A stage I with
+        ``stage1.init`` starts the same way (θ and EMA; a weights-only file gives both its EMA)."""
         check_state_dict(self.net, params, "stage-I params")
         check_state_dict(self.net, ema, "stage-I params_ema")
         self.net.load_state_dict(params)
@@ -199,37 +201,51 @@ class Trainer:
 # --- validation ---------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class Validation:
-    """Fixed validation inputs: HR (n,3,H,W) [0,1], its LR, and the unit noise for x_K."""
+    """Fixed validation inputs: HR (n,3,H,W) [0,1], its degraded LR, the unit noise for x_K, and
+    (recipes that train on clean LR too, data.clean_prob > 0) its plain bicubic LR."""
 
     hr: torch.Tensor
     lq: torch.Tensor
     eps: torch.Tensor
+    lq_clean: torch.Tensor | None = None
 
 
 def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
     val_files = scan_images(cfg.data.val_roots, "data.val_roots") if cfg.data.val_roots else files
     hr = validation_crops(val_files, crop=cfg.data.val_crop, count=cfg.data.val_images)
     lq = degrade(hr, generator=torch.Generator().manual_seed(_seed(cfg.run.seed, "validation")), config=cfg.degradation)
-    return Validation(hr=hr, lq=lq, eps=unit_noise(tuple(hr.shape), _seed(cfg.run.seed, "val-noise") % 2**31))
+    return Validation(hr=hr, lq=lq, eps=unit_noise(tuple(hr.shape), _seed(cfg.run.seed, "val-noise") % 2**31),
+                      lq_clean=bicubic_lr(hr) if cfg.data.clean_prob > 0 else None)
 
 
 @torch.no_grad()
-def validate(net: nn.Module, val: Validation, device: torch.device, out_png: Path | None) -> dict[str, float]:
-    """One-step SR of the validation LR with ``net`` (eval); PSNR-Y of SR and of bicubic vs HR."""
+def _psnr_of(net: nn.Module, lq: torch.Tensor, val: Validation, device: torch.device) -> tuple[dict[str, float], list]:
     from ..metrics.fullref import psnr_y
 
-    lq = val.lq.to(device) * 2 - 1
+    lq = lq.to(device) * 2 - 1
     sr = torch.cat([net.eval()(up(lq[i:i + 1]) + val.eps[i:i + 1].to(device), 1.0, lq[i:i + 1]) for i in range(len(lq))])
     to8 = lambda t: (t.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     sr8, bic8, hr8 = to8(sr), to8(up(lq)), to8(val.hr * 2 - 1)
+    scores = {"val_psnr_y": float(np.mean([psnr_y(s, h) for s, h in zip(sr8, hr8)])),
+              "val_psnr_y_bicubic": float(np.mean([psnr_y(b, h) for b, h in zip(bic8, hr8)]))}
+    return scores, [np.concatenate([b, s, h], axis=1) for b, s, h in zip(bic8, sr8, hr8)]  # bicubic | SR | HR
+
+
+def validate(net: nn.Module, val: Validation, device: torch.device, out_png: Path | None) -> dict[str, float]:
+    """One-step SR of the validation LR with ``net`` (eval); PSNR-Y of SR and of bicubic vs HR, on
+    the degraded LR (``val_psnr_y*``) and, when the validation has one, the clean bicubic LR
+    (``val_clean_psnr_y*``)."""
+    scores, rows = _psnr_of(net, val.lq, val, device)
+    if val.lq_clean is not None:
+        clean, clean_rows = _psnr_of(net, val.lq_clean, val, device)
+        scores.update({key.replace("val_", "val_clean_"): value for key, value in clean.items()})
+        rows = [np.concatenate([d, c], axis=1) for d, c in zip(rows, clean_rows)]
     if out_png is not None:
         import cv2
 
-        rows = [np.concatenate([b, s, h], axis=1) for b, s, h in zip(bic8, sr8, hr8)]  # bicubic | SR | HR
         out_png.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out_png), np.concatenate(rows, axis=0)[:, :, ::-1])
-    return {"val_psnr_y": float(np.mean([psnr_y(s, h) for s, h in zip(sr8, hr8)])),
-            "val_psnr_y_bicubic": float(np.mean([psnr_y(b, h) for b, h in zip(bic8, hr8)]))}
+    return scores
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -260,7 +276,16 @@ def _batches(tr: Trainer, files: list[str], env: Dist):
         raise type(err)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(err)) from None
 
 
-def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger) -> None:
+def _val_png(cfg: TrainConfig, stage: int, step: int) -> Path | None:
+    return cfg.run.out_path / "val" / f"s{stage}_{step:08d}.png" if cfg.run.val_png else None
+
+
+class StopRequested(Exception):
+    """``stop()`` said so after a step: that step's checkpoint is written, the run ends unfinished."""
+
+
+def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger,
+              stop: Callable[[], bool] | None = None) -> None:
     cfg, env, st = tr.cfg, tr.env, tr.stage.stage
     folder = cfg.run.out_path / "checkpoints"
     bar = logger.progress(total=tr.stage.steps, initial=tr.step, desc=f"stage {st}")
@@ -273,9 +298,15 @@ def run_stage(tr: Trainer, files: list[str], val: Validation, logger: RunLogger)
         if env.main and (tr.step % cfg.run.log_every == 0 or tr.step == tr.stage.steps):
             logger.log(st, tr.step, terms)
         if env.main and (tr.step % cfg.run.val_every == 0 or tr.step == tr.stage.steps):
-            logger.log(st, tr.step, validate(tr.ema, val, env.device, cfg.run.out_path / "val" / f"s{st}_{tr.step:08d}.png"))
+            logger.log(st, tr.step, validate(tr.ema, val, env.device, _val_png(cfg, st, tr.step)))
         if env.main and tr.step % cfg.run.ckpt_every == 0 and tr.step < tr.stage.steps:
             _save(tr, folder, cfg.run.keep_checkpoints)
+        if stop is not None and tr.step < tr.stage.steps and stop():
+            if env.main and tr.step % cfg.run.ckpt_every:
+                _save(tr, folder, cfg.run.keep_checkpoints)
+            bar.close()
+            raise StopRequested(f"stopped at stage {st} step {tr.step}: checkpoint "
+                                f"{folder / ckpt.checkpoint_name(st, tr.step)}; --resume continues from it")
         t_last = time.perf_counter()  # seconds/step exclude logging, validation and checkpoints
     bar.close()
     if env.main:
@@ -344,7 +375,7 @@ def _check_inputs(cfg: TrainConfig, env: Dist, files: list[str], perceptual: nn.
     check_decodable(files)
     autocast_for(cfg.run.amp, env.device)
     only = cfg.stages[0]
-    if only.stage == 2 and not Path(only.init).is_file():
+    if (only.stage == 2 or only.init) and not Path(only.init).is_file():
         load_stage1_weights(only.init)  # raises the reader's one-line reason (missing, a folder)
     if perceptual is None:
         from ..metrics.lpips import LPIPS
@@ -353,8 +384,15 @@ def _check_inputs(cfg: TrainConfig, env: Dist, files: list[str], perceptual: nn.
     return perceptual.to(env.device).eval().requires_grad_(False), make_validation(cfg, files)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | None = None) -> Path | None:
-    """Run every stage of ``cfg``; return the exported EMA safetensors path (rank 0) or None."""
+def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | None = None,
+          stop: Callable[[], bool] | None = None) -> Path | None:
+    """Run every stage of ``cfg``; return the exported EMA safetensors path (rank 0) or None.
+
+    ``stop``: asked after every optimizer step (single process only); when it returns True the
+    current step is checkpointed and :class:`StopRequested` is raised — a run in chunks (a time
+    budget, SIGTERM) that ``resume=True`` continues bit for bit."""
+    if stop is not None and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ConfigError("stopping after a time budget is for single-process runs; under torchrun stop with Ctrl-C")
     env = setup_distributed(cfg.run.device)
     out = cfg.run.out_path
     if not resume and ckpt.latest_checkpoint(out / "checkpoints") is not None:
@@ -387,11 +425,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
             source = stage.init or out / "checkpoints" / ckpt.final_name(1)
             tr.init_from_stage1(*load_stage1_weights(source))
             logger.info(f"stage 2 starts from {source}")
+        elif stage.init:  # stage I fine-tunes given weights (e.g. the embedded demo weights)
+            tr.init_from_stage1(*load_stage1_weights(stage.init))
+            logger.info(f"stage 1 starts from the weights in {stage.init}")
         state = None
         if tr.step < stage.steps:
             if env.main and tr.step == 0:
-                logger.log(stage.stage, 0, validate(tr.ema, val, env.device, out / "val" / f"s{stage.stage}_{0:08d}.png"))
-            run_stage(tr, files, val, logger)
+                logger.log(stage.stage, 0, validate(tr.ema, val, env.device, _val_png(cfg, stage.stage, 0)))
+            try:
+                run_stage(tr, files, val, logger, stop)
+            except StopRequested:
+                logger.close()  # the chunk ends here; the checkpoint is written
+                raise
     logger.close()
     if not env.main or tr is None:
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from typing import Callable
 
@@ -143,6 +144,48 @@ def measure_step(images: str, *, device: torch.device, crop: int, count: int) ->
     return rows
 
 
+def measure_stage1(images: str, *, device: torch.device, crop: int, count: int,
+                   recipe: str = "training/photos.toml") -> list[tuple[str, str, str, float, float]]:
+    """(seed, "loss (ms fp32 / ms bf16)", mode, relative difference, cosine) rows: the parameter
+    gradient of the stage-I loss of ``recipe`` (its loss settings at step 0) for the embedded demo
+    network on ``count`` crops (half degraded, half clean bicubic LR, as the recipe mixes them),
+    the whole step under bf16 autocast vs strict fp32, for two loss/dropout seeds; with the time of
+    one forward + backward in each precision."""
+    import time
+
+    from ..model import load_model
+    from ..upscaler import EMBEDDED_WEIGHTS
+    from .config import load_config
+    from .data import scan_images, validation_crops
+    from .degradation import bicubic_lr, degrade
+    from .losses import Batch, stage1_losses
+
+    cfg = load_config(recipe)
+    loss_cfg = cfg.stage(1).loss
+    net = load_model(EMBEDDED_WEIGHTS).to(device).train()
+    hr = validation_crops(scan_images([images], "--images"), crop=crop, count=count)
+    lq = degrade(hr, generator=torch.Generator().manual_seed(1))
+    lq[::2] = bicubic_lr(hr[::2])
+    batch = Batch(x0=hr.to(device) * 2 - 1, lq=lq.to(device) * 2 - 1)
+
+    def gradient(seed: int, context: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, float]:
+        torch.manual_seed(seed)  # the same dropout masks in both precisions
+        start = time.perf_counter()
+        with context():
+            terms = stage1_losses(net, batch, step=0, total_steps=cfg.stage(1).steps, cfg=loss_cfg,
+                                  perceptual=None, generator=torch.Generator().manual_seed(seed))
+        grad = _parameter_gradients(net, terms, ("loss",))["loss"]
+        return grad, 1000 * (time.perf_counter() - start)
+
+    rows = []
+    for seed in (0, 1):
+        ref, ms_ref = gradient(seed, contextlib.nullcontext)
+        low, ms_low = gradient(seed, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        rows.append((f"seed {seed}", f"loss ({ms_ref:.0f} ms fp32 / {ms_low:.0f} ms bf16)", "bf16 autocast",
+                     *compare(ref, low)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gtasr_deploy.training.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="data/photos/heldout", help="folder of HR photos (centre crops)")
@@ -152,16 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", action="store_true",
                         help="instead: parameter gradients of each stage-II term of the embedded demo network "
                              "(use --images data/photos/train --crop 128 --count 4)")
+    parser.add_argument("--stage1", metavar="RECIPE", default=None,
+                        help="instead: the parameter gradient of RECIPE's stage-I loss (e.g. training/photos.toml) "
+                             "for the embedded demo network, fp32 vs bf16, and its time "
+                             "(use --images data/photos/train --crop 128 --count 4)")
     args = parser.parse_args(argv)
     try:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available here")
         run = measure_step if args.step else measure
+        if args.stage1:
+            run = functools.partial(measure_stage1, recipe=args.stage1)
         rows = run(args.images, device=torch.device(args.device), crop=args.crop, count=args.count)
     except (GtasrError, RuntimeError) as err:
         print(f"precision: error: {err}", file=sys.stderr)
         return 1
-    print("seed | stage-II term" if args.step else "photo | a (Δ = a·(x̂0 − x0))", end="")
+    print("seed | stage-I loss" if args.stage1 else "seed | stage-II term" if args.step else "photo | a (Δ = a·(x̂0 − x0))", end="")
     print(" | mode | relative L2 difference vs fp32 | cosine")
     for item, setting, mode, rel, cos in rows:
         print(f"{item} | {setting} | {mode} | {rel:.3f} | {cos:.4f}")
