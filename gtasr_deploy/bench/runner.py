@@ -228,7 +228,7 @@ def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
         demo = Scenario(**{**asdict(scenario), "preset": "demo", "network": "demo", "weights": str(EMBEDDED_WEIGHTS),
                            "tile": QUALITY_TILE, "graph_batch_max": 1})
         kwargs["onnx"] = ensure_graph(demo)
-    reference = Upscaler(tile=QUALITY_TILE, precision="fp32", device=scenario.device)
+    reference = Upscaler(tile=QUALITY_TILE, backend="torch", precision="fp32", device=scenario.device)
     candidate = Upscaler(**kwargs, tile=QUALITY_TILE)
     try:
         check = compare_outputs(SAMPLE_PHOTO, reference.upscale_float(rgb), candidate.upscale_float(rgb))

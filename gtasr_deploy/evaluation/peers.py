@@ -105,7 +105,7 @@ def _gtasr(options: MethodOptions) -> Method:
 
     # fp32: scores are those of the model, not of a processor's fast path (bf16 moves PSNR by ~0.01 dB)
     upscaler = Upscaler(options.weights, network_config=options.network_config, seed=options.seed,
-                        tile=options.tile, device=options.device, precision="fp32")
+                        tile=options.tile, device=options.device, backend="torch", precision="fp32")
     # the Upscaler tiles (and feathers) by itself; Method must not tile again
     return Method("gtasr", upscaler.upscale_float, close=upscaler.close)
 

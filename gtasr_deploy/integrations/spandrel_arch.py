@@ -94,7 +94,7 @@ class GTASRNetwork(torch.nn.Module):
         precision default to this module's, ``tile`` to 0 (whole image; "auto" or LR px for tiles)."""
         loaded = LoadedModel(model=self.denoiser, name=ARCH_ID, preset=preset_name(self.denoiser.config),
                              weights_sha256=None, label="weights loaded by spandrel")
-        return Upscaler(model=loaded, device=str(device), seed=self.seed if seed is None else seed,
+        return Upscaler(model=loaded, backend="torch", device=str(device), seed=self.seed if seed is None else seed,
                         precision=self.precision if precision is None else precision, tile=tile, norm=norm)
 
     def upscaler(self, device: torch.device) -> Upscaler:
