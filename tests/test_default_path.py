@@ -270,3 +270,24 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert cache_root() == Path.home() / ".cache" / "gtasr_deploy"
     monkeypatch.delenv("GTASR_GRAPH_CACHE", raising=False)
     assert graph_cache_root() == cache_root() / "graphs"
+
+
+def test_a_corrupt_compiled_model_in_the_entry_is_not_trusted(filled_cache, tmp_path):
+    """OpenVINO's own compiled-model cache inside an entry: a truncated blob is compiled again, same output."""
+    from gtasr_deploy.engines.openvino import OpenVinoEngine
+
+    root, entry = filled_cache
+    copy_root = tmp_path / "cache"
+    shutil.copytree(root, copy_root)
+    folder = copy_root / entry.folder.relative_to(root)
+    graph = folder / entry.onnx_path.name
+    feeds = {"x_t": np.ones((1, 3, 64, 32), np.float32), "lq": np.zeros((1, 3, 16, 8), np.float32),
+             "sigma": np.ones(1, np.float32)}
+    with OpenVinoEngine(graph, precision="fp32", cache_dir=folder) as first:
+        want = first(**feeds)
+    blobs = [p for p in (folder / "openvino").rglob("*") if p.is_file()]
+    assert blobs  # OpenVINO wrote its compiled model into the entry
+    for blob in blobs:
+        blob.write_bytes(blob.read_bytes()[: max(1, blob.stat().st_size // 3)])
+    with OpenVinoEngine(graph, precision="fp32", cache_dir=folder) as again:
+        assert np.abs(again(**feeds) - want).max() <= 1e-5
