@@ -159,8 +159,10 @@ class Pipeline:
         info = self.engine.info
         tile = self._tile_for(h, w, policy, max_px)
         overlap = 0 if tile == 0 else default_overlap(tile) if policy.overlap is None else policy.overlap
+        # a tile that was asked for (or a static graph's) is the shape of every call, so an explicit
+        # tile on any engine gives a static graph's picture; auto tiles follow the image
         return plan_tiles(h, w, tile=tile, overlap=overlap, multiple=info.size_multiple, scale=info.scale,
-                          static=info.tile_lr is not None)
+                          static=info.tile_lr is not None or policy.tile not in (None, 0))
 
     def cost(self, h: int, w: int, policy: TilePolicy | None = None, max_px: int | None = None) -> Work:
         """The plan and the passes for an h×w LR image (``max_px`` None: asked of the budget)."""
