@@ -20,6 +20,9 @@ from ..errors import GtasrError
 from .weights import weights_callback
 
 EXIT_USAGE = 2
+FP16_USE = ("the fp16 graph is for NVIDIA GPUs: TensorRT (--backend tensorrt) or ONNX Runtime with CUDA "
+            "(the cuda extra). On a CPU use the fp32 graph: ONNX Runtime runs it in fp32, and OpenVINO makes "
+            "bf16 from it itself (--backend openvino --precision bf16).")
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM weights of the '{name}' network "
                           "and produces noise, not super-resolution. Use it for testing and benchmarking only.")
 
@@ -60,9 +63,11 @@ def _build_tensorrt(onnx_path: Path, cache_dir: Path) -> None:
 @click.option("--tile", type=int, default=None,
               help="Static LR tile in px (a multiple of the size rule). Default: 256 (paper), 128 (demo).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Largest batch the graph is meant for.")
-@click.option("--opset", type=int, default=17, show_default=True, help="Requested ONNX opset (the one written "
-                                                                        "is recorded in the sidecar).")
-@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands) and build a TensorRT engine.")
+@click.option("--opset", type=int, default=None,
+              help="Request an ONNX opset. Default: the exporter's choice; the opset written is printed and "
+                   "recorded in the sidecar.")
+@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands) and build a TensorRT engine. "
+                                           "For NVIDIA GPUs (TensorRT, ONNX Runtime CUDA); CPUs use the fp32 graph.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Output folder.")
 @click.option("--engine-cache", type=click.Path(file_okay=False, path_type=Path), default=Path("engines"),
@@ -97,11 +102,27 @@ def _check_images(paths) -> list[Path]:
 
 def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
             images) -> bool:
-    """Export (and check); True when a check failed."""
+    """Export (and check); True when a check failed. A folder this run created is removed again on error."""
+    from ..batch import missing_dirs, remove_empty_dirs
+
+    made = missing_dirs([out_dir])
+    try:
+        return _export_into(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir,
+                            engine_cache, images)
+    except BaseException:
+        remove_empty_dirs(made)
+        raise
+
+
+def _export_into(weights, param_key, network_config, preset, tile, batch, opset, fp16, out_dir, engine_cache,
+                 images) -> bool:
     from ..batch import check_output_dir
-    from ..export.onnx import check_tile, export_fp16, export_onnx
+    from ..export.onnx import DEFAULT_OPSET, check_tile, export_fp16, export_onnx
+    from ..extras import require_all
     from ..upscaler import default_tile
 
+    # torch's ONNX exporter needs onnx + onnxscript; the export is checked on ONNX Runtime
+    require_all(("onnx", "onnxscript", "onnxruntime"), "gtasr-export")
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
     loaded = _load(weights, param_key, network_config, preset)
     model = loaded.model
@@ -110,13 +131,19 @@ def _export(weights, param_key, network_config, preset, tile, batch, opset, fp16
     check_tile((tile, tile), model.config.size_multiple)
     if loaded.random:
         click.echo(RANDOM_WEIGHTS_WARNING.format(name=loaded.name), err=True)
-    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=(tile, tile), batch_max=batch, opset=opset,
-                         weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
-    click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
+    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=(tile, tile), batch_max=batch,
+                         opset=opset or DEFAULT_OPSET, weights_sha256=loaded.weights_sha256, preset=loaded.preset,
+                         log=click.echo)
+    written = result.sidecar["opset"]
+    click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {written})")
+    if opset is not None and written != opset:  # only when the user asked for one
+        click.echo(f"note: --opset {opset} was requested; torch's exporter wrote opset {written} (it converts "
+                   "down only where its version converter can); ONNX Runtime, OpenVINO and TensorRT 10 read both")
     graphs = [result.onnx_path]
     if fp16:
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
+        click.echo(FP16_USE)
         graphs.append(half.onnx_path)
         _build_tensorrt(half.onnx_path, engine_cache)
     if not images:

@@ -65,6 +65,16 @@ def _preflight(settings, threads: int) -> None:
         _fail(str(exc))
 
 
+def _require(*modules: str) -> None:
+    """Ray Serve / FastAPI present, or one line naming the serve extra (before any work)."""
+    from ..extras import require_all
+
+    try:
+        require_all(modules, "gtasr-serve")
+    except GtasrError as exc:
+        _fail(str(exc))
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -102,6 +112,7 @@ def main():
 def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_batch_size, batch_wait_ms,
          max_upload_mb, max_ongoing_requests, **kw):
     """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""
+    _require("ray.serve", "fastapi")
     settings = _settings(kw)
     if settings.upscaler_args.get("batch", 1) > max_batch_size:
         _fail(f"--batch {settings.upscaler_args['batch']} is larger than --max-batch-size {max_batch_size}")
@@ -156,6 +167,7 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     Output names, bytes and skip rules are gtasr-upscale's (give the same --threads on CPUs).
     Every node must see INPUT and OUTPUT at the same paths. Exit code: 0 ok, 1 some files failed, 2 usage.
     """
+    _require("ray")
     from .. import batch as batch_mod
     from ..atomic import atomic_write_text
     from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster

@@ -248,14 +248,12 @@ def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tup
     model = model.eval()
     out_dir = Path(out_dir)
     final = out_dir / graph_file_name(name, tile_lr, "fp32")
-    log(f"exporting {final} (LR tile {tile_lr[0]}x{tile_lr[1]}, batch 1..{batch_max}, opset {opset})")
+    log(f"exporting {final} (LR tile {tile_lr[0]}x{tile_lr[1]}, batch 1..{batch_max})")
     with _staging(out_dir) as stage:
         staged = stage / final.name
         export_fp32_graph(model, staged, tile_lr=tile_lr, opset=opset)
         sidecar = write_sidecar(staged, model=model, tile_lr=tile_lr, batch_max=batch_max, precision="fp32",
                                 weights_sha256=weights_sha256, preset=preset)
-        if sidecar["opset"] != opset:
-            log(f"note: requested opset {opset}, the exporter wrote opset {sidecar['opset']} (recorded in the sidecar)")
         errors = check_against_torch(model, staged, batches=(1, 2) if batch_max >= 2 else (1,), log=log)
         onnx_path, sidecar_path = _publish(staged, final)
     return ExportResult(onnx_path=onnx_path, sidecar_path=sidecar_path, sidecar=sidecar, max_abs_error=errors)
