@@ -36,34 +36,45 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies summed over all CPUs, from the first line of /proc/stat."""
+@dataclass(frozen=True, kw_only=True)
+class CpuSnapshot:
+    """Wall clock, CPU seconds used by the whole machine, and by this process + its waited children."""
+
+    wall_s: float
+    machine_busy_s: float
+    own_s: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Read /proc/stat and this process's times; None where /proc/stat does not exist (non-Linux)."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
+            fields = [float(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    if len(fields) < 5:
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return CpuSnapshot(wall_s=time.monotonic(), machine_busy_s=(sum(fields[:8]) - idle) / ticks,
+                       own_s=own.user + own.system + own.children_user + own.children_system)
+
+
+def other_processes_cores(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float | None:
+    """Average number of cores other processes kept busy between two snapshots (>= 0).
+
+    This process and the children it waited for are subtracted, so this says whether the machine
+    was otherwise busy meanwhile (gtasr-bench records it per scenario)."""
+    if start is None or end is None or end.wall_s <= start.wall_s:
         return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return total - idle, total
+    others = (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s)
+    return max(0.0, others / (end.wall_s - start.wall_s))
 
 
 def busy_cpus(sample_s: float = SAMPLE_S) -> float | None:
-    """CPUs used by other processes over ``sample_s`` seconds (this process sleeps meanwhile), or None."""
-    first, own_first = _cpu_times(), os.times()
-    if first is None:
-        return None
+    """CPUs kept busy by other processes over ``sample_s`` seconds (this one sleeps meanwhile), or None."""
+    start = cpu_snapshot()
     time.sleep(sample_s)
-    second, own_second = _cpu_times(), os.times()
-    if second is None or second[1] <= first[1]:
-        return None
-    cpus = os.cpu_count() or 1
-    busy_share = (second[0] - first[0]) / (second[1] - first[1])
-    wall = sample_s
-    own = (own_second.user + own_second.system) - (own_first.user + own_first.system)
-    return max(0.0, busy_share * cpus - own / wall)
+    return other_processes_cores(start, cpu_snapshot())
 
 
 def choose_threads(usable: int | None = None, busy: float | None = ...) -> ThreadChoice:
