@@ -75,6 +75,23 @@ def _require(*modules: str) -> None:
         _fail(str(exc))
 
 
+def _quiet_shutdown() -> None:
+    """serve.shutdown() drains the replicas, then Serve's controller kills itself, and the raylet reports
+    that as a failed `ServeController.graceful_shutdown` task on the driver's console although the
+    stop went as planned. That one report is left out; anything else Ray prints still shows."""
+    import ray._private.worker as ray_worker
+    from ray import serve
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is not None:
+        def filtered(data, ignore_prefix: bool):
+            if not any("ServeController.graceful_shutdown" in str(line) for line in data.get("lines", ())):
+                original(data, ignore_prefix)
+
+        ray_worker.print_to_stdstream = filtered
+    serve.shutdown()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -137,9 +154,9 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+        click.echo("gtasr-serve: stopping (requests in progress finish first)", err=True)
+        _quiet_shutdown()
+        click.echo("gtasr-serve: stopped", err=True)
         sys.exit(130)
 
 
