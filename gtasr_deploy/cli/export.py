@@ -20,8 +20,8 @@ from ..errors import GtasrError
 from .weights import weights_callback
 
 EXIT_USAGE = 2
-FP16_USE = ("the fp16 graph is for NVIDIA GPUs: TensorRT (--backend tensorrt) or ONNX Runtime with CUDA "
-            "(the cuda extra). On a CPU use the fp32 graph: ONNX Runtime runs it in fp32, and OpenVINO makes "
+FP16_USE = ("the fp16 graph is for NVIDIA GPUs: --backend tensorrt, or --backend onnxruntime with the cuda extra "
+            "(onnxruntime-gpu). On a CPU use the fp32 graph: ONNX Runtime runs it in fp32, and OpenVINO makes "
             "bf16 from it itself (--backend openvino --precision bf16).")
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM weights of the '{name}' network "
                           "and produces noise, not super-resolution. Use it for testing and benchmarking only.")
