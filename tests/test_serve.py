@@ -319,3 +319,12 @@ def test_http_usage_errors_are_one_line_before_anything_starts(args, words):
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_page_names_the_weights_and_links_the_model_card(service):
+    health = json.loads(_get(f"{service}/health")[1])
+    assert health["weights"].startswith("embedded demo weights") and health["model_card"] == "/model-card"
+    status, card = _get(f"{service}/model-card")
+    assert status == 200 and b"demonstration weights" in card
+    page = _get(f"{service}/")[1].decode()
+    assert 'id="weights-name"' in page and 'id="model-card"' in page

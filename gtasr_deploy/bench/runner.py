@@ -496,21 +496,83 @@ class BenchPlan:
                 for precision in self.precisions for batch in self.batches]
 
 
-def run_scenarios(plan: BenchPlan, *, log=None, timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Run every scenario of ``plan`` (one process each) and return the report dict."""
+# Rough speeds for the up-front estimate (2-core CPU figures of benchmarks/cpu.md; a GPU far faster)
+STARTUP_S = 8.0  # one scenario process: interpreter, torch, the network, the matmul reference peak
+CPU_GFLOPS_PER_THREAD = {"large": 120.0, "small": 45.0}  # torch fp32; the demo network uses the cores less well
+CUDA_GFLOPS = 20000.0
+EXPORT_S = {"large": 95.0, "small": 25.0}  # one ONNX export (cached in --cache-dir afterwards)
+SMALL_NETWORK_GMACS = 50.0  # per 128x128 LR tile; below it the "small" speeds apply
+
+
+def _e2e_calls(scenario: Scenario) -> int:
+    """Network calls of the end-to-end run: tiles per image, two passes (shared GroupNorm statistics)."""
+    from PIL import Image
+
+    from ..inference.pipeline import default_overlap
+
+    overlap = default_overlap(scenario.tile)
+    step = scenario.tile - overlap
+    calls = 0
+    for path in scenario.images:
+        with Image.open(path) as image:
+            w, h = image.size
+        tiles = max(1, -(-(w - overlap) // step)) * max(1, -(-(h - overlap) // step))
+        calls += tiles if tiles == 1 else 2 * tiles
+    return -(-calls // scenario.batch)
+
+
+def estimate_seconds(plan: BenchPlan) -> float:
+    """A rough duration of the whole plan (said up front): process start-ups, exports not yet cached,
+    and the warm-up, timed and end-to-end calls at a rough speed for the device. Skipped scenarios
+    cost nothing."""
+    from .cost import count_model_macs
+    from ..model import resolve_config
+
+    total, exported, macs_of = 0.0, set(), {}
+    for scenario in plan.scenarios():
+        if (unavailable_reason(scenario.backend, scenario.device) is not None
+                or scenario.precision not in BACKEND_PRECISIONS[scenario.backend]):
+            continue
+        key = (scenario.preset, scenario.tile)
+        if key not in macs_of:
+            macs_of[key] = count_model_macs(resolve_config(scenario.network), tile_lr=(scenario.tile,) * 2)
+        size = "small" if macs_of[key] / 1e9 * (128 / scenario.tile) ** 2 < SMALL_NETWORK_GMACS else "large"
+        gflops = (CUDA_GFLOPS if scenario.device.startswith("cuda")
+                  else CPU_GFLOPS_PER_THREAD[size] * scenario.threads)
+        call_s = 2.0 * macs_of[key] * scenario.batch / (gflops * 1e9)
+        total += STARTUP_S + call_s * (scenario.warmup + scenario.repeat + _e2e_calls(scenario))
+        if scenario.backend in GRAPH_BACKENDS:
+            total += STARTUP_S
+            path = graph_path(scenario)
+            if path not in exported and _cached_sidecar(path) is None:
+                total += EXPORT_S[size]
+            exported.add(path)
+    return total
+
+
+def run_scenarios(plan: BenchPlan, *, log=None, timeout_s: float = 3600.0, on_row=None) -> dict[str, Any]:
+    """Run every scenario of ``plan`` (one process each) and return the report dict.
+
+    ``on_row(row, partial, done, total)`` is called after each scenario with the rows so far (a
+    report dict of the same shape), so a caller can print the row and save what was measured."""
     log = log or (lambda line: print(line, file=sys.stderr))
     env = environment(device=plan.device, threads=plan.threads)
     start = timing.cpu_snapshot()
     rows = []
-    for scenario in plan.scenarios():
-        log(f"[gtasr-bench] {scenario.preset} {scenario.backend} {scenario.precision} tile {scenario.tile} "
-            f"batch {scenario.batch}")
+    scenarios = plan.scenarios()
+    for scenario in scenarios:
+        log(f"[gtasr-bench] {len(rows) + 1}/{len(scenarios)}: {scenario.preset} {scenario.backend} "
+            f"{scenario.precision} tile {scenario.tile} batch {scenario.batch}")
         before = timing.cpu_snapshot()
         row = run_scenario(scenario, timeout_s=timeout_s)
         row["other_processes_cores"] = timing.other_processes_cores(before, timing.cpu_snapshot())
-        log(f"[gtasr-bench]   -> {row['status']}" + (f": {row['reason']}" if row.get("reason") else
-                                                     f", median {row['latency']['median_s']:.4g} s"))
         rows.append(row)
+        if on_row is None:
+            log(f"[gtasr-bench]   -> {row['status']}" + (f": {row['reason']}" if row.get("reason") else
+                                                         f", median {row['latency']['median_s']:.4g} s"))
+        else:
+            on_row(row, {"environment": dict(env, load_average_end=timing.load_average()), "rows": list(rows)},
+                   len(rows), len(scenarios))
     env["load_average_end"] = timing.load_average()
     env["other_processes_cores"] = timing.other_processes_cores(start, timing.cpu_snapshot())
     return {"environment": env, "rows": rows}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cpu_threads import CpuSnapshot, cpu_snapshot, other_processes_cores  # noqa: F401 (the bench's API)
 from ..errors import ConfigError
 
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}  # big enough to reach the peak, small enough to take ~0.1 s
@@ -168,37 +169,3 @@ def load_average() -> tuple[float, float, float] | None:
         return tuple(round(v, 2) for v in os.getloadavg())
     except (AttributeError, OSError):
         return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class CpuSnapshot:
-    """Wall clock, CPU seconds used by the whole machine, and by this process + its waited children."""
-
-    wall_s: float
-    machine_busy_s: float
-    own_s: float
-
-
-def cpu_snapshot() -> CpuSnapshot | None:
-    """Read /proc/stat and this process's times; None where /proc/stat does not exist (non-Linux)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    ticks = os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return CpuSnapshot(wall_s=time.monotonic(), machine_busy_s=(sum(fields[:8]) - idle) / ticks,
-                       own_s=own.user + own.system + own.children_user + own.children_system)
-
-
-def other_processes_cores(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float | None:
-    """Average number of cores other processes kept busy between two snapshots (>= 0).
-
-    The benchmark's own processes (this one and the scenario processes it waited for) are
-    subtracted, so this says whether the machine was otherwise busy while it was measured."""
-    if start is None or end is None or end.wall_s <= start.wall_s:
-        return None
-    others = (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s)
-    return max(0.0, others / (end.wall_s - start.wall_s))

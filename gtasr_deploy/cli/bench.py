@@ -20,6 +20,11 @@ from .weights import weights_callback
 
 EXIT_USAGE = 2
 PRECISIONS = ("fp32", "bf16", "fp16")
+# --quick: the small demo network at one small tile, torch and ONNX Runtime, few calls (about a minute on
+# 2 cores; the first run also exports one small graph). Options given on the command line win.
+QUICK = {"preset": "demo", "backends": "torch,onnxruntime", "precision": "fp32", "tile": "64", "repeat": 3}
+ROW_HEADER = ("| preset | backend | precision | LR tile | batch | status | median s per call | end-to-end s |\n"
+              "|---|---|---|---|---|---|---|---|")
 
 
 def _split(text: str, what: str, convert=str) -> tuple:
@@ -133,19 +138,35 @@ def _command(params: dict) -> str:
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write the markdown here.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG of latency and throughput against tile size (needs matplotlib: the bench extra).")
+@click.option("--quick", is_flag=True,
+              help="About a minute: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()) + " (options given "
+                   "on the command line win).")
 def main(**params):
     """Benchmark GTASR per backend, precision, LR tile and batch; print the markdown report.
 
-    Exit code: 0 every scenario ran or was skipped (a backend this machine cannot run), 1 some
-    scenario failed (the report still lists it), 2 usage error.
+    Says first roughly how long the chosen scenarios take, prints each scenario's row as it
+    finishes, and rewrites --out/--markdown after every scenario, so a stopped run keeps what it
+    measured. Exit code: 0 every scenario ran or was skipped (a backend this machine cannot run),
+    1 some scenario failed (the report still lists it), 2 usage error, 130 interrupted.
     """
+    if params.pop("quick"):
+        ctx = click.get_current_context()
+        for name, value in QUICK.items():
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+                params[name] = value
     try:
         report = _run(params)
     except GtasrError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        saved = [str(params[o]) for o in ("out", "markdown") if params[o]]
+        click.echo("interrupted" + (f": {' and '.join(saved)} hold the scenarios measured so far" if saved
+                                    else ""), err=True)
+        sys.exit(130)
     from ..bench.report import render_markdown
 
+    click.echo("")
     click.echo(render_markdown(report), nl=False)
     failed = [row for row in report["rows"] if row.get("status") == "failed"]
     if failed:  # skipped scenarios (a backend this machine cannot run) are not failures
@@ -156,7 +177,8 @@ def main(**params):
 def _run(params: dict) -> dict:
     from ..bench.cost import cost_tables
     from ..bench.report import build_report, render_markdown, write_json, write_plot
-    from ..bench.runner import BACKENDS, BenchPlan, folder_images, run_scenarios, sample_lr_images
+    from ..bench.runner import (BACKENDS, BenchPlan, estimate_seconds, folder_images, run_scenarios,
+                                sample_lr_images)
     from ..atomic import atomic_write_bytes
 
     networks = _networks(params["preset"], params["network_config"], params["weights"])
@@ -189,22 +211,60 @@ def _run(params: dict) -> dict:
                          cache_dir=str(Path(params["cache_dir"]).resolve()),
                          weights=None if params["weights"] is None else str(params["weights"].resolve()),
                          images=images, matmul_size=params["matmul_size"])
-        result = run_scenarios(plan, timeout_s=params["timeout"])
-    costs, projection = cost_tables(list(networks), list(tiles))
-    notes = [("weights: " + str(params["weights"])) if params["weights"] else
-             "weights: random (seeded initialisation); latency does not depend on weight values — use --weights "
-             "for real ones", "latency = one engine call on host float32 arrays (host↔device copies included on "
-             "GPU); median of the timed calls after the warm-up"]
-    report = build_report(result, costs=costs, projection=projection, command=_command({**params, "device": device,
-                          "threads": threads}), notes=notes)
-    if params["out"]:
-        write_json(report, params["out"])
-    if params["markdown"]:
-        Path(params["markdown"]).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(params["markdown"]), render_markdown(report).encode("utf-8"))
+        click.echo(_estimate_line(plan, estimate_seconds(plan)), err=True)
+        costs, projection = cost_tables(list(networks), list(tiles))
+        notes = [("weights: " + str(params["weights"])) if params["weights"] else
+                 "weights: random (seeded initialisation); latency does not depend on weight values — use "
+                 "--weights for real ones", "latency = one engine call on host float32 arrays (host↔device copies "
+                 "included on GPU); median of the timed calls after the warm-up"]
+        command = _command({**params, "device": device, "threads": threads})
+
+        def save(result: dict, partial: str | None = None) -> dict:
+            report = build_report(result, costs=costs, projection=projection, command=command,
+                                  notes=notes + ([partial] if partial else []))
+            if params["out"]:
+                write_json(report, params["out"])
+            if params["markdown"]:
+                Path(params["markdown"]).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(Path(params["markdown"]), render_markdown(report).encode("utf-8"))
+            return report
+
+        def on_row(row: dict, partial: dict, done: int, total: int) -> None:
+            if done == 1:
+                click.echo(ROW_HEADER)
+            click.echo(_row_line(row))
+            if done < total:
+                save(partial, f"PARTIAL: {done} of {total} scenarios measured (the run was stopped or is "
+                              "still going)")
+
+        report = save(run_scenarios(plan, timeout_s=params["timeout"], on_row=on_row))
     if params["plot"]:
         write_plot(report, params["plot"])
     return report
+
+
+def _estimate_line(plan, seconds: float) -> str:
+    from ..cpu_threads import busy_cpus
+
+    line = (f"gtasr-bench: {len(plan.scenarios())} scenario(s), roughly {_minutes(seconds)} on an otherwise idle "
+            f"{'CPU' if plan.device == 'cpu' else plan.device} (a rough estimate; rows print as they finish)")
+    busy = busy_cpus() if plan.device == "cpu" else None
+    if busy is not None and busy >= 0.5:
+        line += f"; other processes keep {busy:.1f} CPU(s) busy now, so expect longer"
+    return line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(10, round(seconds, -1)):.0f} s"
+
+
+def _row_line(row: dict) -> str:
+    """One finished scenario as a markdown table row (the header is ROW_HEADER)."""
+    status = row["status"] if not row.get("reason") else f"{row['status']}: {row['reason']}"
+    median = f"{row['latency']['median_s']:.4g}" if row.get("latency") else "—"
+    e2e = f"{row['e2e']['total_s']:.3g}" if row.get("e2e") else "—"
+    return (f"| {row['preset']} | {row['backend']} | {row['precision']} | {row['tile']} | {row['batch']} | "
+            f"{status} | {median} | {e2e} |")
 
 
 if __name__ == "__main__":

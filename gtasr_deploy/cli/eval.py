@@ -18,6 +18,7 @@ import click
 
 from .. import __version__
 from ..errors import GtasrError
+from ..extras import require
 from .weights import weights_callback
 
 EXIT_USAGE = 2
@@ -81,6 +82,7 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
 
     made = missing_dirs([csv_path.parent]) if csv_path is not None else []  # a usage error removes them
     try:
+        require("scipy", "gtasr-eval (SSIM, NIQE)")
         if csv_path is not None:  # before scoring, not after; never over an image
             check_csv_target(csv_path, sr_dir, gt_dir)
             check_report_path(csv_path, "--csv")
@@ -136,6 +138,7 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     from ..batch import check_device, printable
 
     try:
+        require("scipy", "gtasr-eval compare (SSIM, NIQE)")
         check_device(device)
         config = CompareConfig(
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()), degrade=degrade, seed=seed,

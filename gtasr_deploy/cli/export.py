@@ -24,6 +24,9 @@ from ..export.onnx import DEFAULT_LR_MAX, DEFAULT_OPSET
 from .weights import weights_callback
 
 EXIT_USAGE = 2
+FP16_USE = ("the fp16 graph is for NVIDIA GPUs: --backend tensorrt, or --backend onnxruntime with the cuda extra "
+            "(onnxruntime-gpu). On a CPU use the fp32 graph: ONNX Runtime runs it in fp32, and OpenVINO makes "
+            "bf16 from it itself (--backend openvino --precision bf16).")
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM weights of the '{name}' network "
                           "and produces noise, not super-resolution. Use it for testing and benchmarking only.")
 
@@ -67,10 +70,11 @@ def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, t
               help="Dynamic graphs: the largest LR side the graph's TensorRT optimisation profile covers "
                    "(larger images are tiled to it); ONNX Runtime and OpenVINO take any size.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Largest batch the graph is meant for.")
-@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
-              help="ONNX opset (the one written is recorded in the sidecar; torch's exporter writes 18 and "
-                   "converts to others where it can).")
-@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands).")
+@click.option("--opset", type=int, default=None,
+              help="Request an ONNX opset. Default: the exporter's choice (18); the opset written is printed and "
+                   "recorded in the sidecar.")
+@click.option("--fp16", is_flag=True, help="Also write the fp16 graph (fp32 islands). For NVIDIA GPUs (TensorRT, "
+                                           "ONNX Runtime CUDA); CPUs use the fp32 graph.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Output folder.")
 @click.option("--trt/--no-trt", "trt", default=True, show_default=True,
@@ -125,10 +129,27 @@ def _check_images(paths) -> list[Path]:
 def _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engines,
             images, triton_repo=None) -> bool:
     """Export, build engines when ``engines`` is (engine_dir, library, targets), write the Triton
-    repository when asked, and check; True when a check failed."""
+    repository when asked, and check; True when a check failed. A folder this run created is removed
+    again on error."""
+    from ..batch import missing_dirs, remove_empty_dirs
+
+    made = missing_dirs([out_dir])
+    try:
+        return _export_into(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir,
+                            engines, images, triton_repo)
+    except BaseException:
+        remove_empty_dirs(made)
+        raise
+
+
+def _export_into(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engines,
+                 images, triton_repo) -> bool:
     from ..batch import check_output_dir
     from ..export.onnx import check_tile, export_fp16, export_onnx
+    from ..extras import require_all
 
+    # torch's ONNX exporter needs onnx + onnxscript; the export is checked on ONNX Runtime
+    require_all(("onnx", "onnxscript", "onnxruntime"), "gtasr-export")
     check_output_dir(out_dir)  # before the (long) trace: an unwritable --out fails in one line
     if triton_repo is not None:
         check_output_dir(triton_repo)
@@ -137,13 +158,19 @@ def _export(weights, param_key, network_config, preset, tile, max_lr, batch, ops
     tile_lr = None if tile is None else check_tile((tile, tile), model.config.size_multiple)
     if loaded.random:
         click.echo(RANDOM_WEIGHTS_WARNING.format(name=loaded.name), err=True)
-    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=tile_lr, batch_max=batch, opset=opset,
-                         lr_max=max_lr, weights_sha256=loaded.weights_sha256, preset=loaded.preset, log=click.echo)
-    click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {result.sidecar['opset']})")
+    result = export_onnx(model, out_dir, name=loaded.name, tile_lr=tile_lr, batch_max=batch,
+                         opset=opset or DEFAULT_OPSET, lr_max=max_lr, weights_sha256=loaded.weights_sha256,
+                         preset=loaded.preset, log=click.echo)
+    written = result.sidecar["opset"]
+    click.echo(f"wrote {result.onnx_path} and {result.sidecar_path.name} (opset {written})")
+    if opset is not None and written != opset:  # only when the user asked for one
+        click.echo(f"note: --opset {opset} was requested; torch's exporter wrote opset {written} (it converts "
+                   "down only where its version converter can); ONNX Runtime, OpenVINO and TensorRT 10 read both")
     graphs = [result.onnx_path]
     if fp16:
         half = export_fp16(result, model, log=click.echo)
         click.echo(f"wrote {half.onnx_path} and {half.sidecar_path.name}")
+        click.echo(FP16_USE)
         graphs.append(half.onnx_path)
     built = _build_tensorrt(graphs, *engines) if engines is not None else {}
     if triton_repo is not None:

@@ -66,6 +66,33 @@ def _preflight(settings, threads: int) -> None:
         _fail(str(exc))
 
 
+def _require(*modules: str) -> None:
+    """Ray Serve / FastAPI present, or one line naming the serve extra (before any work)."""
+    from ..extras import require_all
+
+    try:
+        require_all(modules, "gtasr-serve")
+    except GtasrError as exc:
+        _fail(str(exc))
+
+
+def _quiet_shutdown() -> None:
+    """serve.shutdown() drains the replicas, then Serve's controller kills itself, and the raylet reports
+    that as a failed `ServeController.graceful_shutdown` task on the driver's console although the
+    stop went as planned. That one report is left out; anything else Ray prints still shows."""
+    import ray._private.worker as ray_worker
+    from ray import serve
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is not None:
+        def filtered(data, ignore_prefix: bool):
+            if not any("ServeController.graceful_shutdown" in str(line) for line in data.get("lines", ())):
+                original(data, ignore_prefix)
+
+        ray_worker.print_to_stdstream = filtered
+    serve.shutdown()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -104,6 +131,7 @@ def main():
 def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_batch_size, batch_wait_ms,
          max_upload_mb, max_ongoing_requests, **kw):
     """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""
+    _require("ray.serve", "fastapi")
     settings = _settings(kw)
     if settings.upscaler_args.get("batch", 1) > max_batch_size:
         _fail(f"--batch {settings.upscaler_args['batch']} is larger than --max-batch-size {max_batch_size}")
@@ -130,9 +158,9 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+        click.echo("gtasr-serve: stopping (requests in progress finish first)", err=True)
+        _quiet_shutdown()
+        click.echo("gtasr-serve: stopped", err=True)
         sys.exit(130)
 
 
@@ -204,6 +232,7 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     Every node must see INPUT and OUTPUT at the same paths. Exit code: 0 ok, 1 some files failed, 2 usage,
     130 interrupted (Ctrl-C, SIGTERM, SIGHUP: the files in flight finish, no partial ones; run again to resume).
     """
+    _require("ray")
     from .. import batch as batch_mod
     from ..atomic import atomic_write_text
     from ..interrupts import signals_as_interrupt

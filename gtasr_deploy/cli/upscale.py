@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from ..cpu_threads import choose_threads
 from ..errors import GtasrError
+from ..extras import require
 from .weights import weights_callback
 
 EXIT_USAGE = 2
@@ -77,7 +79,8 @@ def _resolve_device(device: str) -> str:
                    "(a second full pass; static-tile graphs always do this).")
 @click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
               help="Older spelling of --norm shared / --norm tile.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime / OpenVINO. Default: the usable CPUs "
+                   "that other processes do not keep busy (measured at start, at least 1).")
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch backend: torch.compile the network for the tile shape (CUDA graphs on CUDA). The first "
                    "run compiles (minutes on a small CPU); inductor caches the result for later runs.")
@@ -162,6 +165,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         video_jobs = _plan_videos(input_path, output_dir, suffix)
         inputs = [] if video_jobs and input_path.is_file() else _collect_images(
             input_path, output_dir, unreadable, allow_none=bool(video_jobs))
+        if video_jobs and not inputs:  # only videos: PyAV missing is a usage error, before any work
+            require("av", "video input")
         jobs = ([batch_mod.Job(src=src, rel=rel, dst=output_dir) for src, rel in inputs] if image_file
                 else batch_mod.plan_outputs(inputs, output_dir, fmt=fmt, suffix=suffix))
         if json_report is not None:  # every shard's inputs and outputs, videos too, not only this one's
@@ -179,6 +184,10 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         batch_mod.check_output_dir((output_dir.parent if image_file else output_dir) if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
+        thread_note, device = None, _resolve_device(device)
+        if threads is None and device == "cpu":
+            choice = choose_threads()
+            threads, thread_note = choice.threads, choice.describe()
         if threads:
             import torch
 
@@ -186,7 +195,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         from ..upscaler import Upscaler
 
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
-                            device=_resolve_device(device), seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
+                            device=device, seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
                             batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
                             norm=norm, shared_norm=shared_norm, stats=stats, compile=compile_model,
                             channels_last=channels_last,
@@ -208,6 +217,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         if not quiet:
             videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
             click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
+            if thread_note:
+                click.echo(thread_note, err=True)
         if not quiet and jobs:
             _estimate(upscaler, jobs)
         if not quiet and output_size is not None:

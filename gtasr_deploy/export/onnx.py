@@ -294,8 +294,6 @@ def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tup
         export_fp32_graph(model, staged, tile_lr=tile_lr, opset=opset)
         sidecar = write_sidecar(staged, model=model, tile_lr=tile_lr, batch_max=batch_max, precision="fp32",
                                 weights_sha256=weights_sha256, preset=preset, lr_range=lr_range)
-        if sidecar["opset"] != opset and opset != DEFAULT_OPSET:
-            log(f"note: requested opset {opset}, the exporter wrote opset {sidecar['opset']} (recorded in the sidecar)")
         errors = check_against_torch(model, staged, batches=(1, 2) if batch_max >= 2 else (1,), runtime=verify_with,
                                      log=log)
         onnx_path, sidecar_path = _publish(staged, final)

@@ -23,12 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
+from ..weights_registry import REGISTRY, REPOSITORY
 from .batching import BatchedEngine, TileCall, install
 from .codec import bicubic
 from .http_api import RequestError, answer_upload, install_error_handlers
 from .settings import UpscalerSettings
 
 log = logging.getLogger("gtasr_deploy.serve")
+OFFICIAL_WEIGHTS_PAGE = f"https://huggingface.co/{REPOSITORY}"
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
 
@@ -75,13 +77,29 @@ class UpscaleService:
     @app.get("/health")
     async def health(self) -> dict:
         info, opts = self.engine.engine.info, self.upscaler.options
-        return {"status": "ok", "backend": info.backend, "device": info.device, "precision": info.precision,
+        return {"status": "ok", "weights": self.upscaler.weights_label, "model_card": self._model_card(),
+                "backend": info.backend, "device": info.device, "precision": info.precision,
                 "tiling": asdict(opts), "seed": self.upscaler.seed, **asdict(self.options),
                 "batching": asdict(self.engine.stats)}
 
     @app.get("/")
     async def page(self) -> Response:
         return self._static("index.html")
+
+    @app.get("/model-card")
+    async def model_card(self) -> Response:
+        """The embedded demo weights' model card (what they are, how they score)."""
+        body = resources.files("gtasr_deploy.weights").joinpath("MODEL_CARD.md").read_bytes()
+        return Response(body, media_type="text/plain; charset=utf-8")
+
+    def _model_card(self) -> str | None:
+        """Where the page links for the weights it runs: our model card for the embedded demo weights,
+        the authors' repository for their checkpoints, nothing for other files."""
+        weights = self.settings.upscaler_args.get("weights")
+        if weights is None and self.upscaler.loaded is not None:
+            return "/model-card"
+        official = {entry.filename for entry in REGISTRY.values() if entry.filename}
+        return OFFICIAL_WEIGHTS_PAGE if weights is not None and Path(weights).name in official else None
 
     @app.get("/static/{name}")
     async def static(self, name: str) -> Response:
@@ -130,10 +148,18 @@ class UpscaleService:
         return Response(body, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
 
+def _drop_reattach_note(record: logging.LogRecord) -> bool:
+    """serve.run attaches to the Serve instance serve.start has just started here, and Ray logs that
+    "New http_options ... will not be applied", which reads as if --port were ignored. serve.start
+    applied them; the note is dropped."""
+    return "will not be applied" not in record.getMessage()
+
+
 def deploy(settings: UpscalerSettings, options: ServiceOptions, *, host: str = "127.0.0.1", port: int = 8000,
            replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0):
     """Start Serve's HTTP proxy on ``host:port`` and deploy the service (Ray must be initialised)."""
     serve.start(http_options={"host": host, "port": port})
+    logging.getLogger("ray.serve").addFilter(_drop_reattach_note)
     threads = settings.threads or max(1, int(cpus_per_replica))
     deployment = UpscaleService.options(
         num_replicas=replicas, max_ongoing_requests=options.max_ongoing_requests,

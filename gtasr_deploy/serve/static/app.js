@@ -97,3 +97,12 @@ drop.addEventListener("drop", (e) => {
   e.preventDefault();
   if (e.dataTransfer.files[0]) upscale(e.dataTransfer.files[0]);
 });
+
+// Name the weights this service runs, and link what is known about them (the demo weights' model card).
+fetch("/health").then((r) => r.json()).then((health) => {
+  $("weights-name").textContent = health.weights || "unknown";
+  if (health.model_card) {
+    $("model-card").href = health.model_card;
+    $("model-card").hidden = false;
+  }
+}).catch(() => { $("weights-name").textContent = "unknown (the service did not answer /health)"; });
