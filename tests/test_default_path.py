@@ -138,18 +138,27 @@ def test_statistics_policies(stats, expected_modes):
     pipeline(_lq(80, 80))
     modes = [mode for mode, _ in engine.calls]
     assert set(modes) == expected_modes
-    n_tiles = pipeline.cost(80, 80).plan.n_tiles
-    assert modes.count("stats") == (n_tiles if stats == "tiles" else 1)
-    assert modes.count("shared") == n_tiles
+    cost = pipeline.cost(80, 80)
+    n_tiles = cost.plan.n_tiles
+    assert modes.count("stats") == (n_tiles if stats == "tiles" else cost.stats_plan.n_tiles) > 0
+    assert modes.count("shared") == n_tiles and cost.calls == len(modes)
 
 
-def test_static_graphs_gather_statistics_from_their_tiles():
-    engine = StatsEngine(tile_lr=(32, 32))
-    pipeline = Pipeline(engine, TilePolicy(tile=None), budget=lambda: 10)
+@pytest.mark.parametrize("stats", ["downscaled", "tiles"])
+def test_static_graphs_and_given_tiles_cut_the_statistics_pass_into_the_same_tiles(stats):
+    static = StatsEngine(tile_lr=(32, 32))
+    pipeline = Pipeline(static, TilePolicy(tile=None, stats=stats), budget=lambda: 10)
     assert pipeline.policy.tile == 32
-    pipeline(_lq(80, 80))
-    assert all(shape[2:] == (32, 32) for _, shape in engine.calls)
-    assert [m for m, _ in engine.calls].count("stats") == pipeline.cost(80, 80).plan.n_tiles
+    out = pipeline(_lq(150, 150))
+    assert all(shape[2:] == (32, 32) for _, shape in static.calls)
+    cost = pipeline.cost(150, 150)
+    n_stats = [m for m, _ in static.calls].count("stats")
+    assert n_stats == (cost.stats_plan.n_tiles if stats == "downscaled" else cost.plan.n_tiles)
+    assert n_stats < cost.plan.n_tiles or stats == "tiles"  # the downscaled image needs fewer tiles
+    # an engine of any shape, given the same tile, computes the same picture
+    given = StatsEngine()
+    assert np.array_equal(Pipeline(given, TilePolicy(tile=32, stats=stats))(_lq(150, 150)), out)
+    assert [(m, s) for m, s in given.calls] == [(m, s) for m, s in static.calls]
 
 
 def test_an_engines_largest_shape_caps_the_whole_image():

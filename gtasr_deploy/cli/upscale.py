@@ -74,9 +74,10 @@ def _resolve_device(device: str) -> str:
                    "whole image, so tiled output follows the whole image without per-tile colour offsets; every "
                    "backend does it. tile: each tile its own statistics.")
 @click.option("--stats", type=click.Choice(["downscaled", "tiles"]), default="downscaled", show_default=True,
-              help="With --norm shared, where a tiled image's statistics come from: downscaled = one extra call on "
-                   "the image downscaled 2x or more (about a quarter of a pass); tiles = every tile once more "
-                   "(a second full pass; static-tile graphs always do this).")
+              help="With --norm shared, where a tiled image's statistics come from: downscaled = the image "
+                   "downscaled 2x or more, in one extra call (cut into the same tiles when --tile N is given or "
+                   "the graph is static): about a quarter of a pass; tiles = every tile once more (a second "
+                   "full pass).")
 @click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
               help="Older spelling of --norm shared / --norm tile.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime / OpenVINO. Default: the usable CPUs "

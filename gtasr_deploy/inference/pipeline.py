@@ -6,8 +6,9 @@
                  tile of the largest size that fits which executes the fewest pixels (tiling.choose_tile)
     one tile:    sr = engine(x_K, lq_pad, 1)                      (exactly the whole-image output)
     > 1 tile, norm "shared": statistics pass, then every tile normalised with the pooled statistics
-        stats "downscaled": one call on the image downscaled f× (area), f the smallest factor >= the
-                            policy's that fits memory: about 1/f² of a pass
+        stats "downscaled": the image downscaled f× (area), f the smallest factor >= the policy's that
+                            fits memory, in one call (auto) or cut into the same tiles (a tile that was
+                            asked for, a static graph): about 1/f² of a pass
         stats "tiles":      every tile once with its own statistics, pooled (host, float64): one pass
     > 1 tile, norm "tile": each tile its own statistics (one pass)
     blend sr_i on the host (crop + raised-cosine feather) ──► crop ──► (sr + 1) / 2 clamped to [0, 1]
@@ -22,7 +23,7 @@ reported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,13 +85,19 @@ class Work:
 
     plan: TilePlan
     passes: int  # 2 when a statistics pass over the tiles precedes the shared pass, else 1
-    stats_factor: int  # > 1: statistics from one call on the image downscaled this many times; 0: none/tiles
-    stats_px: int  # LR px of the statistics pass (0 without one)
+    stats_factor: int = 0  # > 1: statistics from the image downscaled this many times (``stats_plan``)
+    stats_plan: TilePlan | None = None  # the downscaled image's calls
+
+    @property
+    def stats_px(self) -> int:
+        """LR px of the downscaled statistics pass (0 without one)."""
+        small = self.stats_plan
+        return 0 if small is None else small.n_tiles * small.tile_h * small.tile_w
 
     @property
     def calls(self) -> int:
         """Engine calls (batch 1) for the image: what a progress bar counts."""
-        return self.plan.n_tiles * self.passes + (1 if self.stats_factor else 0)
+        return self.plan.n_tiles * self.passes + (0 if self.stats_plan is None else self.stats_plan.n_tiles)
 
     @property
     def executed_px(self) -> int:
@@ -171,16 +178,14 @@ class Pipeline:
             max_px = self._max_px()
         plan = self.plan(h, w, policy, max_px)
         if policy.norm != "shared" or plan.n_tiles == 1:
-            return Work(plan=plan, passes=1, stats_factor=0, stats_px=0)
-        if policy.stats == "downscaled" and self.engine.info.tile_lr is None:
-            m = self.engine.info.size_multiple
+            return Work(plan=plan, passes=1)
+        if policy.stats == "downscaled":
             factor = policy.stats_factor
             if max_px is not None:
-                factor = max(factor, downscale_factor(h, w, max_px=max_px, multiple=m))
-            small_h, small_w = -(-h // factor), -(-w // factor)
-            return Work(plan=plan, passes=1, stats_factor=factor,
-                        stats_px=(-(-small_h // m) * m) * (-(-small_w // m) * m))
-        return Work(plan=plan, passes=2, stats_factor=0, stats_px=0)
+                factor = max(factor, downscale_factor(h, w, max_px=max_px, multiple=self.engine.info.size_multiple))
+            small = self.plan(-(-h // factor), -(-w // factor), policy, max_px)
+            return Work(plan=plan, passes=1, stats_factor=factor, stats_plan=small)
+        return Work(plan=plan, passes=2)
 
     def work(self, h: int, w: int) -> tuple[int, int]:
         """(tiles, passes per tile) for an h×w LR image: what an estimate counts."""
@@ -241,16 +246,14 @@ class Pipeline:
         x_k += unit_noise(tuple(x_k.shape), seed)
         return x_k[0].numpy(), lq_pad[0].numpy()
 
-    def _downscaled_statistics(self, lq: np.ndarray, factor: int) -> np.ndarray:
-        """(2, S) GroupNorm statistics of one whole-image call on ``lq`` downscaled ``factor``× (area)."""
-        info = self.engine.info
-        _, h, w = lq.shape
-        size = (-(-h // factor), -(-w // factor))
-        small = F.interpolate(torch.from_numpy(np.ascontiguousarray(lq))[None], size=size, mode="area")[0].numpy()
-        plan = plan_tiles(size[0], size[1], tile=0, overlap=0, multiple=info.size_multiple, scale=info.scale)
-        x_k, lq_pad = self._canvas(small, plan, self.seed)
-        stats = self.engine.tile_statistics(x_t=x_k[None], lq=lq_pad[None], sigma=np.ones(1, np.float32))
-        return np.ascontiguousarray(stats[0], dtype=np.float32)
+    def _statistics(self, lq: np.ndarray, plan: TilePlan, batch: int, advance: Callable[[int], None]) -> np.ndarray:
+        """(2, S) GroupNorm statistics of ``lq`` run as ``plan``: each call's own, pooled over the calls."""
+        x_k, lq_pad = self._canvas(lq, plan, self.seed)
+        stats = []
+        for indices in iter_batches(plan, batch):
+            stats.append(self.engine.tile_statistics(**_feeds(plan, indices, x_k, lq_pad)))
+            advance(len(indices))
+        return pool_statistics(np.concatenate(stats))
 
     def _run(self, lq: np.ndarray, policy: TilePolicy, cost: Work, progress: ProgressFn | None) -> np.ndarray:
         engine, info, plan = self.engine, self.engine.info, cost.plan
@@ -264,32 +267,30 @@ class Pipeline:
                 progress(done, total)
 
         pooled = None
-        if cost.stats_factor:
-            pooled = self._downscaled_statistics(lq, cost.stats_factor)
-            advance(1)
+        if cost.stats_plan is not None:  # the image downscaled (area), its own padding and noise
+            small = cost.stats_plan
+            lq_small = F.interpolate(torch.from_numpy(np.ascontiguousarray(lq))[None], mode="area",
+                                     size=(small.lr_h, small.lr_w))[0].numpy()
+            pooled = self._statistics(lq_small, small, batch, advance)
+        elif cost.passes == 2:
+            pooled = self._statistics(lq, plan, batch, advance)
         x_k_np, lq_np = self._canvas(lq, plan, self.seed)
-
-        def tiles() -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-            for indices in iter_batches(plan, batch):
-                feeds = {"x_t": np.stack([x_k_np[(slice(None), *tile_box(plan, i, hr=True))] for i in indices]),
-                         "lq": np.stack([lq_np[(slice(None), *tile_box(plan, i))] for i in indices]),
-                         "sigma": np.ones(len(indices), dtype=np.float32)}
-                yield indices, feeds
-
-        if cost.passes == 2:
-            stats = []
-            for indices, feeds in tiles():
-                stats.append(engine.tile_statistics(**feeds))
-                advance(len(indices))
-            pooled = pool_statistics(np.concatenate(stats))
         acc = Accumulator(plan, channels=3)
-        for indices, feeds in tiles():
+        for indices in iter_batches(plan, batch):
+            feeds = _feeds(plan, indices, x_k_np, lq_np)
             sr = engine(**feeds) if pooled is None else engine(**feeds, norm_stats=pooled)
             for i, tile_out in zip(indices, sr):
                 acc.add(i, tile_out)
             advance(len(indices))
         out = acc.result()
         return np.clip((out + 1.0) * 0.5, 0.0, 1.0, out=out)
+
+
+def _feeds(plan: TilePlan, indices: list[int], x_k: np.ndarray, lq: np.ndarray) -> dict[str, np.ndarray]:
+    """The engine inputs of the tiles ``indices`` of ``plan``, cut from the canvas's x_K and lq."""
+    return {"x_t": np.stack([x_k[(slice(None), *tile_box(plan, i, hr=True))] for i in indices]),
+            "lq": np.stack([lq[(slice(None), *tile_box(plan, i))] for i in indices]),
+            "sigma": np.ones(len(indices), dtype=np.float32)}
 
 
 def _tile_text(tile) -> str:
