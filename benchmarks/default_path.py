@@ -138,10 +138,11 @@ def quality(photos: list[str]) -> None:
     model = load_denoiser(None).model
     engine = TorchEngine(model, precision="fp32")
     m = engine.info.size_multiple
-    policies = [("tiles", TilePolicy(tile=None, stats="tiles")),
-                ("downscaled 2x", TilePolicy(tile=None, stats="downscaled", stats_factor=2)),
-                ("downscaled 3x", TilePolicy(tile=None, stats="downscaled", stats_factor=3)),
-                ("downscaled 4x", TilePolicy(tile=None, stats="downscaled", stats_factor=4)),
+    # the factor is the smallest >= the policy's whose downscaled image fits the budget
+    policies = [("tiles (every tile once more)", TilePolicy(tile=None, stats="tiles")),
+                ("downscaled, factor >= 2 (the default)", TilePolicy(tile=None, stats="downscaled", stats_factor=2)),
+                ("downscaled, factor >= 3", TilePolicy(tile=None, stats="downscaled", stats_factor=3)),
+                ("downscaled, factor >= 4", TilePolicy(tile=None, stats="downscaled", stats_factor=4)),
                 ("none (per-tile statistics)", TilePolicy(tile=None, norm="tile"))]
     rows, defaults = [], []
     default = Upscaler()  # what a user gets: auto backend and precision, auto tiles
@@ -160,7 +161,8 @@ def quality(photos: list[str]) -> None:
             seconds = time.perf_counter() - start
             cost = pipeline.cost(h, w)
             rows.append({"photo": Path(path).name, "size": f"{w}x{h}", "stats": name, "psnr_db": _psnr(out, reference),
-                         "tiles": cost.plan.n_tiles, "executed_over_output_px": cost.pixel_ratio,
+                         "tiles": cost.plan.n_tiles, "factor": cost.stats_factor,
+                         "executed_over_output_px": cost.pixel_ratio,
                          "seconds": seconds, "whole_s": whole_s})
             print(rows[-1], flush=True)
         out = default.upscale_float(np.ascontiguousarray(rgb, dtype=np.float32)).transpose(2, 0, 1)

@@ -121,6 +121,10 @@ class Upscaler:
         """(tiles, network passes per tile) for an HxW input image."""
         return self.pipeline.work(height, width)
 
+    def calls(self, height: int, width: int) -> int:
+        """Engine calls for an HxW input image, a statistics pass included: what progress counts."""
+        return self.pipeline.cost(height, width).calls
+
     def upscale_float(self, rgb: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
         """float32 (H, W, 3) in [0, 1] → float32 (4H, 4W, 3) in [0, 1]."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:

@@ -136,13 +136,12 @@ def test_time_model_row_schema(lr_photo):
     assert row["versions"]["torch"] and row["git"].keys() == {"revision", "dirty"}
     e2e = row["e2e"]
     assert e2e["images"] == 1 and e2e["output_lr_px"] == 13 * 21
-    # canvas 16×24 in tiles of 8 with the default overlap 4 (stride 4) → 3×5 tiles of 8×8 LR px; the CLI's
-    # default shared GroupNorm statistics run each tile twice (statistics pass, then the output pass)
-    assert e2e["overlap"] == 4 and e2e["norm"] == "shared" and e2e["tiles"] == 15
-    assert e2e["calls"] == e2e["network_passes"] == 30 and e2e["statistics_calls"] == 15
-    assert e2e["passes_per_tile"] == 2.0 and e2e["partial_batches"] == 0
-    assert e2e["executed_lr_px"] == 30 * 64 and e2e["executed_over_output_px"] == pytest.approx(30 * 64 / (13 * 21))
-    assert e2e["model_only_s"] == pytest.approx(30 * lat["median_s"])  # both passes count
+    # the CLI's default: the whole 13x21 image, padded to the size rule (16x24), in one call
+    assert e2e["tile"] == "auto" and e2e["norm"] == "shared" and e2e["tiles"] == 1
+    assert e2e["calls"] == e2e["network_passes"] == 1 and e2e["statistics_calls"] == 0
+    assert e2e["executed_lr_px"] == 16 * 24 and e2e["executed_over_output_px"] == pytest.approx(16 * 24 / (13 * 21))
+    assert e2e["model_only_s"] == pytest.approx(lat["median_s"])
+    assert e2e["whole_image_call_s"] > 0 and e2e["pipeline_over_whole_call"] > 0
     parts = e2e["decode_s"] + e2e["tiling_blend_s"] + e2e["model_s"] + e2e["encode_s"]
     assert parts == pytest.approx(e2e["total_s"])
     json.dumps(row)  # JSON-serialisable as it is
@@ -157,20 +156,23 @@ def small_photo(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("norm, photo, tiles, passes", [
-    ("tile", "lr_photo", 15, 1),  # per-tile statistics: one pass
-    ("shared", "small_photo", 1, 1),  # smaller than the tile: padded to one 8×8 tile, nothing to share
+@pytest.mark.parametrize("norm, photo, tiles, statistics", [
+    ("tile", "lr_photo", 15, 0),  # per-tile statistics: one pass
+    ("shared", "lr_photo", 15, 1),  # shared: one statistics call on the image downscaled 3x (5x7 in one 8x8 call)
+    ("shared", "small_photo", 1, 0),  # one tile: nothing to share
 ])
-def test_folder_run_counts_tiles_and_passes(request, norm, photo, tiles, passes):
+def test_folder_run_counts_tiles_and_passes(request, monkeypatch, norm, photo, tiles, statistics):
+    """Memory for one 8x8 LR tile per call: the 13x21 photo (16x24 padded) is cut into 3x5 tiles."""
     from gtasr_deploy.engines.torch_engine import TorchEngine
+    from gtasr_deploy.inference import memory
 
+    monkeypatch.setattr(memory, "memory_budget", lambda device, model: lambda: 64)
     scenario = _scenario(images=(request.getfixturevalue(photo),), batch=2, norm=norm)
     e2e = runner.run_folder(TorchEngine(runner.load_network(scenario)), scenario, model_median_s=0.5)
-    assert e2e["norm"] == norm and e2e["tiles"] == tiles and e2e["passes_per_tile"] == passes
-    assert e2e["network_passes"] == tiles * passes and e2e["statistics_calls"] == 0
-    assert e2e["calls"] == -(-tiles // 2)  # batches of 2 tiles; one call per batch
-    assert e2e["partial_batches"] == tiles % 2
-    assert e2e["executed_lr_px"] == tiles * passes * 64  # every call at the full 8×8 tile
+    assert e2e["norm"] == norm and e2e["tiles"] == tiles and e2e["statistics_calls"] == statistics
+    assert e2e["calls"] == -(-tiles // 2) + statistics  # batches of 2 tiles; one call per batch
+    assert e2e["network_passes"] == tiles + statistics
+    assert e2e["executed_lr_px"] == (tiles + statistics) * 64 or tiles == 1
     assert e2e["model_only_s"] == pytest.approx(e2e["calls"] * 0.5)
 
 
@@ -189,9 +191,10 @@ def test_cached_graph_from_an_older_export_is_exported_again(tmp_path, monkeypat
 
     def sidecar(**over):
         data = {"format": contract.FORMAT, "onnx_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-                "tile_lr": [8, 8], "size_multiple": 8, "batch": {"min": 1, "opt": 1, "max": 1},
+                "tile_lr": None, "lr_range": {"min": [8, 8], "opt": [8, 8], "max": [64, 64]}, "size_multiple": 8,
+                "batch": {"min": 1, "opt": 1, "max": 1},
                 "precision": "fp32", "opset": 18, "scale": 4, "norm_groups": 3, **over}
-        return {k: v for k, v in data.items() if v is not None}
+        return {k: v for k, v in data.items() if v is not None or k == "tile_lr"}
 
     contract.sidecar_path_for(target).write_text(json.dumps(sidecar(format="gtasr-onnx/1", norm_groups=None)))
     calls = []
@@ -206,7 +209,7 @@ def test_cached_graph_from_an_older_export_is_exported_again(tmp_path, monkeypat
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     assert runner.ensure_graph(scenario, log=lambda _: None) == target
-    assert calls == [(target.parent, target.name.split("_tile")[0], (8, 8), 1)]
+    assert calls == [(target.parent, runner.graph_name(scenario), None, 1)]
     assert runner.ensure_graph(scenario, log=lambda _: None) == target and len(calls) == 1  # now reused
 
 
@@ -286,9 +289,9 @@ def test_markdown_lists_everything():
     assert "| paper | tensorrt | fp32 | 128 | 1 | skipped | TensorRT needs an NVIDIA GPU |" in text
     assert "NOT like-for-like" in text and "End to end" in text and "+1.0%" in text
     assert text.count("| paper | torch | fp32 | 128 | 1 |") == 1
-    # e2e row: norm, images, tiles, passes / tile, calls (both passes of the shared statistics)
-    assert "| paper | onnxruntime | fp32 | 128 | 1 | shared | 2 | 4 | 2.00 | 8 | 80.8 |" in text
-    assert "| norm | images | tiles | passes / tile | calls |" in text
+    # e2e row: norm, images, tiles, calls (statistics calls included), total s; whole-image columns
+    assert "| paper | onnxruntime | fp32 | 1 | shared | 2 | 4 | 8 | 80.8 |" in text
+    assert "| norm | images | tiles | calls | total s |" in text and "one whole-image call s" in text
 
 
 def test_plot_writes_png(tmp_path):

@@ -26,7 +26,7 @@ def _batch(b, h, w, seed=0):
 
 
 def _reference(path, images, **kw):
-    up = Upscaler(path, tile=0, precision="fp32", **kw)
+    up = Upscaler(path, backend="torch", tile=0, precision="fp32", **kw)
     return np.stack([up.upscale_float(np.ascontiguousarray(i.numpy().transpose(1, 2, 0))) for i in images]
                     ).transpose(0, 3, 1, 2)
 

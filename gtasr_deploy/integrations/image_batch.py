@@ -26,8 +26,7 @@ StepFn = Callable[[int, int], None]  # (network passes done, passes total) over 
 def batch_passes(upscaler: Upscaler, images_shape: tuple[int, ...]) -> int:
     """Network passes ``upscale_batch`` makes for a batch of this (B, H, W, C) shape."""
     count, height, width = images_shape[:3]
-    tiles, passes = upscaler.work(height, width)
-    return count * tiles * passes
+    return count * upscaler.calls(height, width)
 
 
 def upscale_batch(upscaler: Upscaler, images: np.ndarray, on_step: StepFn | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ A call runs this package's pipeline on each image of the batch, whole (``Upscale
 bf16 on CPUs with native bf16, else fp32). spandrel pads the input to the network's size rule
 (``SizeRequirements.multiple_of``) by reflection before the call and crops after it; for sides longer
 than half the size rule this is the padding ``Upscaler`` uses, so the fp32 output equals
-``Upscaler(tile=0, precision="fp32", seed=seed)`` on the same weights (shorter sides: spandrel
+``Upscaler(backend="torch", tile=0, precision="fp32", seed=seed)`` on the same weights (shorter sides: spandrel
 replicates the edge past one reflection, the upscaler mirrors back and forth). Callers that cut tiles
 (ComfyUI's built-in node: 512 px tiles) get one noise draw and one set of GroupNorm statistics per
 tile; ``ModelTiling.DISCOURAGED`` says so.
