@@ -36,10 +36,11 @@ ROWS = [  # (label, extra CLI arguments)
     ("authors' equivalent: torch, fp32, whole image in one call", ["--backend", "torch", "--tile", "0",
                                                                    "--precision", "fp32"]),
     ("default (auto), second run: the graph cache filled", []),
-    ("default with --precision fp32", ["--precision", "fp32"]),
-    ("--backend torch (auto precision, auto tiles)", ["--backend", "torch"]),
-    ("previous default: torch, tile 256, statistics from every tile", ["--backend", "torch", "--tile", "256",
-                                                                       "--stats", "tiles"]),
+    ("default backend with --precision bf16", ["--precision", "bf16"]),
+    ("torch, bf16, auto tiles", ["--backend", "torch", "--precision", "bf16"]),
+    ("previous default: torch, bf16, tile 256, statistics from every tile", ["--backend", "torch", "--precision",
+                                                                             "bf16", "--tile", "256", "--stats",
+                                                                             "tiles"]),
 ]
 
 

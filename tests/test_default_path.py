@@ -281,22 +281,32 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert graph_cache_root() == cache_root() / "graphs"
 
 
-def test_a_corrupt_compiled_model_in_the_entry_is_not_trusted(filled_cache, tmp_path):
-    """OpenVINO's own compiled-model cache inside an entry: a truncated blob is compiled again, same output."""
-    from gtasr_deploy.engines.openvino import OpenVinoEngine
+# --------------------------------------------------------------------------- precision auto, measured
 
-    root, entry = filled_cache
-    copy_root = tmp_path / "cache"
-    shutil.copytree(root, copy_root)
-    folder = copy_root / entry.folder.relative_to(root)
-    graph = folder / entry.onnx_path.name
-    feeds = {"x_t": np.ones((1, 3, 64, 32), np.float32), "lq": np.zeros((1, 3, 16, 8), np.float32),
-             "sigma": np.ones(1, np.float32)}
-    with OpenVinoEngine(graph, precision="fp32", cache_dir=folder) as first:
-        want = first(**feeds)
-    blobs = [p for p in (folder / "openvino").rglob("*") if p.is_file()]
-    assert blobs  # OpenVINO wrote its compiled model into the entry
-    for blob in blobs:
-        blob.write_bytes(blob.read_bytes()[: max(1, blob.stat().st_size // 3)])
-    with OpenVinoEngine(graph, precision="fp32", cache_dir=folder) as again:
-        assert np.abs(again(**feeds) - want).max() <= 1e-5
+def test_auto_precision_needs_bf16_that_is_measured_faster():
+    from gtasr_deploy.precision import choose_precision
+
+    flags = {"avx512f", "avx512_bf16"}
+    slow = choose_precision("auto", device="cpu", backend="openvino", features=flags, bf16_speedup=0.5)
+    assert slow.precision == "fp32" and "0.50x" in slow.reason and "AVX512-BF16" in slow.reason
+    fast = choose_precision("auto", device="cpu", backend="torch", features=flags, bf16_speedup=1.6)
+    assert fast.precision == "bf16" and "1.6x" in fast.reason
+    assert choose_precision("bf16", device="cpu", backend="torch", features=flags, bf16_speedup=0.5).precision == "bf16"
+    assert choose_precision("auto", device="cpu", backend="torch", features={"avx2"}, bf16_speedup=3.0).precision == "fp32"
+
+
+def test_the_bf16_measurement_is_cached_and_a_corrupt_cache_is_measured_again(tmp_path, monkeypatch):
+    from gtasr_deploy import precision
+
+    timings = iter([0.2, 0.1, 0.9, 0.3])  # fp32, bf16, then again after the corruption
+    monkeypatch.setattr(precision, "_time_matmul", lambda dtype, **_: next(timings))
+    cache = tmp_path / "cpu_bf16.json"
+    assert precision.measured_bf16_speedup({"avx512_bf16"}, cache=cache) == pytest.approx(2.0)
+    assert precision.measured_bf16_speedup({"avx512_bf16"}, cache=cache) == pytest.approx(2.0)  # no new timing
+    cache.write_text("{truncated")
+    assert precision.measured_bf16_speedup({"avx512_bf16"}, cache=cache) == pytest.approx(3.0)
+    data = json.loads(cache.read_text())
+    data["key"]["cpu"] = "another CPU"
+    cache.write_text(json.dumps(data))
+    with pytest.raises(StopIteration):  # a foreign entry is not trusted: it measures again
+        precision.measured_bf16_speedup({"avx512_bf16"}, cache=cache)

@@ -45,7 +45,7 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True, kw_only=True)
 class CachedGraph:
-    folder: Path  # the entry; runtimes keep their own compiled-model cache inside it
+    folder: Path  # the entry (a runtime may keep its own compiled-model cache inside it)
     onnx_path: Path
     filled_s: float | None  # seconds this call spent exporting; None when the entry was reused
 
