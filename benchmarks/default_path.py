@@ -3,6 +3,7 @@ statistics pass of images too large for one call. Writes benchmarks/default_path
 
     python benchmarks/default_path.py fill                         # the default's first run (graph cache)
     python benchmarks/default_path.py speed   [--reps 2]          # paper network, a 320x256 photo
+    python benchmarks/default_path.py photos HELDOUT_DIR           # the LR photos of the quality rows
     python benchmarks/default_path.py quality PHOTO...             # embedded weights, real photos
     python benchmarks/default_path.py report                       # the markdown from the JSON
 
@@ -15,6 +16,10 @@ its wall time is reported); the speed rows run after it. quality: for each photo
 call is the reference; the same image cut into tiles as if memory held only a quarter of it,
 with each statistics policy, is compared with it (PSNR over the 8-bit output) and its executed
 LR px counted; plus the default (auto backend and precision) against the reference on the photo.
+photos: the held-out photos of `python -m gtasr_deploy.training.photos data/photos` (HELDOUT_DIR =
+data/photos/heldout) resized (PIL bicubic) to a long side of 512 px, and grace_hopper.jpg at
+512x384, into .cache/default_path/photos; the committed rows used grace_hopper_512x384, chelsea,
+coffee, lomiri_friends, mate_Storm and plasma_Path.
 """
 
 from __future__ import annotations
@@ -191,6 +196,21 @@ def _machine() -> dict:
             "load_average": os.getloadavg()}
 
 
+def photos(heldout: str) -> None:
+    from PIL import Image
+
+    out = WORK / "photos"
+    out.mkdir(parents=True, exist_ok=True)
+    _photo((512, 384), out / "grace_hopper_512x384.png")
+    for path in sorted(Path(heldout).iterdir()):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                ratio = 512 / max(im.size)
+                im.resize((round(im.width * ratio), round(im.height * ratio)), Image.Resampling.BICUBIC).save(
+                    out / f"{path.stem}.png")
+
+
 def report() -> None:
     data = _load()
     lines = ["# Default path", "", "Made by `benchmarks/default_path.py` (see its docstring); numbers from "
@@ -236,9 +256,11 @@ def report() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("fill", "speed", "quality", "report"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("fill", "speed", "photos", "quality", "report"):
         raise SystemExit(__doc__)
-    if sys.argv[1] == "fill":
+    if sys.argv[1] == "photos":
+        photos(sys.argv[2])
+    elif sys.argv[1] == "fill":
         fill()
     elif sys.argv[1] == "speed":
         speed(int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 2)
