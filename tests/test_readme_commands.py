@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 EXTRAS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-SETUP = {"python3", "pip", ".", "bash"}  # the quick start's venv/pip/activate steps and the test script
+SETUP = {"python3", "pip", ".", "bash",  # the quick start's venv/pip/activate steps and the test script
+         "ln", "cp", "mkdir", "cd", "git", "apt-get", "export",  # shell steps of the docs pages (not ours to parse)
+         "tritonserver", "docker"}
 # Cheap enough to run in the test (seconds on a 2-core CPU, no downloads): exact command text.
 RUN_FOR_REAL = {"gtasr-upscale samples/ out/", "gtasr-weights list", "gtasr-train training/demo.toml --dry-run"}
 # Parameters that name files a command reads (must exist, or be written by an earlier command).
@@ -106,7 +108,7 @@ def _inputs_of(command: click.Command, ctx: click.Context) -> list[Path]:
 def _export_outputs(ctx: click.Context) -> list[Path]:
     """The graph files an export line writes (the rule of gtasr_deploy.export.onnx.graph_file_name)."""
     from gtasr_deploy.export.onnx import graph_file_name
-    from gtasr_deploy.upscaler import DEFAULT_TILE, EMBEDDED_WEIGHTS
+    from gtasr_deploy.upscaler import EMBEDDED_WEIGHTS
 
     p = ctx.params
     if p["weights"] is not None:
@@ -115,9 +117,8 @@ def _export_outputs(ctx: click.Context) -> list[Path]:
         name = Path(p["network_config"]).stem if p["network_config"] is not None else p["preset"]
     else:
         name = EMBEDDED_WEIGHTS.stem
-    preset = p["preset"] or ("demo" if p["weights"] is None and p["network_config"] is None else "paper")
-    tile = p["tile"] or DEFAULT_TILE[preset]
-    return [p["out_dir"] / graph_file_name(name, (tile, tile), precision)
+    tile = None if p["tile"] is None else (p["tile"], p["tile"])
+    return [p["out_dir"] / graph_file_name(name, tile, precision)
             for precision in ("fp32", *(["fp16"] if p["fp16"] else []))]
 
 
