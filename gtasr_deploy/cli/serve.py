@@ -150,10 +150,12 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
                gpus_per_replica=gpus_per_replica)
     except RuntimeError as exc:  # Serve reports a replica that could not start this way
         _fail(" ".join(str(exc).split())[:500])
-    click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as Ctrl-C does (a service manager, a closed terminal)
+    # stop as Ctrl-C does (a service manager, a closed terminal); installed before "ready" is printed,
+    # so a signal sent as soon as the service says it is ready is not met by Ray's own SIGTERM handler
+    for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is not signal.SIG_IGN or signum == signal.SIGTERM:  # nohup keeps SIGHUP off
             signal.signal(signum, _interrupt)
+    click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
     try:
         while True:
             time.sleep(3600)
