@@ -155,8 +155,8 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is not signal.SIG_IGN or signum == signal.SIGTERM:  # nohup keeps SIGHUP off
             signal.signal(signum, _interrupt)
-    click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    try:
+    try:  # "ready" inside: a signal sent the moment it is read still stops in order
+        click.echo(f"gtasr-serve: ready on http://{host}:{port}/ (Ctrl-C stops)", err=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
