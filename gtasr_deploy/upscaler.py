@@ -19,16 +19,7 @@ from .inference.memory import call_memory, memory_budget
 from .inference.pipeline import Pipeline, ProgressFn, TilePolicy, default_overlap
 from .precision import resolve_precision
 
-DEFAULT_TILE = {"paper": 256, "demo": 128}
-__all__ = ["Upscaler", "DEFAULT_TILE", "EMBEDDED_WEIGHTS", "default_tile", "default_overlap", "preset_name"]
-
-
-def default_tile(size_multiple: int, preset: str | None = None) -> int:
-    """Default LR tile: 256 for the paper preset (SPEC §3), 128 for demo, else 256 rounded to the rule.
-    ``gtasr-export`` uses the same default, so exported graphs and the torch backend cut alike."""
-    if preset in DEFAULT_TILE:
-        return DEFAULT_TILE[preset]
-    return max(size_multiple, -(-256 // size_multiple) * size_multiple)
+__all__ = ["Upscaler", "EMBEDDED_WEIGHTS", "default_overlap", "preset_name"]
 
 
 class Upscaler:
