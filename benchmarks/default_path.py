@@ -135,7 +135,7 @@ def speed(reps: int) -> None:
 
 def quality(photos: list[str]) -> None:
     from gtasr_deploy.engines.torch_engine import TorchEngine
-    from gtasr_deploy.imageio import read_image
+    from gtasr_deploy.media.images import read_image
     from gtasr_deploy.inference.loader import load_denoiser
     from gtasr_deploy.inference.pipeline import Pipeline, TilePolicy
     from gtasr_deploy.upscaler import Upscaler
@@ -188,7 +188,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _machine() -> dict:
-    from gtasr_deploy.precision import cpu_features, native_bf16
+    from gtasr_deploy.engines.precision import cpu_features, native_bf16
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())

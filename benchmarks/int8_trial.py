@@ -8,7 +8,7 @@ import numpy as np, time, shutil, json
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantType, QuantFormat
 import onnxruntime as ort
 from PIL import Image
-from gtasr_deploy.schedule import up, unit_noise
+from gtasr_deploy.model.schedule import up, unit_noise
 import torch
 import sys
 src, dst = sys.argv[1], sys.argv[2]  # an fp32 graph of the embedded demo weights at tile 64; the int8 graph

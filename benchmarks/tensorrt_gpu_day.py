@@ -65,7 +65,7 @@ def black_tiles(sr: np.ndarray, ref: np.ndarray, tile_px: int) -> int:
 def parity(graphs: dict[str, Path], photos: list[Path], tile: int) -> list[dict]:
     """Each engine against torch fp32 on the GPU; one row per (precision, photo)."""
     from gtasr_deploy.inference.check import compare_outputs
-    from gtasr_deploy.imageio import read_image
+    from gtasr_deploy.media.images import read_image
     from gtasr_deploy.upscaler import Upscaler
 
     rows = []
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="default: benchmarks/tensorrt_<gpu>.md")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check the inputs; no GPU needed")
     args = parser.parse_args(argv)
-    from gtasr_deploy.batch import collect_inputs
+    from gtasr_deploy.batch.runner import collect_inputs
     from gtasr_deploy.engines import tensorrt_build
     from gtasr_deploy.errors import GtasrError
 

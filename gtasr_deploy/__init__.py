@@ -5,7 +5,7 @@ Public API::
     from gtasr_deploy import build_model, load_model, Upscaler
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["build_model", "load_model", "save_model", "Upscaler", "__version__"]
 

@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ConfigError
 
 FORMAT = "gtasr-onnx/3"
@@ -173,3 +175,14 @@ def profile_shapes(sidecar: Mapping) -> dict[str, tuple[tuple[int, ...], tuple[i
     keys = ("min", "opt", "max")
     shapes = [io_shapes(side["lr_range"][k], side["batch"][k], side["norm_groups"], side["scale"]) for k in keys]
     return {name: tuple(s[name] for s in shapes) for name in INPUTS}
+
+
+def example_inputs(tile_lr: tuple[int, int], batch: int, *, seed: int = 0, scale: int = 4) -> dict[str, np.ndarray]:
+    """Random float32 feeds: x_t ~ N(0,1)+up-ish content, lq in [-1,1], sigma spread over (0.2, 1]."""
+    rng = np.random.default_rng(seed)
+    h, w = tile_lr
+    lq = rng.uniform(-1.0, 1.0, (batch, 3, h, w)).astype(np.float32)
+    x_t = rng.standard_normal((batch, 3, h * scale, w * scale)).astype(np.float32)
+    # sigma = 1 barely exercises the noise embedding (SPEC §1); mix in other levels
+    sigma = np.linspace(1.0, 0.2, batch, dtype=np.float32) if batch > 1 else np.array([1.0], np.float32)
+    return {"x_t": x_t, "lq": lq, "sigma": sigma}

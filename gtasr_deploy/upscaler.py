@@ -17,7 +17,7 @@ from .export.cache import cached_graph
 from .inference.loader import EMBEDDED_WEIGHTS, LoadedModel, load_denoiser, preset_name
 from .inference.memory import call_memory, memory_budget
 from .inference.pipeline import Pipeline, ProgressFn, TilePolicy, default_overlap
-from .precision import resolve_precision
+from .engines.precision import resolve_precision
 
 __all__ = ["Upscaler", "EMBEDDED_WEIGHTS", "default_overlap", "preset_name"]
 
@@ -35,7 +35,7 @@ class Upscaler:
     (h, w)) for fixed tiles; 0 = always the whole image. ``norm``: "shared" (GroupNorm statistics of
     the whole image shared by its tiles) or "tile"; ``stats``: how shared statistics are gathered
     for a tiled image ("downscaled" or "tiles", see :mod:`gtasr_deploy.inference.pipeline`).
-    ``precision``: fp32 | bf16 | fp16 | auto (see :mod:`gtasr_deploy.precision`). Deterministic for
+    ``precision``: fp32 | bf16 | fp16 | auto (see :mod:`gtasr_deploy.engines.precision`). Deterministic for
     fixed (seed, tiles, norm); independent of ``batch`` up to float rounding. ``model``: an already
     loaded :class:`~gtasr_deploy.inference.LoadedModel` instead of ``weights``. ``compile`` /
     ``channels_last``: torch engine options (see :mod:`gtasr_deploy.engines.torch_engine`).

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms
 
-from gtasr_deploy.batch import (
+from gtasr_deploy.batch.runner import (
     Job,
     check_output_dir,
     collect_inputs,
@@ -27,9 +27,9 @@ from gtasr_deploy.batch import (
     run_batch,
     select_shard,
 )
-from gtasr_deploy.completion import RECORD_DIR
+from gtasr_deploy.batch.records import RECORD_DIR
 from gtasr_deploy.errors import BackendUnavailableError, InputError
-from gtasr_deploy.imageio import upscale_alpha
+from gtasr_deploy.media.images import upscale_alpha
 
 RNG = np.random.default_rng(7)
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

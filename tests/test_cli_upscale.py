@@ -139,7 +139,7 @@ def test_output_folder_equal_to_input_folder_does_not_upscale_its_own_results(tw
 def test_unreadable_subfolder_is_reported_and_fails_the_run(two_images, tmp_path, monkeypatch):
     import os
 
-    import gtasr_deploy.batch as batch
+    import gtasr_deploy.batch.runner as batch
 
     real_walk = os.walk
 

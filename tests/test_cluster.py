@@ -98,7 +98,7 @@ def test_list_of_paths_mirrors_below_the_common_folder(local_ray, photos, cli_fo
 def test_a_killed_worker_is_restarted_and_its_task_retried(local_ray, photos, cli_folder, tmp_path):
     """SIGKILL one worker process as soon as the first output lands; the run still completes,
     the restarted worker (a new process) finishes jobs, and the folder is the CLI's to the byte."""
-    from gtasr_deploy.batch import collect_inputs, plan_outputs
+    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
     from gtasr_deploy.serve.cluster import ClusterOptions, run_on_cluster
     from gtasr_deploy.serve.settings import UpscalerSettings
 
@@ -142,7 +142,7 @@ def test_workers_that_cannot_load_the_model_are_one_usage_error(local_ray, photo
     assert "bad.safetensors: not a valid safetensors file" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     # on a remote cluster the workers are the first to open the model: the same one line, raised
-    from gtasr_deploy.batch import collect_inputs, plan_outputs
+    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
     from gtasr_deploy.errors import ConfigError
     from gtasr_deploy.serve.cluster import ClusterOptions, run_on_cluster
     from gtasr_deploy.serve.settings import UpscalerSettings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gtasr_deploy.cpu_threads import busy_cpus, choose_threads, usable_cpus
+from gtasr_deploy.engines.threads import busy_cpus, choose_threads, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -284,7 +284,7 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- precision auto, measured
 
 def test_auto_precision_needs_bf16_that_is_measured_faster():
-    from gtasr_deploy.precision import choose_precision
+    from gtasr_deploy.engines.precision import choose_precision
 
     flags = {"avx512f", "avx512_bf16"}
     slow = choose_precision("auto", device="cpu", backend="openvino", features=flags, bf16_speedup=0.5)
@@ -296,7 +296,7 @@ def test_auto_precision_needs_bf16_that_is_measured_faster():
 
 
 def test_the_bf16_measurement_is_cached_and_a_corrupt_cache_is_measured_again(tmp_path, monkeypatch):
-    from gtasr_deploy import precision
+    from gtasr_deploy.engines import precision
 
     timings = iter([0.2, 0.1, 0.9, 0.3])  # fp32, bf16, then again after the corruption
     monkeypatch.setattr(precision, "_time_matmul", lambda dtype, **_: next(timings))

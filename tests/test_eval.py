@@ -17,7 +17,7 @@ from gtasr_deploy.errors import BackendUnavailableError, ConfigError, InputError
 from gtasr_deploy.evaluation import folders, peers
 from gtasr_deploy.evaluation.compare import CompareConfig, image_seed, make_lr, run_compare
 from gtasr_deploy.evaluation.folders import MEAN_ROW, Scorer, format_summary, parse_metrics, score_folders, write_csv
-from gtasr_deploy.imageio import read_image, write_image
+from gtasr_deploy.media.images import read_image, write_image
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json")]

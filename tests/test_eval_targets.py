@@ -12,7 +12,7 @@ from gtasr_deploy.cli.eval import main
 from gtasr_deploy.errors import InputError
 from gtasr_deploy.evaluation import targets
 from gtasr_deploy.evaluation.peers import Method, open_method
-from gtasr_deploy.imageio import write_image
+from gtasr_deploy.media.images import write_image
 
 from test_eval import assets, photo  # noqa: F401  (assets: the LPIPS weights fixture)
 

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
-from gtasr_deploy import imageio
+from gtasr_deploy.media import images as imageio
 from gtasr_deploy.errors import InputError
-from gtasr_deploy.imageio import read_image, upscale_alpha, write_image
+from gtasr_deploy.media.images import read_image, upscale_alpha, write_image
 
 RNG = np.random.default_rng(1234)
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

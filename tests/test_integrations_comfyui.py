@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gtasr_deploy import Upscaler
-from gtasr_deploy.imageio import upscale_alpha
+from gtasr_deploy.media.images import upscale_alpha
 from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS
 
 try:

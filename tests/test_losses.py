@@ -11,7 +11,7 @@ from torch import nn
 
 from gtasr_deploy.errors import CheckpointError, ConfigError, InputError
 from gtasr_deploy.model import NetworkConfig, build_model
-from gtasr_deploy.schedule import q_sample, up
+from gtasr_deploy.model.schedule import q_sample, up
 from gtasr_deploy.training.losses import (
     Batch,
     StageIConfig,

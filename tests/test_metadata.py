@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms, PngImagePlugin
 
-from gtasr_deploy.batch import collect_inputs, plan_outputs, run_batch
+from gtasr_deploy.batch.runner import collect_inputs, plan_outputs, run_batch
 from gtasr_deploy.cli.upscale import main
-from gtasr_deploy.imageio import read_image, write_image
-from gtasr_deploy.metadata import Metadata, for_output
-from gtasr_deploy.resize import OutputSize
+from gtasr_deploy.media.images import read_image, write_image
+from gtasr_deploy.media.metadata import Metadata, for_output
+from gtasr_deploy.media.resize import OutputSize
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json"),

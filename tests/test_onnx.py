@@ -30,7 +30,8 @@ from gtasr_deploy.errors import ConfigError, EngineBuildError  # noqa: E402
 from gtasr_deploy.export import fp16 as fp16_pass  # noqa: E402
 from gtasr_deploy.export import verify  # noqa: E402
 from gtasr_deploy.export.fp16 import convert_to_fp16  # noqa: E402
-from gtasr_deploy.export.onnx import example_inputs, export_fp16, export_onnx, graph_file_name  # noqa: E402
+from gtasr_deploy.contract import example_inputs
+from gtasr_deploy.export.onnx import export_fp16, export_onnx, graph_file_name  # noqa: E402
 from gtasr_deploy.export.verify import photo_psnr  # noqa: E402
 from gtasr_deploy.model import NetworkConfig, build_model, from_authors  # noqa: E402
 from gtasr_deploy.model.network import GroupNorm  # noqa: E402

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gtasr_deploy.batch import collect_inputs, plan_outputs, run_batch
+from gtasr_deploy.batch.runner import collect_inputs, plan_outputs, run_batch
 from gtasr_deploy.cli.upscale import main
 from gtasr_deploy.errors import InputError
-from gtasr_deploy.resize import MAX_SIDE, OutputSize, resize_image, resize_planes
+from gtasr_deploy.media.resize import MAX_SIDE, OutputSize, resize_image, resize_planes
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json"),
@@ -314,7 +314,7 @@ def test_cli_inputs_that_cannot_fit_fail_one_by_one_and_the_rest_are_written(tmp
 
 def test_batch_checks_the_area_before_decoding(tmp_path, monkeypatch):
     """A too-large target fails from the header alone: the pixels are never decoded or resized."""
-    import gtasr_deploy.batch as batch_mod
+    import gtasr_deploy.batch.runner as batch_mod
 
     src = _folder(tmp_path, {"a.png": (16, 16)})
     decoded = []

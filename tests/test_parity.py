@@ -114,7 +114,7 @@ def test_openvino_fp32_gives_the_same_8bit_picture(graphs, case):
 
 def test_openvino_bf16_stays_close_to_fp32_on_a_photo(graphs):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from gtasr_deploy.precision import cpu_features, native_bf16
+    from gtasr_deploy.engines.precision import cpu_features, native_bf16
 
     if native_bf16(cpu_features()) is None:
         pytest.skip("this CPU has no native bf16 (AMX-BF16 / AVX512-BF16): OpenVINO bf16 would be emulated")

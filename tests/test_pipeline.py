@@ -13,7 +13,7 @@ from gtasr_deploy.engines.base import Engine, EngineInfo
 from gtasr_deploy.errors import ConfigError, OutOfMemoryError
 from gtasr_deploy.inference import memory
 from gtasr_deploy.inference.pipeline import Pipeline, TilePolicy
-from gtasr_deploy.precision import choose_precision, cpu_features, native_bf16
+from gtasr_deploy.engines.precision import choose_precision, cpu_features, native_bf16
 
 PACKAGE = Path(__file__).parents[1] / "gtasr_deploy"
 
@@ -170,7 +170,7 @@ def _area(path: Path) -> list[Path]:
 
 @pytest.mark.parametrize("area,forbidden", [
     ("engines", ("gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli", "gtasr_deploy.bench",
-                 "gtasr_deploy.upscaler", "gtasr_deploy.batch")),
+                 "gtasr_deploy.upscaler", "gtasr_deploy.batch.runner")),
     ("model", ("gtasr_deploy.engines", "gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli")),
     ("inference", ("gtasr_deploy.cli", "gtasr_deploy.bench", "gtasr_deploy.export", "gtasr_deploy.upscaler")),
     ("tiling.py", ("gtasr_deploy.model", "gtasr_deploy.engines")),
@@ -220,7 +220,7 @@ import resource, sys
 # every library the run maps is loaded before the limit (a library mapped under RLIMIT_AS can crash
 # in its loader); the limit is headroom above what is loaded
 import cv2, numpy, PIL.Image, torch  # noqa: F401
-import gtasr_deploy.batch, gtasr_deploy.imageio, gtasr_deploy.upscaler  # noqa: F401
+import gtasr_deploy.batch.runner, gtasr_deploy.media.images, gtasr_deploy.upscaler  # noqa: F401
 import gtasr_deploy.cli.upscale as cli
 budget = int(sys.argv.pop(1)) << 20
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()

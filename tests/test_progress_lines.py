@@ -14,9 +14,9 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from gtasr_deploy.batch import collect_inputs, plan_outputs, run_batch
+from gtasr_deploy.batch.runner import collect_inputs, plan_outputs, run_batch
 from gtasr_deploy.cli.upscale import main
-from gtasr_deploy.progress import is_terminal, log_line
+from gtasr_deploy.batch.progress import is_terminal, log_line
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json"),

@@ -30,7 +30,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from gtasr_deploy import weights_registry as reg
+from gtasr_deploy.weights import registry as reg
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

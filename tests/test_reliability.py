@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image as PILImage
 
-from gtasr_deploy import completion
-from gtasr_deploy.batch import (
+from gtasr_deploy.batch import records as completion
+from gtasr_deploy.batch.runner import (
     Job,
     check_json_target,
     collect_inputs,
@@ -32,7 +32,7 @@ from gtasr_deploy.batch import (
 )
 from gtasr_deploy.cli.eval import main as eval_main
 from gtasr_deploy.cli.upscale import main as upscale_main
-from gtasr_deploy.completion import RECORD_DIR, Verdict
+from gtasr_deploy.batch.records import RECORD_DIR, Verdict
 from gtasr_deploy.errors import BackendUnavailableError, InputError
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
@@ -392,7 +392,7 @@ def test_animated_and_multi_page_inputs_say_what_was_left_out(tmp_path):
 def test_float_tiff_and_fifo_get_their_true_reason(tmp_path):
     import cv2
 
-    from gtasr_deploy.imageio import read_image
+    from gtasr_deploy.media.images import read_image
 
     cv2.imwrite(str(tmp_path / "f.tif"), np.random.default_rng(0).random((4, 4, 3)).astype(np.float32))
     with pytest.raises(InputError, match="32-bit float samples is not supported"):
@@ -762,8 +762,8 @@ def _library_errors():
 @pytest.mark.parametrize("where", ["sr", "resize", "write"])
 @pytest.mark.parametrize("library", ["cv2", "pillow", "numpy", "av", "engine", "zero"])
 def test_any_librarys_exception_fails_only_that_file_with_one_line(tmp_path, monkeypatch, library, where):
-    import gtasr_deploy.batch as batch_mod
-    from gtasr_deploy.resize import OutputSize
+    import gtasr_deploy.batch.runner as batch_mod
+    from gtasr_deploy.media.resize import OutputSize
 
     exc = _library_errors()[library]
     src, out = tmp_path / "in", tmp_path / "out"

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("ray", reason="gtasr-serve batch needs Ray (pip extra 'serve')")
 
-from gtasr_deploy.batch import BatchSummary, FileRecord, Job  # noqa: E402
+from gtasr_deploy.batch.runner import BatchSummary, FileRecord, Job  # noqa: E402
 from gtasr_deploy.serve import cluster  # noqa: E402
 
 

@@ -69,7 +69,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def cli_outputs(files, tmp_path_factory) -> dict[str, bytes]:
     """gtasr-upscale's PNG for each input (same settings and threads as the service)."""
-    from gtasr_deploy.batch import collect_inputs, plan_outputs
+    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
     from gtasr_deploy.cli.upscale import main
 
     out = tmp_path_factory.mktemp("cli")

@@ -97,7 +97,7 @@ def test_deterministic_and_batch_invariant(fixture_engine):
 
 def test_whole_image_run_equals_direct_denoiser_call(fixture_model, fixture_engine):
     """--tile 0 is exactly D(up(lq) + eps, 1, lq) on the padded image, cropped."""
-    from gtasr_deploy.schedule import unit_noise, up
+    from gtasr_deploy.model.schedule import unit_noise, up
 
     lq = _lq(16, 24, seed=5)  # already a multiple of the size rule (8): no padding
     out = upscale_tensor(fixture_engine, lq, options=TileOptions(tile=0, overlap=0), seed=11)

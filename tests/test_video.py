@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from gtasr_deploy.errors import ConfigError, InputError
-from gtasr_deploy.video import upscale_video
+from gtasr_deploy.media.video import upscale_video
 
 RATE = Fraction(25, 2)  # 12.5 fps
 W, H, N = 32, 24, 8
@@ -330,8 +330,8 @@ def test_bt709_colours_and_tags_survive(tmp_path, color_range):
 def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
     from PIL import Image
 
-    from gtasr_deploy.batch import collect_inputs, plan_outputs
-    from gtasr_deploy.video import collect_videos, plan_video_jobs
+    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
+    from gtasr_deploy.media.video import collect_videos, plan_video_jobs
 
     src = root / "in"
     src.mkdir()
@@ -353,8 +353,8 @@ def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_p
 
     import cv2
 
-    from gtasr_deploy.batch import run_batch
-    from gtasr_deploy.video import VideoJobs
+    from gtasr_deploy.batch.runner import run_batch
+    from gtasr_deploy.media.video import VideoJobs
 
     errors = {"cv2": cv2.error("OpenCV(4) resize.cpp: error: (-215:Assertion failed) !ssize.empty()"),
               "av": av.error.InvalidDataError(1094995529, "Invalid data found when processing input"),
@@ -384,8 +384,8 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
     """Finished videos are skipped; other settings redo them; a file this tool did not write is left alone."""
     import io
 
-    from gtasr_deploy.batch import run_batch
-    from gtasr_deploy.video import VideoJobs
+    from gtasr_deploy.batch.runner import run_batch
+    from gtasr_deploy.media.video import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     calls = []
@@ -415,8 +415,8 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
 def test_a_corrupt_video_is_one_line(clip, tmp_path):
     import io
 
-    from gtasr_deploy.batch import run_batch
-    from gtasr_deploy.video import VideoJobs
+    from gtasr_deploy.batch.runner import run_batch
+    from gtasr_deploy.media.video import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     data = clip.read_bytes()

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from gtasr_deploy import __version__
-from gtasr_deploy import weights_registry as reg
+from gtasr_deploy.weights import registry as reg
 from gtasr_deploy.cli.weights import main as weights_main
 from gtasr_deploy.errors import ConfigError
 from gtasr_deploy.hashing import file_sha256

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from ..model import build_model
 
 PAPER_SECONDS_128 = 0.08  # SPEC §6: 128×128 input on one RTX 4090
 PAPER_DEVICE = "NVIDIA GeForce RTX 4090"
@@ -33,7 +34,6 @@ def count_model_macs(config: Any, *, tile_lr: tuple[int, int], batch: int = 1) -
     """MACs of one call of D built from ``config`` (preset name / NetworkConfig / dict) on a
     ``batch`` of LR tiles of ``tile_lr`` = (h, w) px. Weights do not change the count, so the
     network is built on the meta device from its config alone."""
-    from ..model import build_model
 
     with torch.device("meta"):
         model = build_model(config)

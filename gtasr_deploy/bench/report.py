@@ -21,6 +21,8 @@ from typing import Any
 from ..errors import BackendUnavailableError
 from ..atomic import atomic_write_bytes
 from .cost import PAPER_DEVICE, PAPER_SECONDS_128
+from .timing import load_average
+from ..model import resolve_config
 
 SCHEMA = "gtasr-bench/1"
 STATUSES = ("ok", "skipped", "failed")
@@ -89,7 +91,6 @@ def environment(*, device: str, threads: int) -> dict[str, Any]:
     """Where and with what the benchmark ran (the report's header)."""
     import os
 
-    from .timing import load_average
 
     return {"device": device, "device_name": device_name(device), "threads": threads, "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "versions": versions(), "git": git_revision(),
@@ -100,8 +101,6 @@ def environment(*, device: str, threads: int) -> dict[str, Any]:
 
 
 def _base_row(scenario: Any, status: str, reason: str | None) -> dict[str, Any]:
-    from ..model import resolve_config
-
     weights = scenario.weights or f"random (seeded initialisation, seed {scenario.seed})"
     row = {"schema": SCHEMA, "status": status, "reason": reason, "preset": scenario.preset,
            "backend": scenario.backend, "precision": scenario.precision, "tile": scenario.tile,

@@ -32,6 +32,31 @@ from ..errors import BackendUnavailableError, GtasrError
 from . import timing
 from .cost import count_model_macs, count_model_params
 from .report import environment, result_row, skipped_row
+from ..model.checkpoint import file_sha256
+from ..model import resolve_config
+from ..export.onnx import graph_file_name
+from ..inference.loader import load_denoiser
+from ..model.config import PRESETS
+from ..contract import read_onnx_sidecar
+from ..errors import ConfigError
+from ..contract import sidecar_path_for
+from ..export.onnx import ExportResult, export_fp16, export_onnx
+from ..engines.factory import open_engine
+from ..export.verify import sample_photo_lq
+from ..inference.check import compare_outputs
+from ..inference.loader import EMBEDDED_WEIGHTS
+from ..upscaler import Upscaler
+from ..media.images import read_image, write_image
+from ..inference.memory import call_memory, memory_budget
+from ..inference.pipeline import Pipeline, TilePolicy
+from ..model.schedule import unit_noise, up
+from ..tiling import plan_tiles, reflect_indices
+from ..engines.tensorrt_build import explain_unavailable
+from ..engines.onnxruntime import import_onnxruntime
+from ..engines.openvino import import_openvino
+from ..batch.runner import IMAGE_SUFFIXES
+from ..errors import InputError
+from ..inference.pipeline import default_overlap
 
 GRAPH_BACKENDS = ("onnxruntime", "openvino", "tensorrt")  # backends that run an exported graph
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -81,7 +106,6 @@ def weights_key(scenario: Scenario) -> str:
     """Identity of the weights for the graph cache: a file hash, or the seed of a random init."""
     if scenario.weights is None:
         return f"random{scenario.seed}"
-    from ..model.checkpoint import file_sha256
 
     return file_sha256(scenario.weights)[:16]
 
@@ -89,7 +113,6 @@ def weights_key(scenario: Scenario) -> str:
 def graph_name(scenario: Scenario) -> str:
     """The cached graph's name: config hash, weights and batch range (one graph with dynamic height
     and width serves every tile and whole image)."""
-    from ..model import resolve_config
 
     config = resolve_config(scenario.network)
     config_hash = hashlib.sha256(config.to_json().encode()).hexdigest()[:10]
@@ -98,7 +121,6 @@ def graph_name(scenario: Scenario) -> str:
 
 def graph_path(scenario: Scenario) -> Path:
     """Where the exported graph of this scenario lives."""
-    from ..export.onnx import graph_file_name
 
     graph_precision = "fp32" if scenario.backend == "openvino" else scenario.precision  # OpenVINO: the fp32 graph
     return Path(scenario.cache_dir) / graph_file_name(graph_name(scenario), None, graph_precision)
@@ -106,8 +128,6 @@ def graph_path(scenario: Scenario) -> Path:
 
 def load_network(scenario: Scenario):
     """D in eval mode on the CPU: the given weights, or a seeded random initialisation."""
-    from ..inference.loader import load_denoiser
-    from ..model.config import PRESETS
 
     network = scenario.network
     # a string is a preset name or (--network-config) a JSON path; only a name is a preset
@@ -120,8 +140,6 @@ def load_network(scenario: Scenario):
 def _cached_sidecar(path: Path) -> dict | None:
     """The sidecar of a cached graph, or None when the graph is missing or its sidecar is not one the
     engines accept (e.g. a graph exported before the GroupNorm statistics I/O): export it again."""
-    from ..contract import read_onnx_sidecar
-    from ..errors import ConfigError
 
     if not path.is_file():
         return None
@@ -133,8 +151,6 @@ def _cached_sidecar(path: Path) -> dict | None:
 
 def ensure_graph(scenario: Scenario, log=None) -> Path:
     """Export the fp32 (and, for fp16, the converted) graph unless the cache already holds it."""
-    from ..contract import sidecar_path_for
-    from ..export.onnx import ExportResult, export_fp16, export_onnx
 
     log = log or (lambda line: print(line, file=sys.stderr))
     target = graph_path(scenario)
@@ -157,8 +173,6 @@ def ensure_graph(scenario: Scenario, log=None) -> Path:
 
 def open_scenario_engine(scenario: Scenario):
     """(engine, model config) for the scenario; graph backends read the cached export."""
-    from ..engines.factory import open_engine
-    from ..model import resolve_config
 
     if scenario.backend in GRAPH_BACKENDS:
         path = graph_path(scenario)
@@ -214,10 +228,6 @@ def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
     """PSNR of this backend + precision against torch fp32 on a real photo, with the embedded demo
     weights (random weights would make the output nearly constant and hide any error), through the
     default pipeline; None when the photo is unavailable. Graph backends export the demo weights once."""
-    from ..export.verify import sample_photo_lq
-    from ..inference.check import compare_outputs
-    from ..inference.loader import EMBEDDED_WEIGHTS
-    from ..upscaler import Upscaler
 
     lq = sample_photo_lq((2 * QUALITY_TILE - 24, 2 * QUALITY_TILE + 40))
     if lq is None:
@@ -280,11 +290,6 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
     calls cost in the model-only timing (calls × median), the yardstick for the pipeline's overhead;
     ``whole_image_call_s`` is one engine call on each whole (padded) image, the yardstick for the
     default path (``pipeline_over_whole_call``), measured where the engine takes any shape."""
-    from ..imageio import read_image, write_image
-    from ..inference.memory import call_memory, memory_budget
-    from ..inference.pipeline import Pipeline, TilePolicy
-    from ..schedule import unit_noise, up
-    from ..tiling import plan_tiles, reflect_indices
 
     timed = TimedEngine(engine)
     info = engine.info
@@ -366,8 +371,6 @@ def unavailable_reason(backend: str, device: str) -> str | None:
         return f"device {device!r} requested but torch.cuda.is_available() is False on this machine"
     if backend == "onnxruntime":
         try:
-            from ..engines.onnxruntime import import_onnxruntime
-
             providers = import_onnxruntime().get_available_providers()
         except BackendUnavailableError as err:
             return str(err)
@@ -378,15 +381,12 @@ def unavailable_reason(backend: str, device: str) -> str | None:
         if cuda:
             return "the openvino backend runs on the CPU here (its GPU plugin is not used by this package)"
         try:
-            from ..engines.openvino import import_openvino
-
             import_openvino()
         except BackendUnavailableError as err:
             return str(err)
     if backend == "tensorrt":
         if not cuda:
             return "TensorRT needs an NVIDIA GPU; this run is on the CPU (no CUDA device available)"
-        from ..engines.tensorrt_build import explain_unavailable
 
         return explain_unavailable()
     return None
@@ -459,8 +459,6 @@ def sample_lr_images(tile: int, folder: str | Path) -> tuple[str, ...]:
 
 def folder_images(folder: str | Path) -> tuple[str, ...]:
     """The image files directly inside ``folder`` (sorted), used as they are as LR inputs."""
-    from ..batch import IMAGE_SUFFIXES
-    from ..errors import InputError
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -508,7 +506,6 @@ def _e2e_calls(scenario: Scenario) -> int:
     """Network calls of the end-to-end run: tiles per image, two passes (shared GroupNorm statistics)."""
     from PIL import Image
 
-    from ..inference.pipeline import default_overlap
 
     overlap = default_overlap(scenario.tile)
     step = scenario.tile - overlap
@@ -526,7 +523,6 @@ def estimate_seconds(plan: BenchPlan) -> float:
     and the warm-up, timed and end-to-end calls at a rough speed for the device. Skipped scenarios
     cost nothing."""
     from .cost import count_model_macs
-    from ..model import resolve_config
 
     total, exported, macs_of = 0.0, set(), {}
     for scenario in plan.scenarios():

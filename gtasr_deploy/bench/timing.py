@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cpu_threads import CpuSnapshot, cpu_snapshot, other_processes_cores  # noqa: F401 (the bench's API)
+from ..engines.threads import CpuSnapshot, cpu_snapshot, other_processes_cores  # noqa: F401 (the bench's API)
 from ..errors import ConfigError
 
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}  # big enough to reach the peak, small enough to take ~0.1 s

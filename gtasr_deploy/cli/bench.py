@@ -14,9 +14,19 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ConfigError, GtasrError
 from .weights import weights_callback
+from ..model import PRESETS
+from ..model import resolve_config
+from ..batch.runner import check_device
+from ..engines.precision import cpu_features, native_bf16
+from ..bench.report import render_markdown
+from ..bench.cost import cost_tables
+from ..bench.runner import BACKENDS, BenchPlan, estimate_seconds, folder_images, run_scenarios, sample_lr_images
+from ..atomic import atomic_write_bytes
+from ..batch.runner import check_report_path
+from ..engines.threads import busy_cpus
 
 EXIT_USAGE = 2
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -45,8 +55,6 @@ def _positive(values: tuple[int, ...], what: str, minimum: int = 1) -> tuple[int
 
 
 def _networks(preset: str, network_config: Path | None, weights: Path | None) -> tuple[tuple[str, object], ...]:
-    from ..model import PRESETS
-
     if network_config is not None:
         networks = (("custom", str(network_config.resolve())),)
     else:
@@ -62,8 +70,6 @@ def _networks(preset: str, network_config: Path | None, weights: Path | None) ->
 
 
 def _check_tiles(networks, tiles: tuple[int, ...]) -> None:
-    from ..model import resolve_config
-
     for label, network in networks:
         rule = resolve_config(network).size_multiple
         bad = [t for t in tiles if t % rule]
@@ -72,8 +78,6 @@ def _check_tiles(networks, tiles: tuple[int, ...]) -> None:
 
 
 def _device(device: str) -> str:
-    from ..batch import check_device
-
     check_device(device)
     if device != "auto":
         return device
@@ -83,8 +87,6 @@ def _device(device: str) -> str:
 
 
 def _auto_precisions(device: str) -> tuple[str, ...]:
-    from ..precision import cpu_features, native_bf16
-
     if device.startswith("cuda"):
         return PRECISIONS
     return ("fp32", "bf16") if native_bf16(cpu_features()) else ("fp32",)
@@ -164,7 +166,6 @@ def main(**params):
         click.echo("interrupted" + (f": {' and '.join(saved)} hold the scenarios measured so far" if saved
                                     else ""), err=True)
         sys.exit(130)
-    from ..bench.report import render_markdown
 
     click.echo("")
     click.echo(render_markdown(report), nl=False)
@@ -175,11 +176,7 @@ def main(**params):
 
 
 def _run(params: dict) -> dict:
-    from ..bench.cost import cost_tables
     from ..bench.report import build_report, render_markdown, write_json, write_plot
-    from ..bench.runner import (BACKENDS, BenchPlan, estimate_seconds, folder_images, run_scenarios,
-                                sample_lr_images)
-    from ..atomic import atomic_write_bytes
 
     networks = _networks(params["preset"], params["network_config"], params["weights"])
     backends = _split(params["backends"], "backends")
@@ -196,7 +193,6 @@ def _run(params: dict) -> dict:
     threads = params["threads"] or os.cpu_count() or 1
     if threads < 1 or params["warmup"] < 0 or params["repeat"] < 1:
         raise ConfigError("--threads and --repeat must be >= 1, --warmup >= 0")
-    from ..batch import check_report_path
 
     for option in ("out", "markdown", "plot"):  # before the (long) run, not after it
         if params[option]:
@@ -244,8 +240,6 @@ def _run(params: dict) -> dict:
 
 
 def _estimate_line(plan, seconds: float) -> str:
-    from ..cpu_threads import busy_cpus
-
     line = (f"gtasr-bench: {len(plan.scenarios())} scenario(s), roughly {_minutes(seconds)} on an otherwise idle "
             f"{'CPU' if plan.device == 'cpu' else plan.device} (a rough estimate; rows print as they finish)")
     busy = busy_cpus() if plan.device == "cpu" else None

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import GtasrError
 from .weights import weights_callback
+from ..inference.check import check_images
+from ..upscaler import Upscaler
+from ..batch.runner import check_device, collect_inputs
 
 EXIT_USAGE = 2
 BACKEND_CHOICES = ["torch", "onnxruntime", "tensorrt"]
@@ -30,8 +33,6 @@ def run_check(images, *, reference: dict, candidate: dict, tile: int | None = No
     """Build both upscalers (keyword dicts for :class:`~gtasr_deploy.upscaler.Upscaler`), compare on
     ``images``, print one line per image and a verdict; True when the check failed. Tolerances
     default to 1/255 when the candidate runs fp32 and 40 dB PSNR when it runs a reduced precision."""
-    from ..inference.check import check_images
-    from ..upscaler import Upscaler
 
     # the candidate first: a graph fixes the tile, and the reference then cuts the same tiles
     tiled = {"tile": tile} if tile is not None and candidate.get("onnx") is None else {}
@@ -84,7 +85,6 @@ def run_check(images, *, reference: dict, candidate: dict, tile: int | None = No
 def main(inputs, weights, backend, onnx_path, precision, ref_backend, reference_onnx, reference_precision, tile,
          seed, device, max_diff, min_psnr) -> None:
     """Upscale INPUTS (images or folders) with a reference and a candidate backend; compare the pictures."""
-    from ..batch import check_device, collect_inputs
 
     try:
         check_device(device)

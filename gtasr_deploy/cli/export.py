@@ -18,10 +18,20 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import GtasrError
 from ..export.onnx import DEFAULT_LR_MAX, DEFAULT_OPSET
 from .weights import weights_callback
+from ..inference.loader import load_denoiser
+from ..engines import tensorrt_build
+from ..engines.tensorrt_build import parse_request
+from ..batch.runner import collect_inputs
+from ..batch.runner import missing_dirs, remove_empty_dirs
+from ..batch.runner import check_output_dir
+from ..export.onnx import check_tile, export_fp16, export_onnx
+from ..extras import require_all
+from .check import run_check
+from ..integrations.triton_repo import write_triton_repo
 
 EXIT_USAGE = 2
 FP16_USE = ("the fp16 graph is for NVIDIA GPUs: --backend tensorrt, or --backend onnxruntime with the cuda extra "
@@ -34,7 +44,6 @@ RANDOM_WEIGHTS_WARNING = ("WARNING: no --weights given: the graph holds RANDOM w
 def _load(weights: Path | None, param_key: str, network_config: Path | None, preset: str | None):
     """The model to export: --weights, else the embedded demo weights, else (only --preset /
     --network-config) random weights of that network, as :func:`~gtasr_deploy.inference.load_denoiser` does."""
-    from ..inference.loader import load_denoiser
 
     return load_denoiser(weights, network_config=network_config, preset=preset, param_key=param_key,
                          random_ok=True)
@@ -43,7 +52,6 @@ def _load(weights: Path | None, param_key: str, network_config: Path | None, pre
 def _build_tensorrt(graphs: list[Path], engine_dir: Path | None, library: str, targets: str) -> dict[Path, Path]:
     """Build (or reuse) a TensorRT engine beside each graph when a library can build here; else one line why not.
     Returns {graph: engine}."""
-    from ..engines import tensorrt_build
 
     reason = tensorrt_build.explain_cannot_build(library, targets)
     if reason is not None:
@@ -105,8 +113,6 @@ def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset,
         images = _check_images(check_paths)
         engines = None
         if trt:
-            from ..engines.tensorrt_build import parse_request
-
             parse_request(trt_targets, trt_library)  # a bad --trt-targets fails before the (long) export
             engines = (engine_dir, trt_library, trt_targets)
         failed = _export(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir,
@@ -118,8 +124,6 @@ def main(weights, param_key, network_config, preset, tile, max_lr, batch, opset,
 
 
 def _check_images(paths) -> list[Path]:
-    from ..batch import collect_inputs
-
     images: list[Path] = []
     for path in paths:
         images += [src for src, _ in collect_inputs(path)]
@@ -131,7 +135,6 @@ def _export(weights, param_key, network_config, preset, tile, max_lr, batch, ops
     """Export, build engines when ``engines`` is (engine_dir, library, targets), write the Triton
     repository when asked, and check; True when a check failed. A folder this run created is removed
     again on error."""
-    from ..batch import missing_dirs, remove_empty_dirs
 
     made = missing_dirs([out_dir])
     try:
@@ -144,9 +147,6 @@ def _export(weights, param_key, network_config, preset, tile, max_lr, batch, ops
 
 def _export_into(weights, param_key, network_config, preset, tile, max_lr, batch, opset, fp16, out_dir, engines,
                  images, triton_repo) -> bool:
-    from ..batch import check_output_dir
-    from ..export.onnx import check_tile, export_fp16, export_onnx
-    from ..extras import require_all
 
     # torch's ONNX exporter needs onnx + onnxscript; the export is checked on ONNX Runtime
     require_all(("onnx", "onnxscript", "onnxruntime"), "gtasr-export")
@@ -174,14 +174,11 @@ def _export_into(weights, param_key, network_config, preset, tile, max_lr, batch
         graphs.append(half.onnx_path)
     built = _build_tensorrt(graphs, *engines) if engines is not None else {}
     if triton_repo is not None:
-        from ..integrations.triton_repo import write_triton_repo
-
         for graph in graphs:
             for folder in write_triton_repo(graph, triton_repo, engine_path=built.get(graph)):
                 click.echo(f"wrote Triton model {folder}")
     if not images:
         return False
-    from .check import run_check
 
     failed = False
     for graph in graphs:

@@ -15,8 +15,18 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import GtasrError
+from ..serve.settings import model_option_names
+from .upscale import main as upscale_main
+from ..extras import require_all
+from ..serve import cluster
+from ..serve.service import ServiceOptions, deploy
+from ..serve.triton import TritonServeOptions, serve
+from ..batch import runner as batch_mod
+from ..atomic import atomic_write_text
+from ..interrupts import signals_as_interrupt
+from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
 EXIT_USAGE = 2
 OUTPUT_OPTIONS = ("fmt", "quality", "suffix", "overwrite", "max_pixels")
@@ -32,9 +42,6 @@ def _upscale_options(*names: str, model: bool = False, defaults: dict | None = N
     """Append gtasr-upscale's options ``names`` (and, with ``model``, all its model options) to a
     command: copies of its own parameters, so names, defaults and help stay the CLI's."""
     def decorate(command: click.Command) -> click.Command:
-        from ..serve.settings import model_option_names
-        from .upscale import main as upscale_main
-
         params = {p.name: p for p in upscale_main.params}
         for name in [*(model_option_names() if model else ()), *names]:
             param = copy.copy(params[name])
@@ -68,7 +75,6 @@ def _preflight(settings, threads: int) -> None:
 
 def _require(*modules: str) -> None:
     """Ray Serve / FastAPI present, or one line naming the serve extra (before any work)."""
-    from ..extras import require_all
 
     try:
         require_all(modules, "gtasr-serve")
@@ -135,8 +141,6 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
     settings = _settings(kw)
     if settings.upscaler_args.get("batch", 1) > max_batch_size:
         _fail(f"--batch {settings.upscaler_args['batch']} is larger than --max-batch-size {max_batch_size}")
-    from ..serve import cluster
-    from ..serve.service import ServiceOptions, deploy
 
     options = ServiceOptions(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=kw["max_pixels"] or None,
                              max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
@@ -179,7 +183,6 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
 def triton(host, http_port, grpc_port, metrics_port, max_batch_size, batch_wait_ms, max_pixels, **kw):
     """Serve model 'gtasr' (image file bytes in, PNG bytes out) on Triton Inference Server via PyTriton
     (pip extra: triton, in its own virtual environment) until Ctrl-C. See docs/integrations.md."""
-    from ..serve.triton import TritonServeOptions, serve
 
     settings = _settings(kw)
     try:
@@ -235,10 +238,6 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
     130 interrupted (Ctrl-C, SIGTERM, SIGHUP: the files in flight finish, no partial ones; run again to resume).
     """
     _require("ray")
-    from .. import batch as batch_mod
-    from ..atomic import atomic_write_text
-    from ..interrupts import signals_as_interrupt
-    from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
     # Ctrl-C, SIGTERM and SIGHUP: the files in flight finish, then the summary and exit 130
     click.get_current_context().with_resource(signals_as_interrupt())

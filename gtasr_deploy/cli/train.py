@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import GtasrError
+from ..training.config import load_config
+from ..training.loop import StopRequested, train
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +32,6 @@ from ..errors import GtasrError
 def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: str | None,
          max_minutes: float | None) -> None:
     """Train from the TOML recipe CONFIG; export the EMA weights as safetensors for gtasr-upscale."""
-    from ..training.config import load_config
 
     try:
         cfg = load_config(config)
@@ -46,7 +47,6 @@ def main(config: str, resume: bool, dry_run: bool, steps: int | None, out_dir: s
         if dry_run:
             click.echo(cfg.to_json())
             return
-        from ..training.loop import StopRequested, train
 
         try:
             path = train(cfg, resume=resume, stop=_chunk_stop(max_minutes))

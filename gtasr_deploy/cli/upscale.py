@@ -8,11 +8,22 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
-from ..cpu_threads import choose_threads
+from ..version import __version__
+from ..engines.threads import choose_threads
 from ..errors import GtasrError
 from ..extras import require
 from .weights import weights_callback
+from ..batch.runner import check_device, local_device_from_env
+from ..batch import runner as batch_mod
+from ..interrupts import signals_as_interrupt
+from ..media.video import VideoJobs
+from ..upscaler import Upscaler
+from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
+from ..media.video import collect_videos, is_video, plan_video_jobs
+from ..batch.runner import collect_inputs
+from ..media.resize import OutputSize
+from ..batch.runner import IMAGE_SUFFIXES
+from ..media.images import format_for_suffix
 
 EXIT_USAGE = 2
 
@@ -23,8 +34,6 @@ def _fail(message: str) -> None:
 
 
 def _resolve_device(device: str) -> str:
-    from ..batch import check_device, local_device_from_env
-
     check_device(device)
     if device != "auto":
         return device
@@ -142,8 +151,6 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     Exit code: 0 all succeeded, 1 some files failed, 2 usage error (nothing done), 130 interrupted
     (Ctrl-C, SIGTERM, SIGHUP: finished files are kept, no partial ones).
     """
-    from .. import batch as batch_mod
-    from ..interrupts import signals_as_interrupt
 
     # Ctrl-C, SIGTERM and SIGHUP: one orderly stop (exit 130) from here to the end of the command
     click.get_current_context().with_resource(signals_as_interrupt())
@@ -193,7 +200,6 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
             import torch
 
             torch.set_num_threads(threads)
-        from ..upscaler import Upscaler
 
         upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
                             device=device, seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
@@ -212,7 +218,6 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     def sr_fn(rgb, on_tile=None):
         return upscaler.upscale_float(rgb, progress=on_tile)
 
-    from ..video import VideoJobs
 
     try:  # one run for images and videos: one skip rule, one interrupt path, one summary and report
         if not quiet:
@@ -247,7 +252,6 @@ LONG_RUN_CALLS = 32  # estimate the duration before runs of more engine calls th
 
 def _estimate(upscaler, jobs) -> None:
     """Before a long run, one line: LR pixels the network will run and the estimated duration."""
-    from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
 
     calls, pixels = total_work(upscaler.pipeline, image_sizes(job.src for job in jobs))
     if calls <= LONG_RUN_CALLS:
@@ -284,7 +288,6 @@ def _header(upscaler, seed: int) -> str:
 
 def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:
     """Video jobs of INPUT (a video file, or the videos in a folder); [] when there are none."""
-    from ..video import collect_videos, is_video, plan_video_jobs
 
     if input_path.is_file() and not is_video(input_path):
         return []
@@ -294,7 +297,6 @@ def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:
 
 def _collect_images(input_path: Path, output: Path, unreadable: list, *, allow_none: bool) -> list:
     """The image inputs; a folder holding only videos has none (not an error then)."""
-    from ..batch import collect_inputs
 
     try:
         return collect_inputs(input_path, exclude=output, unreadable=unreadable)
@@ -306,7 +308,6 @@ def _collect_images(input_path: Path, output: Path, unreadable: list, *, allow_n
 
 def _output_size(outscale, width, height, long_side):
     """The requested output size, or None for the model's x4; usage error for two at once or a bad value."""
-    from ..resize import OutputSize
 
     given = {"--outscale": outscale, "--width": width, "--height": height, "--long-side": long_side}
     named = [name for name, value in given.items() if value is not None]
@@ -326,8 +327,6 @@ def _is_image_file_output(input_path: Path, output: Path, fmt: str, suffix: str)
     Usage error for a folder INPUT with such an OUTPUT, an OUTPUT that is INPUT itself, a --format
     that contradicts the suffix, or a --suffix (it names files inside an output folder).
     """
-    from ..batch import IMAGE_SUFFIXES
-    from ..imageio import format_for_suffix
 
     if output.suffix.lower() not in IMAGE_SUFFIXES or output.is_dir():
         return False

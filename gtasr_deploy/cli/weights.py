@@ -15,9 +15,12 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
-from ..count_progress import CountProgress
+from ..version import __version__
+from ..batch.count_progress import CountProgress
 from ..errors import GtasrError
+from ..weights.registry import resolve_weights
+from ..weights.registry import REGISTRY, cached_path, read_record
+from ..weights.registry import WeightsFetchError, entry_or_error, fetch as fetch_weights
 
 EXIT_USAGE = 2
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -25,7 +28,6 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def weights_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
     """click callback for --weights: a path, or a name fetched with `gtasr-weights fetch`."""
-    from ..weights_registry import resolve_weights
 
     if value is None or ctx.resilient_parsing:
         return Path(value) if value is not None else None
@@ -49,7 +51,6 @@ def main() -> None:
               help="Cache folder to look in. Default: $GTASR_WEIGHTS_DIR or ~/.cache/gtasr_deploy/weights.")
 def list_cmd(weights_dir: Path | None) -> None:
     """Known checkpoints: name, file, what it is, where it comes from, licence, and whether it is fetched."""
-    from ..weights_registry import REGISTRY, cached_path, read_record
 
     for entry in REGISTRY.values():
         record = read_record(entry, weights_dir)
@@ -78,7 +79,6 @@ def fetch(name: str, weights_dir: Path | None, force: bool, quiet: bool) -> None
     download; check it loads as the expected network (no code runs); record its sha256.
 
     Exit code: 0 fetched (or already there), 1 download or check failed, 2 unknown name."""
-    from ..weights_registry import WeightsFetchError, entry_or_error, fetch as fetch_weights
 
     try:
         entry = entry_or_error(name)

@@ -15,6 +15,13 @@ from pathlib import Path
 
 from ..errors import BackendUnavailableError, ConfigError
 from .base import Engine
+from .torch_engine import TorchEngine
+from .onnxruntime import OrtEngine
+from .openvino import OpenVinoEngine
+from .tensorrt import TensorRTEngine
+from .tensorrt_build import explain_unavailable
+from .onnxruntime import import_onnxruntime
+from ..contract import read_onnx_sidecar
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -26,45 +33,31 @@ def _need(value, what: str, backend: str):
 
 
 def _open_torch(*, model, device, precision, compile=False, channels_last=False, **_) -> Engine:
-    from .torch_engine import TorchEngine
-
     return TorchEngine(_need(model, "a model (weights)", "torch"), device=device, precision=precision,
                        compile=compile, channels_last=channels_last)
 
 
 def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
-    from .onnxruntime import OrtEngine
-
     providers = "cpu" if str(device) == "cpu" else "auto"
     return OrtEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "onnxruntime"), providers=providers,
                      threads=threads)
 
 
 def _open_openvino(*, onnx_path, precision, threads, cache_dir="engines", **_) -> Engine:
-    from .openvino import OpenVinoEngine
-
     return OpenVinoEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "openvino"), precision=precision,
                           threads=threads, cache_dir=cache_dir)
 
 
 def _open_tensorrt(*, onnx_path, **_) -> Engine:
-    from .tensorrt import TensorRTEngine
-
     return TensorRTEngine.from_onnx(_need(onnx_path, "an exported ONNX graph (onnx_path)", "tensorrt"))
 
 
 def _tensorrt_usable() -> bool:
-    try:
-        from .tensorrt_build import explain_unavailable
-    except ImportError:
-        return False
     return explain_unavailable() is None
 
 
 def _onnxruntime_usable() -> bool:
     try:
-        from .onnxruntime import import_onnxruntime
-
         import_onnxruntime()
     except BackendUnavailableError:
         return False
@@ -134,8 +127,6 @@ def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None
     if backend == "auto":
         graph_precision = None
         if onnx_path is not None:
-            from ..contract import read_onnx_sidecar
-
             graph_precision = read_onnx_sidecar(onnx_path)["precision"]
         backend = choose_backend("auto", device=device, onnx_path=onnx_path, graph_precision=graph_precision,
                                  torch_options=compile or channels_last).backend

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..contract import INPUTS, OUTPUTS, graph_feeds, io_shapes, read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
 from .base import Engine, EngineInfo
+from .providers import select_providers
 
 CPU_EP = "CPUExecutionProvider"
 INSTALL_HINT = "pip install 'gtasr-deploy[onnx]'"
@@ -32,14 +33,7 @@ def import_onnxruntime():
 
 
 def _providers(requested: str, sidecar: dict, cache_dir: str | Path) -> list[tuple[str, dict]]:
-    """Provider list from providers.select_providers when that module is present, else CPU only."""
-    try:
-        from .providers import select_providers
-    except ImportError:
-        if str(requested).lower() not in ("auto", "cpu", CPU_EP.lower()):
-            raise BackendUnavailableError(f"onnxruntime provider {requested!r} is not supported by this install; "
-                                          "request 'cpu'") from None
-        return [(CPU_EP, {})]
+    """Execution providers for ``requested`` (providers.select_providers)."""
     return select_providers(requested, fp16=sidecar["precision"] == "fp16", cache_dir=cache_dir,
                             onnx_sidecar=sidecar)
 

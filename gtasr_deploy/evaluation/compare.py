@@ -35,10 +35,11 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from ..errors import BackendUnavailableError, ConfigError, InputError
-from ..imageio import read_image, write_image
+from ..media.images import read_image, write_image
 from .folders import (DEFAULT_METRICS, IMAGE_SUFFIXES, METRICS, FolderReport, Scorer, format_value, list_images,
                       parse_metrics, score_folders, write_csv)
 from .peers import METHODS, SCALE, Method, MethodOptions, open_method
+from ..training.degradation import degrade as realesrgan_degrade
 
 DEGRADATIONS = ("realesrgan", "bicubic")
 LogFn = Callable[[str], None]
@@ -100,7 +101,6 @@ def make_lr(gt: np.ndarray, *, degrade: str, seed: int = 0, index: int = 0) -> n
         return np.asarray(PILImage.fromarray(gt).resize((w // SCALE, h // SCALE), PILImage.BICUBIC))
     import torch
 
-    from ..training.degradation import degrade as realesrgan_degrade
 
     gen = torch.Generator().manual_seed(image_seed(seed, index))
     x = torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1))).float().div(255.0)[None]

@@ -28,7 +28,11 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, GtasrError, InputError
 from ..atomic import atomic_write_bytes
-from ..imageio import read_image
+from ..media.images import read_image
+from ..batch.preflight import check_report_target
+from ..metrics.lpips import LPIPS
+from ..metrics import fullref
+from ..metrics.niqe import niqe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MEAN_ROW = "mean"  # stem of the CSV's last row, which holds the summary
@@ -214,8 +218,6 @@ class Scorer:
         if name not in self._models:
             try:
                 if name == "lpips":
-                    from ..metrics.lpips import LPIPS
-
                     self._models[name] = LPIPS("alex", cache_dir=self.cache_dir)
                 else:
                     self._models[name] = create_pyiqa_metric(name)
@@ -227,7 +229,6 @@ class Scorer:
     def _one(self, name: str, sr: np.ndarray, gt: np.ndarray | None) -> float:
         import torch
 
-        from ..metrics import fullref
 
         if name == "psnr":
             return fullref.psnr_y(sr, gt)
@@ -236,8 +237,6 @@ class Scorer:
         if name == "lsd":
             return fullref.lsd_y(sr, gt)
         if name == "niqe":
-            from ..metrics.niqe import niqe
-
             return niqe(sr, cache_dir=self.cache_dir)
         model = self._model(name)
         if model is None:
@@ -367,7 +366,6 @@ def _left_out(rows: Sequence[ImageScore], name: str) -> list[str]:
 def check_csv_target(path: str | Path, sr_dir: str | Path, gt_dir: str | Path | None) -> None:
     """InputError unless ``--csv`` may be written at ``path``: never over an image of either folder,
     an image name, or an existing file that is not an earlier CSV of this command."""
-    from ..preflight import check_report_target
 
     images = [*_listed(sr_dir), *(_listed(gt_dir) if gt_dir is not None else [])]
     check_report_target(path, images, option="--csv", is_report=_is_score_csv)

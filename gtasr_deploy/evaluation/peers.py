@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..errors import BackendUnavailableError, ConfigError
+from ..upscaler import Upscaler
 
 SCALE = 4
 METHODS = ("bicubic", "gtasr", "dat-light", "realesrgan")
@@ -101,8 +102,6 @@ def _bicubic(options: MethodOptions) -> Method:
 
 
 def _gtasr(options: MethodOptions) -> Method:
-    from ..upscaler import Upscaler
-
     # fp32: scores are those of the model, not of a processor's fast path (bf16 moves PSNR by ~0.01 dB)
     upscaler = Upscaler(options.weights, network_config=options.network_config, seed=options.seed,
                         tile=options.tile, device=options.device, backend="torch", precision="fp32")

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import read_image
+from ..media.images import read_image
 from ..metrics.fullref import psnr_y
 from .compare import crop_to_multiple, make_lr
 from .folders import Scorer, list_images

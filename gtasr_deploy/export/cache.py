@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import atomic_write_bytes
 from ..contract import FORMAT, read_onnx_sidecar
 from ..errors import ConfigError

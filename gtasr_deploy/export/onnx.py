@@ -34,13 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import TEMP_PREFIX, atomic_path, atomic_write_bytes
+from ..contract import example_inputs
 from ..contract import FORMAT, INPUTS, OUTPUTS, lr_range_for, sidecar_path_for, validate_onnx_sidecar
 from ..errors import ConfigError, EngineBuildError
 from ..hashing import file_sha256
 from ..model.precond import Denoiser
 from ..model.shared_norm import NormIO
+from .verify import check_against_torch
+from .fp16 import convert_to_fp16
+from .verify import check_fp16, check_shapes
 
 DEFAULT_OPSET = 18  # what torch's dynamo exporter writes; lower opsets are converted (and may fail)
 DEFAULT_LR_OPT = 128  # LR px: the paper's benchmark input (SPEC §6); a TensorRT profile is tuned for it
@@ -96,17 +100,6 @@ def dynamic_example_tile(size_multiple: int) -> tuple[int, int]:
     """The LR shape a dynamic graph is traced at: two different block counts, so neither side is
     specialised to a constant (nor to 1, which the exporter treats as static)."""
     return 2 * size_multiple, 3 * size_multiple
-
-
-def example_inputs(tile_lr: tuple[int, int], batch: int, *, seed: int = 0, scale: int = 4) -> dict[str, np.ndarray]:
-    """Random float32 feeds: x_t ~ N(0,1)+up-ish content, lq in [-1,1], sigma spread over (0.2, 1]."""
-    rng = np.random.default_rng(seed)
-    h, w = tile_lr
-    lq = rng.uniform(-1.0, 1.0, (batch, 3, h, w)).astype(np.float32)
-    x_t = rng.standard_normal((batch, 3, h * scale, w * scale)).astype(np.float32)
-    # sigma = 1 barely exercises the noise embedding (SPEC §1); mix in other levels
-    sigma = np.linspace(1.0, 0.2, batch, dtype=np.float32) if batch > 1 else np.array([1.0], np.float32)
-    return {"x_t": x_t, "lq": lq, "sigma": sigma}
 
 
 def _trace_feeds(model: Denoiser, tile_lr: tuple[int, int]) -> tuple[torch.Tensor, ...]:
@@ -270,7 +263,6 @@ def export_onnx(model: Denoiser, out_dir: str | Path, *, name: str, tile_lr: tup
     Raises EngineBuildError when it differs from torch by more than
     :data:`~gtasr_deploy.export.verify.FP32_TOLERANCE`; an existing graph of the same name is only
     replaced by one that passed every check."""
-    from .verify import check_against_torch
 
     if batch_max < 1:
         raise ConfigError(f"export: --batch {batch_max}, expected >= 1 (the largest batch the graph is meant for)")
@@ -305,8 +297,6 @@ def export_fp16(fp32: ExportResult, model: Denoiser, *, log: Log = print) -> Exp
     on ORT CPU and report fp16-vs-fp32 PSNR on a real photo. ``max_abs_error`` is vs the fp32 graph."""
     import onnx
 
-    from .fp16 import convert_to_fp16
-    from .verify import check_fp16, check_shapes
 
     side = fp32.sidecar
     tile_lr = None if side["tile_lr"] is None else tuple(side["tile_lr"])

@@ -18,7 +18,14 @@ import torch
 from ..errors import ConfigError, EngineBuildError
 from ..model.precond import Denoiser
 from ..model.shared_norm import pool_statistics
-from ..schedule import unit_noise, up
+from ..model.schedule import unit_noise, up
+from ..engines.openvino import import_openvino
+from ..engines.onnxruntime import import_onnxruntime
+from ..engines.onnxruntime import OrtEngine
+from ..engines.openvino import OpenVinoEngine
+from ..contract import read_onnx_sidecar
+from ..engines.torch_engine import TorchEngine
+from ..contract import example_inputs
 
 FP32_TOLERANCE = 1e-4  # max abs error vs torch (SPEC §4)
 Log = Callable[[str], None]
@@ -42,22 +49,15 @@ def check_shapes(sidecar: dict) -> list[tuple[int, int]]:
 def runtime_version(runtime: str) -> str:
     """The installed version of a runtime that verifies and runs graphs (for cache keys)."""
     if runtime == "openvino":
-        from ..engines.openvino import import_openvino
-
         return import_openvino().get_version()
     if runtime == "onnxruntime":
-        from ..engines.onnxruntime import import_onnxruntime
-
         return import_onnxruntime().__version__
     raise ConfigError(f"graph runtime {runtime!r}, expected one of {sorted(RUNTIMES)}")
 
 
 def _open(runtime: str, onnx_path: Path):
     if runtime == "openvino":
-        from ..engines.openvino import OpenVinoEngine
-
         return OpenVinoEngine(onnx_path, precision="fp32", cache_dir=None)
-    from ..engines.onnxruntime import OrtEngine
 
     return OrtEngine(onnx_path, providers="cpu")
 
@@ -65,9 +65,6 @@ def _open(runtime: str, onnx_path: Path):
 def compare_with_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int, ...],
                        runtime: str = "onnxruntime") -> dict[int, float]:
     """Max |runtime − torch| per batch size on random inputs, over sr and tile_stats, in both modes."""
-    from ..contract import read_onnx_sidecar
-    from ..engines.torch_engine import TorchEngine
-    from .onnx import example_inputs
 
     shapes = check_shapes(read_onnx_sidecar(onnx_path))
     reference = TorchEngine(model)
@@ -100,7 +97,6 @@ def check_against_torch(model: Denoiser, onnx_path: Path, *, batches: tuple[int,
 
 def compare_graphs(reference: Path, candidate: Path, feeds: dict[str, np.ndarray]) -> float:
     """Max |candidate − reference| of two exported graphs on ORT CPU for the same feeds."""
-    from ..engines.onnxruntime import OrtEngine
 
     outputs = []
     for path in (reference, candidate):
@@ -135,7 +131,6 @@ def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed:
     """PSNR (dB, [0,1] images) of the fp16 graph's output against the fp32 graph's on a photo.
 
     One-step inference as the upscaler does it: x_K = up(lq) + eps (seeded), sigma = 1."""
-    from ..engines.onnxruntime import OrtEngine
 
     lq = sample_photo_lq(tile_lr)
     if lq is None:
@@ -153,7 +148,6 @@ def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed:
 
 def check_fp16(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], *, log: Log) -> tuple[float, float | None]:
     """(max abs error vs the fp32 graph on random inputs, PSNR on a photo or None); refuses non-finite output."""
-    from .onnx import example_inputs
 
     error = compare_graphs(fp32_path, fp16_path, example_inputs(tile_lr, 1))
     log(f"fp16 vs fp32 graph on ONNX Runtime CPU, random inputs: max abs error {error:.3g}")

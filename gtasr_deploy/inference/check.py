@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GtasrError
+from ..media.images import read_image
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +62,6 @@ def check_images(reference: Callable[[np.ndarray], np.ndarray], candidate: Calla
                  images: Sequence[Path]) -> list[ImageCheck]:
     """``reference``/``candidate`` map float32 (H, W, 3) in [0, 1] to the 4x output; one row per image.
     An unreadable image is one row with its error; the others are still checked."""
-    from ..imageio import read_image
 
     rows = []
     for path in images:

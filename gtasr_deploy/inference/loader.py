@@ -16,9 +16,9 @@ from ..hashing import file_sha256
 from ..model import PRESETS, build_model, load_model
 from ..model.config import NetworkConfig
 from ..model.precond import Denoiser
-from ..weights_registry import resolve_weights
+from ..weights import EMBEDDED_WEIGHTS
+from ..weights.registry import resolve_weights
 
-EMBEDDED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "gtasr_demo.safetensors"
 EMBEDDED_LABEL = "embedded demo weights — a small smoke-test model, not the paper's quality; see gtasr-weights"
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..engines.base import Engine
 from ..errors import ConfigError, InputError, OutOfMemoryError
 from ..model.shared_norm import pool_statistics
-from ..schedule import unit_noise, up
+from ..model.schedule import unit_noise, up
 from ..tiling import (Accumulator, TilePlan, choose_tile, default_overlap, downscale_factor, iter_batches,
                       plan_tiles, reflect_indices, tile_box, tile_sides)
 from .memory import is_out_of_memory

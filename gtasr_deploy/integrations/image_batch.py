@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import upscale_alpha
+from ..media.images import upscale_alpha
 from ..upscaler import Upscaler
 
 StepFn = Callable[[int, int], None]  # (network passes done, passes total) over the whole batch

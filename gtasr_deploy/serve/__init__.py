@@ -5,6 +5,6 @@
 * :mod:`.cluster`: ``gtasr-upscale``-compatible folder batch on a Ray cluster (actors per CPU
   share or GPU), same output names and bytes as the single-machine CLI.
 
-Both decode, upscale and encode exactly as ``gtasr-upscale`` does (:mod:`gtasr_deploy.imageio`
+Both decode, upscale and encode exactly as ``gtasr-upscale`` does (:mod:`gtasr_deploy.media.images`
 and :class:`gtasr_deploy.upscaler.Upscaler`); Ray is imported only by the modules that need it.
 """

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import batch as batch_mod
-from ..batch import BatchSummary, FileRecord, Job
+from ..batch import runner as batch_mod
+from ..batch.runner import BatchSummary, FileRecord, Job
 from ..errors import ConfigError, InputError
 from ..interrupts import reclaim
 from .settings import UpscalerSettings

@@ -1,6 +1,6 @@
 """One upload through the CLI's own per-file path: decode, upscale, encode, exactly as gtasr-upscale.
 
-The upload is written to a private temp folder and run as a one-job :func:`gtasr_deploy.batch.run_batch`,
+The upload is written to a private temp folder and run as a one-job :func:`gtasr_deploy.batch.runner.run_batch`,
 so every rule of the CLI (EXIF orientation, 16-bit, gray, alpha, ICC and metadata, output checks,
 decompression-bomb guard) holds for the service too, with no second copy of those rules.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..batch import Job, exception_name, run_batch
+from ..batch.runner import Job, exception_name, run_batch
 from ..errors import GtasrError, InputError
-from ..imageio import read_image, upscale_alpha
-from ..resize import format_problem
+from ..media.images import read_image, upscale_alpha
+from ..media.resize import format_problem
 
 # Output formats a client may ask for; "same" = the upload's own format (as --format same).
 FORMATS = ("png", "jpg", "webp", "same")

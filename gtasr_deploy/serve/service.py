@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
-from ..weights_registry import REGISTRY, REPOSITORY
+from ..weights.registry import REGISTRY, REPOSITORY
 from .batching import BatchedEngine, TileCall, install
 from .codec import bicubic
 from .http_api import RequestError, answer_upload, install_error_handlers

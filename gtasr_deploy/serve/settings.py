@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import InputError
+from ..cli.upscale import main
+from ..upscaler import Upscaler
 
 # gtasr-upscale parameter name -> Upscaler keyword (device is resolved where the model runs).
 _UPSCALER_ARGS = {"weights": "weights", "network_config": "network_config", "param_key": "param_key",
@@ -22,7 +24,6 @@ _UPSCALER_ARGS = {"weights": "weights", "network_config": "network_config", "par
 
 def model_option_names() -> list[str]:
     """gtasr-upscale's model options that exist in this version, in its order, plus device."""
-    from ..cli.upscale import main
 
     return [p.name for p in main.params if p.name in _UPSCALER_ARGS or p.name == "device"]
 
@@ -42,7 +43,6 @@ class UpscalerSettings:
         then ``values`` (already parsed, by its parameter names); everything else its defaults."""
         import click
 
-        from ..cli.upscale import main
 
         try:  # dummy INPUT/OUTPUT: only the model options are used
             parsed = main.make_context("gtasr-upscale", [*args, "IN", "OUT"]).params
@@ -70,7 +70,6 @@ class UpscalerSettings:
         """Open the Upscaler here (in the process that will run it)."""
         import torch
 
-        from ..upscaler import Upscaler
 
         torch.set_num_threads(self.threads or default_threads or len(os.sched_getaffinity(0)))
         device = self.device

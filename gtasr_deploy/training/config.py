@@ -26,6 +26,7 @@ from ..model.config import NetworkConfig, resolve_config
 from .config_types import checked_values
 from .data import AUGMENTS
 from .degradation import DegradationConfig
+from .losses import StageIConfig, StageIIConfig
 
 RECIPES = ("gtasr", "ctmsr")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -251,8 +252,6 @@ def _plain(value: Any) -> Any:
 
 
 def _loss_config(stage: int, data: Mapping[str, Any], where: str) -> Any:
-    from .losses import StageIConfig, StageIIConfig
-
     cls = StageIConfig if stage == 1 else StageIIConfig
     return _build(cls, data, where)
 

@@ -33,7 +33,7 @@ from ..atomic import atomic_write_text
 from ..errors import CheckpointError, ConfigError, GtasrError
 from ..model import build_model, save_model
 from ..model.checkpoint import check_state_dict, read_checkpoint
-from ..schedule import unit_noise, up
+from ..model.schedule import unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
 from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops, write_file_list
@@ -42,6 +42,8 @@ from .distributed import Dist, setup_distributed
 from .logs import RunLogger
 from .losses import Batch, copy_for_target, ema_update, stage1_losses, stage2_losses
 from .precision import autocast_for, precision_note
+from ..metrics.fullref import psnr_y
+from ..metrics.lpips import LPIPS
 
 
 class TrainingDivergedError(GtasrError):
@@ -220,8 +222,6 @@ def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
 
 @torch.no_grad()
 def _psnr_of(net: nn.Module, lq: torch.Tensor, val: Validation, device: torch.device) -> tuple[dict[str, float], list]:
-    from ..metrics.fullref import psnr_y
-
     lq = lq.to(device) * 2 - 1
     sr = torch.cat([net.eval()(up(lq[i:i + 1]) + val.eps[i:i + 1].to(device), 1.0, lq[i:i + 1]) for i in range(len(lq))])
     to8 = lambda t: (t.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
@@ -378,8 +378,6 @@ def _check_inputs(cfg: TrainConfig, env: Dist, files: list[str], perceptual: nn.
     if (only.stage == 2 or only.init) and not Path(only.init).is_file():
         load_stage1_weights(only.init)  # raises the reader's one-line reason (missing, a folder)
     if perceptual is None:
-        from ..metrics.lpips import LPIPS
-
         perceptual = LPIPS("vgg")
     return perceptual.to(env.device).eval().requires_grad_(False), make_validation(cfg, files)
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..schedule import SCALE, grid_sigma, num_intervals, q_sample, up
+from ..model.schedule import SCALE, grid_sigma, num_intervals, q_sample, up
 
 Perceptual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

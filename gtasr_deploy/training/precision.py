@@ -23,6 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, GtasrError
+from ..metrics.lpips import LPIPS
+from .data import scan_images, validation_crops
+from ..model import load_model
+from ..weights import EMBEDDED_WEIGHTS
+from .degradation import degrade
+from .losses import Batch, StageIIConfig, copy_for_target, stage2_terms
+from .config import load_config
 
 
 def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
@@ -80,8 +87,6 @@ def compare(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]
 
 def measure(images: str, *, device: torch.device, crop: int, count: int) -> list[tuple[str, float, str, float, float]]:
     """(photo, a, mode, relative difference, cosine) rows; the modes are compared with strict fp32."""
-    from ..metrics.lpips import LPIPS
-    from .data import scan_images, validation_crops
 
     files = scan_images([images], "--images")
     x0 = validation_crops(files, crop=crop, count=count).to(device) * 2 - 1
@@ -116,12 +121,6 @@ def measure_step(images: str, *, device: torch.device, crop: int, count: int) ->
     """(seed, term, mode, relative difference, cosine) rows: the parameter gradient of each stage-II
     term (recipe gtasr) of the embedded demo network on ``count`` degraded crops, the whole step
     (networks and losses) under autocast vs strict fp32, for two loss/dropout seeds."""
-    from ..metrics.lpips import LPIPS
-    from ..model import load_model
-    from ..upscaler import EMBEDDED_WEIGHTS
-    from .data import scan_images, validation_crops
-    from .degradation import degrade
-    from .losses import Batch, StageIIConfig, copy_for_target, stage2_terms
 
     net = load_model(EMBEDDED_WEIGHTS).to(device).train()
     target, lpips = copy_for_target(net), LPIPS("vgg").to(device)
@@ -153,10 +152,6 @@ def measure_stage1(images: str, *, device: torch.device, crop: int, count: int,
     one forward + backward in each precision."""
     import time
 
-    from ..model import load_model
-    from ..upscaler import EMBEDDED_WEIGHTS
-    from .config import load_config
-    from .data import scan_images, validation_crops
     from .degradation import bicubic_lr, degrade
     from .losses import Batch, stage1_losses
 

@@ -18,8 +18,8 @@ What is kept, stated once:
 * Never a broken file under the final name: the output is written to a temp file in the output
   folder (:func:`gtasr_deploy.atomic.atomic_path`) and renamed only when the file is complete; an
   error, Ctrl-C, SIGTERM or SIGHUP removes the temp file.
-* In a batch (:class:`VideoJobs`, run by :func:`gtasr_deploy.batch.run_batch` beside the images)
-  a video gets a completion record like an image (gtasr_deploy.completion): a re-run skips the
+* In a batch (:class:`VideoJobs`, run by :func:`gtasr_deploy.batch.runner.run_batch` beside the images)
+  a video gets a completion record like an image (gtasr_deploy.batch.records): a re-run skips the
   videos finished for the same input and settings, redoes stale ones and never replaces a file
   this tool did not write; the rename and the record happen with signals held
   (gtasr_deploy.interrupts), so a kept video is always a recorded one.
@@ -43,14 +43,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import completion
-from .atomic import atomic_path
-from .batch import ContractError, FileRecord
-from .batch_plan import IMAGE_SUFFIXES, Job
-from .completion import Verdict
-from .count_progress import CountProgress
-from .errors import BackendUnavailableError, ConfigError, InputError
-from .interrupts import INTERRUPTS
+from ..batch import records as completion
+from ..atomic import atomic_path
+from ..batch.runner import ContractError, FileRecord
+from ..batch.plan import IMAGE_SUFFIXES, Job
+from ..batch.records import Verdict
+from ..batch.count_progress import CountProgress
+from ..errors import BackendUnavailableError, ConfigError, InputError
+from ..interrupts import INTERRUPTS
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi"})
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
@@ -354,7 +354,7 @@ def av_frame_from(rgb: np.ndarray) -> Any:
 def collect_videos(input_path: str | Path, *, exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """[(video, path relative to the input root)], sorted; [] when the input has none.
 
-    Same walk rules as the image search (gtasr_deploy.batch): recursive, hidden entries skipped,
+    Same walk rules as the image search (gtasr_deploy.batch.runner): recursive, hidden entries skipped,
     ``exclude`` (the output folder) left out."""
     root = Path(input_path)
     if root.is_file():
@@ -397,7 +397,7 @@ def plan_video_jobs(inputs: list[tuple[Path, Path]], output: str | Path, *, sing
 
 @dataclass(frozen=True, kw_only=True)
 class VideoJobs:
-    """The video jobs of a batch, for :func:`gtasr_deploy.batch.run_batch` (``handlers=[VideoJobs(...)]``):
+    """The video jobs of a batch, for :func:`gtasr_deploy.batch.runner.run_batch` (``handlers=[VideoJobs(...)]``):
     same skip rule (completion records), same one-line errors, same interrupt path as the images.
 
     ``frame_fn``: uint8 RGB frame -> x4 frame; ``codec``/``crf``/``pix_fmt`` as :func:`upscale_video`."""

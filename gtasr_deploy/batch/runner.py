@@ -4,9 +4,9 @@ The super-resolution itself is injected (``sr_fn``), so everything here runs wit
 
 Rules, stated once:
 
-* Inputs, output names, shards and the settings of a run: :mod:`gtasr_deploy.batch_plan`
+* Inputs, output names, shards and the settings of a run: :mod:`gtasr_deploy.batch.plan`
   (re-exported here).
-* An output is skipped only when its completion record (:mod:`gtasr_deploy.completion`) proves it
+* An output is skipped only when its completion record (:mod:`gtasr_deploy.batch.records`) proves it
   is this tool's finished result for the same input and settings; a stale one of this tool is
   redone; a file this tool did not write is left alone and reported, unless ``overwrite``.
   So a re-run resumes an interrupted one and never keeps a wrong picture.
@@ -28,9 +28,9 @@ from typing import Protocol, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from . import completion
-from .atomic import remove_stale_temps
-from .batch_plan import (  # noqa: F401 (the CLIs and serve use these through batch)
+from . import records as completion
+from ..atomic import remove_stale_temps
+from .plan import (  # noqa: F401 (the CLIs and serve use these through batch)
     IMAGE_SUFFIXES,
     OUTPUT_FORMATS,
     Job,
@@ -44,9 +44,9 @@ from .batch_plan import (  # noqa: F401 (the CLIs and serve use these through ba
     select_shard,
     shard_from_env,
 )
-from .completion import Verdict
-from .errors import GtasrError, InputError
-from .imageio import (
+from .records import Verdict
+from ..errors import GtasrError, InputError
+from ..media.images import (
     DEFAULT_MAX_PIXELS,
     atomic_write_bytes,
     format_for_suffix,
@@ -54,9 +54,9 @@ from .imageio import (
     upscale_alpha,
     write_image,
 )
-from .interrupts import EXIT_INTERRUPTED, INTERRUPTS, signals_as_interrupt
+from ..interrupts import EXIT_INTERRUPTED, INTERRUPTS, signals_as_interrupt
 from .progress import is_terminal, log_line
-from .resize import OutputSize, format_problem, resize_planes
+from ..media.resize import OutputSize, format_problem, resize_planes
 from .preflight import (  # noqa: F401 (the CLIs use these through batch)
     header_size,
     check_device,
@@ -134,7 +134,7 @@ class BatchSummary:
 
 
 class JobHandler(Protocol):
-    """Processing of the jobs that are not still images (videos: :class:`gtasr_deploy.video.VideoJobs`).
+    """Processing of the jobs that are not still images (videos: :class:`gtasr_deploy.media.video.VideoJobs`).
 
     ``run_batch`` gives it every job it ``handles``; ``settings`` is what goes into that job's
     completion record (the run's settings plus the handler's own); ``process`` does the job and
@@ -166,7 +166,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     exception of OpenCV, Pillow, numpy, PyAV or the engine, NaN/Inf or constant output, a
     write/encode error) prints ONE line ``error: <file>: <reason>`` on ``err`` and the batch goes
     on; ``unlisted`` (folder, reason) pairs, folders the search could not enter, count as failed
-    too. An output is skipped only when its completion record (gtasr_deploy.completion) says it is
+    too. An output is skipped only when its completion record (gtasr_deploy.batch.records) says it is
     this tool's finished result for the same input and ``settings`` (what shapes the picture;
     ``quality`` is added here). Jobs a ``handlers`` entry handles (videos) go to it, with the same
     rules. Ctrl-C, SIGTERM and SIGHUP (turned into KeyboardInterrupt while this runs on the main

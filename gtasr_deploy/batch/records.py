@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 RECORD_DIR = ".gtasr"
 _KIND = "gtasr-upscale completion record"

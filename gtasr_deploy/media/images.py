@@ -30,9 +30,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from .atomic import atomic_write_bytes
-from .errors import InputError
-from .preflight import file_kind
+from ..atomic import atomic_write_bytes
+from ..errors import InputError
 from .metadata import Metadata, for_output, pillow_save_options, png_chunks, read_metadata
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -47,6 +46,16 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
                   PILImage.DecompressionBombError, cv2.error)
 WRITE_FORMATS = ("png", "jpg", "webp", "bmp", "tiff")
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a character device"...)."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
-from .errors import InputError
+from ..errors import InputError
 
 MODEL_SCALE = 4
 MAX_SIDE = 65_535  # JPEG's limit and far beyond what memory allows for a float32 image

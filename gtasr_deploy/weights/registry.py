@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import CheckpointError, ConfigError
-from .hashing import file_sha256
-from .paths import cache_root
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import CheckpointError, ConfigError
+from ..hashing import file_sha256
+from ..paths import cache_root
+from ..model import count_parameters, load_model
 
 REPOSITORY = "Blaze-UESTC/GTASR"
 URL_BASE = f"https://huggingface.co/{REPOSITORY}/resolve/main"
@@ -243,7 +244,6 @@ def _range_starts_at(content_range: str | None, offset: int) -> bool:
 
 def _verify(entry: WeightsEntry, part: Path, url: str) -> int:
     """Load the download as ``entry.network`` (no code execution); delete it when it does not load."""
-    from .model import count_parameters, load_model
 
     try:
         model = load_model(part, network_config=entry.network)

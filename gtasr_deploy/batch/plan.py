@@ -17,7 +17,7 @@ Rules, stated once:
 * Sharding: ``K/N`` with 0-based K (like torchrun's RANK) takes the jobs whose index in the
   sorted plan is ≡ K mod N; without ``--shard``, RANK/WORLD_SIZE from the environment do the same.
 * Settings: what shapes a picture (:func:`picture_settings`), kept in each output's completion
-  record (:mod:`gtasr_deploy.completion`); running the plan is :mod:`gtasr_deploy.batch`.
+  record (:mod:`gtasr_deploy.batch.records`); running the plan is :mod:`gtasr_deploy.batch.runner`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
-from . import completion
-from .errors import InputError
+from . import records as completion
+from ..errors import InputError
+from ..media.images import IMAGE_SUFFIXES
 from .preflight import check_input_path, check_report_target
+from ..version import __version__
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 _TAGS = tuple(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
 OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
 
@@ -133,7 +134,6 @@ def picture_settings(*, weights: Path | None, onnx: Path | None, network_config:
         st = os.stat(path)
         return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
-    from . import __version__
 
     return {"weights": file_id(weights) or f"embedded demo weights of gtasr-deploy {__version__}",
             "onnx": file_id(onnx), "network_config": file_id(network_config), "param_key": param_key,

@@ -23,8 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .paths import cache_root
+from ..errors import ConfigError
+from ..paths import cache_root
+from ..contract import read_onnx_sidecar
+from ..atomic import atomic_write_bytes
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHOICES = ("auto", *PRECISIONS)
@@ -99,8 +101,6 @@ def resolve_precision(requested: str, *, device: str, backend: str, onnx=None) -
     """:func:`choose_precision` for this machine (reads /proc/cpuinfo and the graph's sidecar)."""
     graph_precision = None
     if onnx is not None and backend != "torch":
-        from .contract import read_onnx_sidecar
-
         graph_precision = read_onnx_sidecar(onnx)["precision"]
     features = cpu_features()
     speedup = None
@@ -144,7 +144,6 @@ def measured_bf16_speedup(features: Iterable[str], *, cache: Path | None = None)
 
     import torch
 
-    from .atomic import atomic_write_bytes
 
     path = cache or cache_root() / "cpu_bf16.json"
     features = set(features)

@@ -13,9 +13,10 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from .atomic import atomic_write_bytes, remove_stale_temps
-from .errors import InputError
-from .resize import OutputSize
+from ..atomic import atomic_write_bytes, remove_stale_temps
+from ..errors import InputError
+from ..media.resize import OutputSize
+from ..media.images import IMAGE_SUFFIXES, file_kind
 
 def check_device(device: str) -> None:
     """InputError unless ``device`` names a torch device that exists here (``auto`` always does)."""
@@ -36,13 +37,6 @@ def check_device(device: str) -> None:
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) here; "
                          f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-
-
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, in words ("a FIFO", "a character device"...)."""
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def check_input_path(path: str | os.PathLike) -> None:
@@ -113,7 +107,6 @@ def check_report_target(path: str | os.PathLike, protected: Iterable[Path], *, o
     Refused: an image name (a report never is one), any path in ``protected`` (the run's inputs,
     outputs and records, compared resolved and case-insensitively), and an existing non-empty
     file that ``is_report`` does not recognise as an earlier report of the same kind."""
-    from .batch_plan import IMAGE_SUFFIXES  # here: batch_plan imports this module
 
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:  # a report is never an image: that is an input or output

@@ -1,0 +1,1 @@
+"""The folder application: plan, preflight, completion records, progress, and the runner."""

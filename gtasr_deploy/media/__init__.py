@@ -1,0 +1,1 @@
+"""Pictures and videos in and out: decode, encode, metadata, resize, video frames."""
