@@ -164,9 +164,7 @@ def small_photo(tmp_path_factory):
 def test_folder_run_counts_tiles_and_passes(request, monkeypatch, norm, photo, tiles, statistics):
     """Memory for one 8x8 LR tile per call: the 13x21 photo (16x24 padded) is cut into 3x5 tiles."""
     from gtasr_deploy.engines.torch_engine import TorchEngine
-    from gtasr_deploy.inference import memory
-
-    monkeypatch.setattr(memory, "memory_budget", lambda device, model: lambda: 64)
+    monkeypatch.setattr(runner, "memory_budget", lambda device, model: lambda: 64)
     scenario = _scenario(images=(request.getfixturevalue(photo),), batch=2, norm=norm)
     e2e = runner.run_folder(TorchEngine(runner.load_network(scenario)), scenario, model_median_s=0.5)
     assert e2e["norm"] == norm and e2e["tiles"] == tiles and e2e["statistics_calls"] == statistics
@@ -207,7 +205,7 @@ def test_cached_graph_from_an_older_export_is_exported_again(tmp_path, monkeypat
         return export_module.ExportResult(onnx_path=target, sidecar_path=contract.sidecar_path_for(target),
                                           sidecar=side, max_abs_error={1: 0.0})
 
-    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    monkeypatch.setattr(runner, "export_onnx", fake_export)
     assert runner.ensure_graph(scenario, log=lambda _: None) == target
     assert calls == [(target.parent, runner.graph_name(scenario), None, 1)]
     assert runner.ensure_graph(scenario, log=lambda _: None) == target and len(calls) == 1  # now reused
@@ -233,7 +231,7 @@ def test_unavailable_backends_have_reasons(monkeypatch):
     def missing():
         raise BackendUnavailableError("onnxruntime backend: not installed; pip install 'gtasr-deploy[onnx]'")
 
-    monkeypatch.setattr("gtasr_deploy.engines.onnxruntime.import_onnxruntime", missing)
+    monkeypatch.setattr(runner, "import_onnxruntime", missing)
     assert "gtasr-deploy[onnx]" in runner.unavailable_reason("onnxruntime", "cpu")
     if not torch.cuda.is_available():
         assert "cuda" in runner.unavailable_reason("torch", "cuda").lower()

@@ -29,12 +29,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import EngineBuildError
 
-FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+FLOAT, FLOAT16 = 1, 10  # onnx.proto TensorProto.DataType FLOAT and FLOAT16 (file-format constants)
 # Ops vetted to run in fp16 (all their float inputs are the one type T unless listed below).
 FP16_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Sigmoid", "Tanh",
@@ -49,6 +47,14 @@ BACKBONE_LAST_CONV = "conv_last.weight"  # weight name suffix of F's last conv (
 SIDE_INPUTS = frozenset({"sigma", "norm_stats", "norm_mix"})  # small inputs whose consumers stay fp32
 HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
 GROUP_NORM_CLASS = "gtasr_deploy.model.network.GroupNorm"
+
+
+def _onnx():
+    """The onnx package, imported on first use: it belongs to the 'onnx' extra, and the exporter's CLI
+    checks for it (one line naming the extra) before converting anything."""
+    import onnx
+
+    return onnx
 
 
 def _inside_group_norm(node: onnx.NodeProto) -> bool:
@@ -174,7 +180,7 @@ def classify(model: onnx.ModelProto) -> dict[int, str]:
 
 
 def _copy_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    out = onnx.TensorProto()
+    out = _onnx().TensorProto()
     out.CopyFrom(tensor)
     return out
 
@@ -194,15 +200,15 @@ class _Rewriter:
     def _fp16_initializer(self, name: str) -> str:
         new = f"{name}__fp16"
         if new not in self.new_inits:
-            array = numpy_helper.to_array(self.inits[name]).astype(np.float16)
-            self.new_inits[new] = numpy_helper.from_array(array, new)
+            array = _onnx().numpy_helper.to_array(self.inits[name]).astype(np.float16)
+            self.new_inits[new] = _onnx().numpy_helper.from_array(array, new)
         return new
 
     def _cast(self, name: str, to: int) -> str:
         key = (name, to)
         if key not in self.casts:
             out = f"{name}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
-            self.nodes.append(helper.make_node("Cast", [name], [out], name=f"cast_{out}", to=to))
+            self.nodes.append(_onnx().helper.make_node("Cast", [name], [out], name=f"cast_{out}", to=to))
             self.casts[key] = out
         return self.casts[key]
 
@@ -217,7 +223,7 @@ class _Rewriter:
     def run(self) -> None:
         for index, node in enumerate(self.graph.node):
             kind = self.kinds.get(index)
-            node, original = onnx.NodeProto(), node  # a copy: the graph's node list is rebuilt below
+            node, original = _onnx().NodeProto(), node  # a copy: the graph's node list is rebuilt below
             node.CopyFrom(original)
             if kind is None:
                 self.nodes.append(node)
@@ -250,7 +256,7 @@ class _Rewriter:
 
 def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report]:
     """fp32 graph of D → fp16 graph with fp32 islands (see module docstring). Returns a new model."""
-    model = onnx.shape_inference.infer_shapes(model)
+    model = _onnx().shape_inference.infer_shapes(model)
     types = _elem_types(model)
     for vi in model.graph.input:
         if types.get(vi.name) != FLOAT:
@@ -259,7 +265,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report
     rewriter = _Rewriter(model, kinds)
     rewriter.run()
     casts = rewriter.finish()
-    model = onnx.shape_inference.infer_shapes(model)
+    model = _onnx().shape_inference.infer_shapes(model)
     counts = Counter(kinds.values())
     islands = {k: v for k, v in sorted(counts.items()) if k != "fp16"}
     report = Fp16Report(fp16_nodes=counts["fp16"], fp32_nodes=sum(islands.values()), casts=casts, islands=islands)
@@ -268,5 +274,5 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report
 
 def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
     """node name → elem type of its first output (for structure checks and tests)."""
-    types = _elem_types(onnx.shape_inference.infer_shapes(model))
+    types = _elem_types(_onnx().shape_inference.infer_shapes(model))
     return {node.name: types.get(node.output[0], 0) for node in model.graph.node if node.output}

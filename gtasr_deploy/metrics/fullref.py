@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import correlate1d
 
 from gtasr_deploy.errors import InputError
 
@@ -72,6 +71,8 @@ def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
 def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Separable 2-D correlation keeping only 'valid' outputs (no padded pixel involved)."""
     r = len(g) // 2
+    from scipy.ndimage import correlate1d  # the 'eval' extra
+
     out = correlate1d(correlate1d(img, g, axis=0, mode="constant"), g, axis=1, mode="constant")
     return out[r:-r, r:-r]
 
