@@ -73,10 +73,11 @@ class Upscaler:
 
     @classmethod
     def from_engine(cls, engine: Engine, options: UpscaleOptions | None = None, *, model: LoadedModel | None = None,
-                    log: LogFn | None = None) -> Upscaler:
+                    preset: str | None = None, log: LogFn | None = None) -> Upscaler:
         """An Upscaler over ``engine``, already open (nothing is loaded). ``options``: the tiling,
         seed and device (the rest describes how the engine was opened, and is not used here);
-        ``model``: what the engine runs, for the run header and the memory model."""
+        ``model``: what the engine runs, for the run header; ``preset``: the network preset for
+        the memory model of ``tile`` auto (default: the model's)."""
         options = options or UpscaleOptions()
         info = engine.info
         self = cls.__new__(cls)
@@ -86,8 +87,17 @@ class Upscaler:
         self.backend_choice = BackendChoice(backend=info.backend, reason="an engine already open")
         self.precision_choice = PrecisionChoice(precision=info.precision, reason="the engine's")
         self.cache_filled_s = None
-        self._attach(engine, None if model is None else model.preset, log or _quiet)
+        self._attach(engine, preset if preset is not None or model is None else model.preset, log or _quiet)
         return self
+
+    def with_engine(self, engine: Engine) -> Upscaler:
+        """A new Upscaler with this one's options, model and memory model over ``engine`` (e.g. a
+        proxy that batches this one's engine calls); this one is left as it is."""
+        other = Upscaler.from_engine(engine, self.upscale_options, model=self.loaded, preset=self.memory_preset,
+                                     log=self._log)
+        other.backend_choice, other.precision_choice = self.backend_choice, self.precision_choice
+        other.cache_filled_s = self.cache_filled_s
+        return other
 
     def _open(self, options: UpscaleOptions, model: LoadedModel | None, log: LogFn) -> None:
         """Choose backend and precision, load what that backend needs, open the engine."""
@@ -130,7 +140,7 @@ class Upscaler:
     def _attach(self, engine: Engine, preset: str | None, log: LogFn) -> None:
         """The pipeline over ``engine`` with this Upscaler's tiling, seed and memory model."""
         opts, info = self.upscale_options, engine.info
-        self.engine = engine
+        self.engine, self.memory_preset, self._log = engine, preset, log
         self.seed = opts.seed
         if info.tile_lr is not None:
             self.tile_reason = "the graph's static tile"
