@@ -46,7 +46,7 @@ class Upscaler:
     loaded :class:`~gtasr_deploy.inference.LoadedModel` instead of ``weights``. ``shared_norm``: the
     older boolean spelling of ``norm``. :meth:`from_engine` wraps an engine that is already open.
 
-    Attributes: ``upscale_options`` (what it was built from), ``options`` (the resolved
+    Attributes: ``upscale_options`` (what it was built from, device auto resolved), ``options`` (the resolved
     :class:`~gtasr_deploy.inference.pipeline.TilePolicy`: a static graph's tile filled in),
     ``engine``, ``pipeline``, ``loaded``, ``backend_choice`` and ``precision_choice`` (with reasons)."""
 

@@ -90,17 +90,19 @@ def model_options(command: Callable) -> Callable:
     return command
 
 
-def options_from_flags(params: dict) -> UpscaleOptions:
+def options_from_flags(params: dict, *, device_here: bool = True) -> UpscaleOptions:
     """Pop the upscale-run flags from ``params`` (a command's keyword arguments) and build the options.
 
-    The device must exist here (``check_device``; ``auto`` always does); --weights with --onnx is
-    refused unless the backend is torch (the exported graph holds its weights)."""
+    With ``device_here`` the device must exist on this machine (``check_device``; ``auto`` always
+    does); gtasr-serve passes False, as its model may run on other nodes of a Ray cluster. --weights
+    with --onnx is refused unless the backend is torch (the exported graph holds its weights)."""
     flags = {name: params.pop(name) for name in MODEL_FLAGS if name in params}
     shared_norm = flags.pop("shared_norm", None)
     values = {MODEL_FLAGS[name]: value for name, value in flags.items()}
     if shared_norm is not None:
         values["norm"] = "shared" if shared_norm else "tile"
-    check_device(values.get("device", DEFAULT_DEVICE))
+    if device_here:
+        check_device(values.get("device", DEFAULT_DEVICE))
     if values.get("onnx") is not None and values.get("weights") is not None and values.get("backend") != "torch":
         raise ConfigError("--weights is not used with --onnx (the exported graph holds its weights); "
                           "give one of them")

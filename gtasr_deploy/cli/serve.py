@@ -49,7 +49,7 @@ def _fail(message: str) -> None:
 def _options(kw: dict) -> UpscaleOptions:
     """The upscale options from the model flags in ``kw`` (removed from it); a bad one is a usage error."""
     try:
-        return options_from_flags(kw)
+        return options_from_flags(kw, device_here=False)  # the model may run on other nodes
     except GtasrError as exc:
         _fail(str(exc))
 
