@@ -116,7 +116,7 @@ def test_flag_problems_are_gtasr_errors_for_the_one_line_usage_message(tmp_path)
         _cli_options(upscale_main, "--device", "bogus", "IN", "OUT")
     with pytest.raises(ConfigError, match="--weights is not used with --onnx"):
         _cli_options(upscale_main, "--onnx", "g.onnx", "--weights", str(Path(gtasr_deploy.__file__)), "IN", "OUT")
-    with pytest.raises(ConfigError, match="tile='x' is not valid"):
+    with pytest.raises(ConfigError, match="--tile 'x': expected auto, 0"):
         _cli_options(upscale_main, "--tile", "x", "IN", "OUT")
 
 

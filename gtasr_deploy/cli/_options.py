@@ -16,7 +16,7 @@ import click
 
 from ..batch.preflight import check_device
 from ..errors import ConfigError
-from ..inference.options import UpscaleOptions
+from ..inference.options import UpscaleOptions, parse_tile
 from .weights import weights_callback
 
 # click parameter name -> UpscaleOptions field (shared_norm, the older spelling of norm, is mapped apart)
@@ -101,12 +101,22 @@ def options_from_flags(params: dict, *, device_here: bool = True) -> UpscaleOpti
     values = {MODEL_FLAGS[name]: value for name, value in flags.items()}
     if shared_norm is not None:
         values["norm"] = "shared" if shared_norm else "tile"
+    if isinstance(values.get("tile"), str):
+        values["tile"] = _tile_flag(values["tile"])
     if device_here:
         check_device(values.get("device", DEFAULT_DEVICE))
     if values.get("onnx") is not None and values.get("weights") is not None and values.get("backend") != "torch":
         raise ConfigError("--weights is not used with --onnx (the exported graph holds its weights); "
                           "give one of them")
     return UpscaleOptions.from_mapping({"device": DEFAULT_DEVICE, **values})
+
+
+def _tile_flag(text: str) -> int | str:
+    try:
+        return parse_tile(text)
+    except ConfigError:
+        raise ConfigError(f"--tile {text!r}: expected auto, 0 (the whole image) or a whole number of LR px "
+                          "(a multiple of the size rule)") from None
 
 
 # ------------------------------------------------------------------ output flags (gtasr-upscale, gtasr-serve batch)
