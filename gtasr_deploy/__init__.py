@@ -2,12 +2,12 @@
 
 Public API::
 
-    from gtasr_deploy import build_model, load_model, Upscaler
+    from gtasr_deploy import build_model, load_model, Upscaler, UpscaleOptions
 """
 
 from .version import __version__
 
-__all__ = ["build_model", "load_model", "save_model", "Upscaler", "__version__"]
+__all__ = ["build_model", "load_model", "save_model", "Upscaler", "UpscaleOptions", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import gtasr_deploy` stays cheap for the CLI's --help
@@ -19,4 +19,8 @@ def __getattr__(name):  # lazy: `import gtasr_deploy` stays cheap for the CLI's 
         from .upscaler import Upscaler
 
         return Upscaler
+    if name == "UpscaleOptions":
+        from .inference.options import UpscaleOptions
+
+        return UpscaleOptions
     raise AttributeError(f"module 'gtasr_deploy' has no attribute {name!r}")

@@ -100,7 +100,7 @@ def test_a_killed_worker_is_restarted_and_its_task_retried(local_ray, photos, cl
     the restarted worker (a new process) finishes jobs, and the folder is the CLI's to the byte."""
     from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
     from gtasr_deploy.serve.cluster import ClusterOptions, run_on_cluster
-    from gtasr_deploy.serve.settings import UpscalerSettings
+    from gtasr_deploy.serve.settings import serve_options
 
     out = tmp_path / "out"
     jobs = plan_outputs(collect_inputs(photos), out)
@@ -120,7 +120,7 @@ def test_a_killed_worker_is_restarted_and_its_task_retried(local_ray, photos, cl
         started.extend(pids)
         killer.start()
 
-    result = run_on_cluster(jobs, UpscalerSettings.from_cli(threads=THREADS), ClusterOptions(address="local", actors=2),
+    result = run_on_cluster(jobs, serve_options(threads=THREADS), ClusterOptions(address="local", actors=2),
                             on_workers=on_workers)
     killer.join(timeout=10)
     assert killed, "the worker was never killed"
@@ -145,8 +145,8 @@ def test_workers_that_cannot_load_the_model_are_one_usage_error(local_ray, photo
     from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
     from gtasr_deploy.errors import ConfigError
     from gtasr_deploy.serve.cluster import ClusterOptions, run_on_cluster
-    from gtasr_deploy.serve.settings import UpscalerSettings
+    from gtasr_deploy.serve.settings import serve_options
 
     jobs = plan_outputs(collect_inputs(photos), tmp_path / "out")
     with pytest.raises(ConfigError, match=r"^the workers could not start: .*bad\.safetensors: not a valid"):
-        run_on_cluster(jobs, UpscalerSettings.from_cli(weights=str(bad)), ClusterOptions(actors=1))
+        run_on_cluster(jobs, serve_options(weights=str(bad)), ClusterOptions(actors=1))

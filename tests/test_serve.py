@@ -92,12 +92,12 @@ def service():
     from ray import serve
 
     from gtasr_deploy.serve.service import ServiceOptions, deploy
-    from gtasr_deploy.serve.settings import UpscalerSettings
+    from gtasr_deploy.serve.settings import serve_options
 
     ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     port = _free_port()
     try:
-        deploy(UpscalerSettings.from_cli(threads=THREADS),
+        deploy(serve_options(threads=THREADS),
                ServiceOptions(max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, batch_wait_s=0.3),
                port=port, cpus_per_replica=THREADS)
         yield f"http://127.0.0.1:{port}"
@@ -132,9 +132,9 @@ def test_health_reports_the_cli_settings(service):
     status, body = _get(f"{service}/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok"
-    from gtasr_deploy.serve.settings import UpscalerSettings
+    from gtasr_deploy.serve.settings import open_upscaler, serve_options
 
-    local = UpscalerSettings.from_cli(threads=THREADS).build()  # what gtasr-upscale picks here
+    local = open_upscaler(serve_options(threads=THREADS))  # what gtasr-upscale picks here
     info = local.engine.info
     assert (health["backend"], health["device"], health["precision"]) == (info.backend, info.device, info.precision)
     assert health["tiling"]["tile"] == local.options.tile

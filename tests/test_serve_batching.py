@@ -6,7 +6,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from gtasr_deploy.serve.batching import BatchedEngine, TileCall, install
+from gtasr_deploy.engines.base import Engine, EngineInfo
+from gtasr_deploy.inference.options import UpscaleOptions
+from gtasr_deploy.serve.batching import BatchedEngine, TileCall
+from gtasr_deploy.upscaler import Upscaler
 
 
 class _RecordingEngine:
@@ -90,13 +93,33 @@ def test_the_proxy_routes_tile_calls_to_submit_and_the_rest_to_the_engine():
     engine = _RecordingEngine()
     seen: list[TileCall] = []
     batched = BatchedEngine(engine, submit=lambda call: seen.append(call) or "queued")
-    owner = SimpleNamespace(engine=engine, pipeline=SimpleNamespace(engine=engine, policy="p"))
-    install(owner, batched)
-    assert owner.engine is batched and owner.pipeline.engine is batched and owner.pipeline.policy == "p"
     x = np.zeros((1, 3, 32, 32), np.float32)
     lq = np.zeros((1, 3, 8, 8), np.float32)
-    assert owner.pipeline.engine(x_t=x, lq=lq, sigma=np.ones(1), norm_stats=np.ones((2, 3))) == "queued"
-    assert owner.engine.tile_statistics(x_t=x, lq=lq, sigma=1.0) == "queued"
+    assert batched(x_t=x, lq=lq, sigma=np.ones(1), norm_stats=np.ones((2, 3))) == "queued"
+    assert batched.tile_statistics(x_t=x, lq=lq, sigma=1.0) == "queued"
     assert [c.method for c in seen] == ["__call__", "tile_statistics"]
     assert seen[1].sigma.shape == (1,) and seen[0].norm_stats.shape == (2, 3)
     assert batched.info.backend == "fake" and engine.batches == []
+
+
+class _Nearest(Engine):
+    """Nearest x4 of lq (a local operator), any shape."""
+
+    def __init__(self) -> None:
+        self.info = EngineInfo(backend="fake", device="cpu", precision="fp32", size_multiple=8, tile_lr=None,
+                               batch_range=(1, 1, 4), norm_groups=1, norm_modes=("tile",))
+
+    def _run(self, x_t, lq, sigma, norm_stats, want_stats):
+        return lq.repeat(4, axis=2).repeat(4, axis=3), None
+
+
+def test_an_upscaler_over_the_proxy_sends_every_engine_call_through_submit():
+    """The service's Upscaler is built over the proxy (Upscaler.with_engine), not patched."""
+    model = Upscaler.from_engine(_Nearest(), UpscaleOptions(tile=16, tile_overlap=4, batch=2, norm="tile"))
+    seen: list[TileCall] = []
+    batched = BatchedEngine(model.engine, submit=lambda call: seen.append(call) or batched.run_calls([call])[0])
+    served = model.with_engine(batched)
+    image = np.random.default_rng(4).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    assert np.array_equal(served.upscale(image), model.upscale(image))
+    assert seen and batched.stats.tiles == sum(call.tiles for call in seen) and model.engine is not batched
+    assert served.pipeline.engine is batched and model.pipeline.engine is model.engine

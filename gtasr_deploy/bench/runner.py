@@ -46,6 +46,7 @@ from ..export.verify import sample_photo_lq
 from ..inference.check import compare_outputs
 from ..inference.loader import EMBEDDED_WEIGHTS
 from ..upscaler import Upscaler
+from ..inference.options import UpscaleOptions
 from ..media.images import read_image, write_image
 from ..inference.memory import call_memory, memory_budget
 from ..inference.pipeline import Pipeline, TilePolicy
@@ -238,8 +239,9 @@ def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
         demo = Scenario(**{**asdict(scenario), "preset": "demo", "network": "demo", "weights": str(EMBEDDED_WEIGHTS),
                            "tile": QUALITY_TILE, "graph_batch_max": 1})
         kwargs["onnx"] = ensure_graph(demo)
-    reference = Upscaler(tile=QUALITY_TILE, backend="torch", precision="fp32", device=scenario.device)
-    candidate = Upscaler(**kwargs, tile=QUALITY_TILE)
+    reference = Upscaler.from_options(UpscaleOptions(tile=QUALITY_TILE, backend="torch", precision="fp32",
+                                                     device=scenario.device))
+    candidate = Upscaler.from_options(UpscaleOptions(**kwargs, tile=QUALITY_TILE))
     try:
         check = compare_outputs(SAMPLE_PHOTO, reference.upscale_float(rgb), candidate.upscale_float(rgb))
     finally:

@@ -20,7 +20,7 @@ from ..version import __version__
 from ..errors import GtasrError
 from ..extras import require
 from .weights import weights_callback
-from ..batch.runner import printable
+from ..batch.runner import check_device, check_report_path, missing_dirs, printable, remove_empty_dirs
 from ..evaluation.folders import check_csv_target, format_summary, parse_metrics, score_folders, write_csv
 from ..evaluation.compare import CompareConfig, problems, run_compare
 from ..evaluation.peers import MethodOptions
@@ -83,8 +83,6 @@ def score(sr_dir, gt_dir, metrics, csv_path, cache_dir, quiet):
     def progress(done, total, stem):
         click.echo(f"[{done}/{total}] {stem}", err=True)
 
-    from ..batch.runner import check_report_path, missing_dirs, printable, remove_empty_dirs
-
     made = missing_dirs([csv_path.parent]) if csv_path is not None else []  # a usage error removes them
     try:
         require("scipy", "gtasr-eval (SSIM, NIQE)")
@@ -137,8 +135,6 @@ def compare(hr_dir, methods, degrade, seed, weights, network_config, tile, devic
     Exit code: 0 every metric scored every photo, 1 something was not scored (listed under the
     table), 2 usage error.
     """
-
-    from ..batch.runner import check_device, printable
 
     try:
         require("scipy", "gtasr-eval compare (SSIM, NIQE)")

@@ -1,12 +1,11 @@
 """`gtasr-serve http` (the HTTP service and web page), `gtasr-serve batch` (folders on a Ray cluster) and
 `gtasr-serve triton` (Triton Inference Server through PyTriton).
 
-The model options are gtasr-upscale's own (same names, defaults and help), taken from its command.
+The model options are gtasr-upscale's (same names, defaults and help), declared once in ``cli/_options.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import sys
@@ -17,9 +16,18 @@ import click
 
 from ..version import __version__
 from ..errors import GtasrError
-from ..serve.settings import model_option_names
-from .upscale import main as upscale_main
 from ..extras import require_all
+from ..inference.options import UpscaleOptions
+from ..serve.settings import open_upscaler
+from ._options import (
+    format_option,
+    max_pixels_option,
+    model_options,
+    options_from_flags,
+    overwrite_option,
+    quality_option,
+    suffix_option,
+)
 from ..serve import cluster
 from ..serve.service import ServiceOptions, deploy
 from ..serve.triton import TritonServeOptions, serve
@@ -29,7 +37,7 @@ from ..interrupts import signals_as_interrupt
 from ..serve.cluster import ClusterOptions, inputs_from, run_on_cluster
 
 EXIT_USAGE = 2
-OUTPUT_OPTIONS = ("fmt", "quality", "suffix", "overwrite", "max_pixels")
+SERVICE_MAX_PIXELS = 4_000_000  # x4 output of 4 MP is 64 MP: ~0.8 GB of float32 per request in memory
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -38,37 +46,18 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def _upscale_options(*names: str, model: bool = False, defaults: dict | None = None):
-    """Append gtasr-upscale's options ``names`` (and, with ``model``, all its model options) to a
-    command: copies of its own parameters, so names, defaults and help stay the CLI's."""
-    def decorate(command: click.Command) -> click.Command:
-        params = {p.name: p for p in upscale_main.params}
-        for name in [*(model_option_names() if model else ()), *names]:
-            param = copy.copy(params[name])
-            if defaults and name in defaults:
-                param.default = defaults[name]
-            command.params.append(param)
-        return command
-    return decorate
-
-
-def _settings(kw: dict):
-    """UpscalerSettings from the model options in ``kw`` (removed from it)."""
-    from ..serve.settings import UpscalerSettings, model_option_names
-
-    values = {name: kw.pop(name) for name in model_option_names()}
-    if values.get("onnx_path") is not None and values.get("weights") is not None and values.get("backend") != "torch":
-        _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
+def _options(kw: dict) -> UpscaleOptions:
+    """The upscale options from the model flags in ``kw`` (removed from it); a bad one is a usage error."""
     try:
-        return UpscalerSettings.from_cli(**values)
+        return options_from_flags(kw, device_here=False)  # the model may run on other nodes
     except GtasrError as exc:
         _fail(str(exc))
 
 
-def _preflight(settings, threads: int) -> None:
+def _preflight(upscale: UpscaleOptions, threads: int) -> None:
     """Open the model here once: bad weights or options are one line, not a Ray worker's traceback."""
     try:
-        settings.build(default_threads=max(1, threads)).close()
+        open_upscaler(upscale, default_threads=max(1, threads)).close()
     except GtasrError as exc:
         _fail(str(exc))
 
@@ -116,7 +105,6 @@ def main():
     or serve it on Triton Inference Server (pip extra: triton)."""
 
 
-@_upscale_options("max_pixels", model=True, defaults={"max_pixels": 4_000_000})
 @main.command(context_settings=_CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 for all interfaces).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -134,23 +122,25 @@ def main():
 @click.option("--max-ongoing-requests", type=click.IntRange(min=1), default=8, show_default=True,
               help="Requests one replica works on at once (each holds its image and x4 result in memory: "
                    "~0.8 GB at --max-pixels 4 MP); more wait in Serve's queue.")
+@model_options
+@max_pixels_option(SERVICE_MAX_PIXELS)
 def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_batch_size, batch_wait_ms,
          max_upload_mb, max_ongoing_requests, **kw):
     """Serve POST /v1/upscale, GET /health and the web page on http://HOST:PORT/ until Ctrl-C."""
     _require("ray.serve", "fastapi")
-    settings = _settings(kw)
-    if settings.upscaler_args.get("batch", 1) > max_batch_size:
-        _fail(f"--batch {settings.upscaler_args['batch']} is larger than --max-batch-size {max_batch_size}")
+    upscale = _options(kw)
+    if upscale.batch > max_batch_size:
+        _fail(f"--batch {upscale.batch} is larger than --max-batch-size {max_batch_size}")
 
     options = ServiceOptions(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=kw["max_pixels"] or None,
                              max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
                              max_ongoing_requests=max_ongoing_requests)
     cpus = cpus_per_replica if cpus_per_replica is not None else float(len(os.sched_getaffinity(0)))
     if address == "local":
-        _preflight(settings, int(cpus))
+        _preflight(upscale, int(cpus))
     cluster.connect(address)
     try:
-        deploy(settings, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
+        deploy(upscale, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
                gpus_per_replica=gpus_per_replica)
     except RuntimeError as exc:  # Serve reports a replica that could not start this way
         _fail(" ".join(str(exc).split())[:500])
@@ -170,7 +160,6 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
         sys.exit(130)
 
 
-@_upscale_options("max_pixels", model=True, defaults={"max_pixels": 4_000_000})
 @main.command(context_settings=_CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 for all interfaces).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -180,13 +169,15 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
               help="Requests Triton's dynamic batcher hands to one call (each image still runs on its own).")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=10, show_default=True,
               help="How long the first request of a batch waits for others.")
+@model_options
+@max_pixels_option(SERVICE_MAX_PIXELS)
 def triton(host, http_port, grpc_port, metrics_port, max_batch_size, batch_wait_ms, max_pixels, **kw):
     """Serve model 'gtasr' (image file bytes in, PNG bytes out) on Triton Inference Server via PyTriton
     (pip extra: triton, in its own virtual environment) until Ctrl-C. See docs/integrations.md."""
 
-    settings = _settings(kw)
+    upscale = _options(kw)
     try:
-        upscaler = settings.build()
+        upscaler = open_upscaler(upscale)
         options = TritonServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                      max_batch_size=max_batch_size, queue_delay_us=int(batch_wait_ms * 1000),
                                      max_pixels=max_pixels or None)
@@ -212,7 +203,6 @@ def triton(host, http_port, grpc_port, metrics_port, max_batch_size, batch_wait_
     sys.exit(1)
 
 
-@_upscale_options(*OUTPUT_OPTIONS, model=True)
 @main.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))
@@ -229,6 +219,12 @@ def triton(host, http_port, grpc_port, metrics_port, max_batch_size, batch_wait_
 @click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@model_options
+@format_option
+@quality_option
+@suffix_option
+@overwrite_option
+@max_pixels_option()
 def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_actor, max_retries, num_cpus,
           json_report, quiet, fmt, quality, suffix, overwrite, max_pixels, **kw):
     """Upscale INPUT (a folder, an image, or a .txt list of paths) into OUTPUT on a Ray cluster.
@@ -241,7 +237,7 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
 
     # Ctrl-C, SIGTERM and SIGHUP: the files in flight finish, then the summary and exit 130
     click.get_current_context().with_resource(signals_as_interrupt())
-    settings = _settings(kw)
+    upscale = _options(kw)
     try:
         jobs = batch_mod.plan_outputs(inputs_from(input_path, output_dir), output_dir, fmt=fmt, suffix=suffix)
         batch_mod.check_output_dir(output_dir)
@@ -251,7 +247,7 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
         _fail(str(exc))
     try:
         if address == "local":
-            _preflight(settings, int(cpus_per_actor))
+            _preflight(upscale, int(cpus_per_actor))
     except KeyboardInterrupt:
         click.echo("interrupted before any file was processed", err=True)
         sys.exit(batch_mod.EXIT_INTERRUPTED)
@@ -272,7 +268,7 @@ def batch(input_path, output_dir, address, actors, cpus_per_actor, gpus_per_acto
                        file=sys.stderr)
 
     try:
-        result = run_on_cluster(jobs, settings, options, overwrite=overwrite, max_pixels=max_pixels or None,
+        result = run_on_cluster(jobs, upscale, options, overwrite=overwrite, max_pixels=max_pixels or None,
                                 quality=quality, on_file=on_file, on_workers=on_workers)
     except GtasrError as exc:
         _fail(str(exc))

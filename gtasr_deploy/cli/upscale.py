@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,12 +13,20 @@ from ..version import __version__
 from ..engines.threads import choose_threads
 from ..errors import GtasrError
 from ..extras import require
-from .weights import weights_callback
+from ._options import (
+    format_option,
+    max_pixels_option,
+    model_options,
+    options_from_flags,
+    overwrite_option,
+    quality_option,
+    suffix_option,
+)
 from ..batch.runner import check_device, local_device_from_env
 from ..batch import runner as batch_mod
 from ..interrupts import signals_as_interrupt
 from ..media.video import VideoJobs
-from ..upscaler import Upscaler
+from .. import upscaler as upscaler_mod
 from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
 from ..media.video import collect_videos, is_video, plan_video_jobs
 from ..batch.runner import collect_inputs
@@ -47,57 +56,9 @@ def _resolve_device(device: str) -> str:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_dir", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor; GTASR is x4 only.")
-@click.option("--weights", callback=weights_callback,
-              help="Weights: a name fetched with gtasr-weights (gtasr-final, ...), an official .pth "
-                   "(GTASR_final_phase.pth, CTMSR.pth, ...) or our .safetensors. "
-                   "Default: the embedded demo weights.")
-@click.option("--param-key", default="params_ema", show_default=True,
-              help="Entry of an official .pth to load (params_ema or params).")
-@click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
-                                       "network_g names). Default: read from the file or inferred from shapes.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]), default="auto",
-              show_default=True, help="auto: the fastest runtime installed. CPU: OpenVINO when the 'openvino' extra "
-                                      "is installed (the first run exports the model's graph into the graph cache, "
-                                      "$GTASR_CACHE or ~/.cache/gtasr_deploy; later runs reuse it), else ONNX "
-                                      "Runtime for --onnx, else torch. CUDA: TensorRT for --onnx when installed, "
-                                      "else torch. The choice and its reason are printed first.")
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Exported graph from gtasr-export (its sidecar JSON gives tile shape and size rule).")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 on CPUs with native bf16 (AMX-BF16, AVX512-BF16), else fp32; fp16 on CUDA; an "
-                   "exported graph's own precision with --onnx. The choice and its reason are printed first.")
-@click.option("--seed", type=click.IntRange(-2**63, 2**64 - 1), default=0, show_default=True,
-              help="Seed of the unit noise added to up(LR).")
-@click.option("--tile", default="auto", show_default=True,
-              help="auto: the whole image in one network call when the memory model says it fits (free RAM, "
-                   "cgroup and address-space limits; free GPU memory on CUDA), else the largest tiles that fit, "
-                   "with GroupNorm statistics from a downscaled pass. A number: LR tile size in px (a multiple "
-                   "of the size rule); 0 = always the whole image. An image that runs out of memory is retried "
-                   "with smaller tiles.")
-@click.option("--tile-overlap", type=int, default=None, help="Overlap between tiles in LR px. Default: tile/8.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Tiles per engine call.")
-@click.option("--norm", type=click.Choice(["shared", "tile"]), default="shared", show_default=True,
-              help="For images cut into tiles. shared: every tile normalised with GroupNorm statistics of the "
-                   "whole image, so tiled output follows the whole image without per-tile colour offsets; every "
-                   "backend does it. tile: each tile its own statistics.")
-@click.option("--stats", type=click.Choice(["downscaled", "tiles"]), default="downscaled", show_default=True,
-              help="With --norm shared, where a tiled image's statistics come from: downscaled = the image "
-                   "downscaled 2x or more, in one extra call (cut into the same tiles when --tile N is given or "
-                   "the graph is static): about a quarter of a pass; tiles = every tile once more (a second "
-                   "full pass).")
-@click.option("--shared-norm/--no-shared-norm", default=None, hidden=True,
-              help="Older spelling of --norm shared / --norm tile.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch / ONNX Runtime / OpenVINO. Default: the usable CPUs "
-                   "that other processes do not keep busy (measured at start, at least 1).")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="torch backend: torch.compile the network for the tile shape (CUDA graphs on CUDA). The first "
-                   "run compiles (minutes on a small CPU); inductor caches the result for later runs.")
-@click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory layout (fastest conv kernels on GPUs).")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
-              show_default=True, help="Output format; same = the input's format.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@model_options
+@format_option
+@quality_option
 @click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="F",
               help="Output scale relative to the input (any factor > 0, e.g. 2, 1.5, 8; images): x4 by the "
                    "model, then a Lanczos resize to round(F·W) x round(F·H) (antialiased when shrinking). "
@@ -119,23 +80,16 @@ def _resolve_device(device: str) -> str:
 @click.option("--crf", type=click.IntRange(0, 63), default=None,
               help="Video constant quality (lower is better) for libx264/libx265/VP9/AV1. Default: 18.")
 @click.option("--pix-fmt", default=None, help="Video pixel format. Default: yuv420p (plays everywhere).")
-@click.option("--suffix", default="", help="Appended to output file stems, e.g. _x4.")
-@click.option("--overwrite", is_flag=True,
-              help="Redo every output and replace files this tool did not write (default: skip outputs finished "
-                   "for the same input and settings, so re-runs resume; refuse to replace other files).")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=50_000_000, show_default=True,
-              help="Refuse inputs with more pixels than this (decompression-bomb guard), and outputs of "
-                   "--outscale/--width/--height/--long-side larger than this (by area, checked before any "
-                   "work); 0 = no limit.")
+@suffix_option
+@overwrite_option
+@max_pixels_option()
 @click.option("--shard", default=None, metavar="K/N",
               help="Process the K-th of N deterministic shares (0-based). Default: RANK/WORLD_SIZE if set.")
 @click.option("--json", "json_report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report of every file (status, sizes, seconds).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (bars, or per-image lines in a log).")
-def main(input_path, output_dir, scale, weights, param_key, network_config, backend, onnx_path, device,
-         precision, seed, tile, tile_overlap, batch, norm, stats, shared_norm, threads, compile_model, channels_last, fmt, quality, suffix, overwrite, max_pixels,
-         shard, json_report, quiet, video_codec, crf, pix_fmt,
-         outscale, width, height, long_side, strip_metadata):
+def main(input_path, output_dir, scale, fmt, quality, suffix, overwrite, max_pixels, shard, json_report, quiet,
+         video_codec, crf, pix_fmt, outscale, width, height, long_side, strip_metadata, **flags):
     """Upscale INPUT (an image file or a folder, searched recursively) x4 into the folder OUTPUT.
 
     Writes <name>.png per input (mirroring sub-folders; an input in another format is tagged,
@@ -156,9 +110,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     click.get_current_context().with_resource(signals_as_interrupt())
     if scale != 4:
         _fail(f"--scale {scale} is not available: GTASR models are x4 only (use --scale 4)")
-    if onnx_path is not None and weights is not None and backend != "torch":
-        _fail("--weights is not used with --onnx (the exported graph holds its weights); give one of them")
     try:  # the true reason for an INPUT/OUTPUT that cannot even be looked at (loop, name too long)
+        options = options_from_flags(flags)
         batch_mod.check_input_path(input_path)
         batch_mod.check_output_path(output_dir)
     except GtasrError as exc:
@@ -192,7 +145,8 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
         batch_mod.check_output_dir((output_dir.parent if image_file else output_dir) if jobs or not video_jobs else video_jobs[0].dst.parent)
         if json_report is not None:
             batch_mod.check_report_path(json_report)
-        thread_note, device = None, _resolve_device(device)
+        thread_note, threads = None, options.threads
+        device = _resolve_device(options.device)
         if threads is None and device == "cpu":
             choice = choose_threads()
             threads, thread_note = choice.threads, choice.describe()
@@ -200,13 +154,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
             import torch
 
             torch.set_num_threads(threads)
-
-        upscaler = Upscaler(weights, network_config=network_config, param_key=param_key,
-                            device=device, seed=seed, tile=_parse_tile(tile), tile_overlap=tile_overlap,
-                            batch=batch, backend=backend, onnx=onnx_path, precision=precision, threads=threads,
-                            norm=norm, shared_norm=shared_norm, stats=stats, compile=compile_model,
-                            channels_last=channels_last,
-                            log=lambda line: click.echo(line, err=True))
+        options = replace(options, device=device, threads=threads)
+        # through the module, so a test can stand in for the Upscaler
+        upscaler = upscaler_mod.Upscaler(options=options, log=lambda line: click.echo(line, err=True))
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
         _fail(str(exc))
@@ -222,7 +172,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
     try:  # one run for images and videos: one skip rule, one interrupt path, one summary and report
         if not quiet:
             videos = f" + {len(video_jobs)} video(s)" if video_jobs else ""
-            click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler, seed)}", err=True)
+            click.echo(f"gtasr-upscale: {len(jobs)} file(s){videos}; {_header(upscaler)}", err=True)
             if thread_note:
                 click.echo(thread_note, err=True)
         if not quiet and jobs:
@@ -236,9 +186,9 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                                      handlers=[VideoJobs(frame_fn=upscaler.upscale, codec=video_codec, crf=crf,
                                                          pix_fmt=pix_fmt)],
                                      settings=batch_mod.picture_settings(
-                                         weights=weights, onnx=onnx_path, network_config=network_config,
-                                         param_key=param_key, engine=upscaler.engine.info,
-                                         tiling=upscaler.options, seed=seed))
+                                         weights=options.weights, onnx=options.onnx,
+                                         network_config=options.network_config, param_key=options.param_key,
+                                         engine=upscaler.engine.info, tiling=upscaler.options, seed=options.seed))
     except KeyboardInterrupt:
         click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
         sys.exit(batch_mod.EXIT_INTERRUPTED)
@@ -261,16 +211,7 @@ def _estimate(upscaler, jobs) -> None:
                f"{describe(seconds)} for the images", err=True)
 
 
-def _parse_tile(text: str) -> int | str:
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        _fail(f"--tile {text!r}: expected a whole number of LR px, 0 (whole image) or auto")
-
-
-def _header(upscaler, seed: int) -> str:
+def _header(upscaler) -> str:
     """What the run uses, in words: weights, backend (and why), precision (and why), tiles (and why), norm."""
     info, opts = upscaler.engine.info, upscaler.options
     if opts.tile is None:
@@ -283,7 +224,7 @@ def _header(upscaler, seed: int) -> str:
             else "per-tile GroupNorm statistics")
     choice = upscaler.backend_choice
     return (f"{upscaler.weights_label}; backend {info.backend} on {info.device} ({choice.reason}); precision "
-            f"{upscaler.precision_choice.header()}; {tile}, batch {opts.batch}; {norm}; seed {seed}")
+            f"{upscaler.precision_choice.header()}; {tile}, batch {opts.batch}; {norm}; seed {upscaler.seed}")
 
 
 def _plan_videos(input_path: Path, output: Path, suffix: str) -> list:

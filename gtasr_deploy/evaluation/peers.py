@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..errors import BackendUnavailableError, ConfigError
+from ..inference.options import UpscaleOptions
 from ..upscaler import Upscaler
 
 SCALE = 4
@@ -50,6 +51,13 @@ class MethodOptions:
     seed: int = 0
     tile: int | None = None
     device: str = "cpu"
+
+    def upscale_options(self) -> UpscaleOptions:
+        """GTASR's run: torch fp32, so scores are those of the model, not of a processor's fast path
+        (bf16 moves PSNR by ~0.01 dB)."""
+        return UpscaleOptions(weights=self.weights, network_config=self.network_config, seed=self.seed,
+                              tile="auto" if self.tile is None else self.tile, device=self.device,
+                              backend="torch", precision="fp32")
 
 
 class Method:
@@ -102,9 +110,7 @@ def _bicubic(options: MethodOptions) -> Method:
 
 
 def _gtasr(options: MethodOptions) -> Method:
-    # fp32: scores are those of the model, not of a processor's fast path (bf16 moves PSNR by ~0.01 dB)
-    upscaler = Upscaler(options.weights, network_config=options.network_config, seed=options.seed,
-                        tile=options.tile, device=options.device, backend="torch", precision="fp32")
+    upscaler = Upscaler.from_options(options.upscale_options())
     # the Upscaler tiles (and feathers) by itself; Method must not tile again
     return Method("gtasr", upscaler.upscale_float, close=upscaler.close)
 

@@ -46,6 +46,7 @@ from ..inference.loader import LoadedModel, preset_name
 from ..model.checkpoint import check_state_dict, clean_state_dict
 from ..model.config import NetworkConfig, infer_config
 from ..model.precond import Denoiser
+from ..inference.options import UpscaleOptions
 from ..upscaler import Upscaler
 from .image_batch import upscale_batch
 
@@ -94,8 +95,9 @@ class GTASRNetwork(torch.nn.Module):
         precision default to this module's, ``tile`` to 0 (whole image; "auto" or LR px for tiles)."""
         loaded = LoadedModel(model=self.denoiser, name=ARCH_ID, preset=preset_name(self.denoiser.config),
                              weights_sha256=None, label="weights loaded by spandrel")
-        return Upscaler(model=loaded, backend="torch", device=str(device), seed=self.seed if seed is None else seed,
-                        precision=self.precision if precision is None else precision, tile=tile, norm=norm)
+        options = UpscaleOptions(backend="torch", device=str(device), seed=self.seed if seed is None else seed,
+                                 precision=self.precision if precision is None else precision, tile=tile, norm=norm)
+        return Upscaler.from_options(options, model=loaded)
 
     def upscaler(self, device: torch.device) -> Upscaler:
         """The whole-image Upscaler for the current seed, precision and device (kept until they change)."""

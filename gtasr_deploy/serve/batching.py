@@ -1,6 +1,7 @@
 """Dynamic batching of tiles across concurrent requests, behind the engine interface.
 
-The Upscaler of a service replica gets a :class:`BatchedEngine` in place of its engine. Each
+A service replica runs an Upscaler built over a :class:`BatchedEngine` that wraps the model's engine
+(``Upscaler.with_engine``, built on ``Upscaler.from_engine``). Each
 request runs ``Upscaler.upscale_float`` on its own thread; every engine call it makes (a batch
 of that image's tiles) is handed to ``submit``, which in the service is a Ray Serve
 ``@serve.batch`` method: calls from all in-flight requests that arrive within the batch window
@@ -55,16 +56,6 @@ class BatchStats:
     tiles: int = 0
     largest_batch: int = 0
     requests_merged: int = 0  # engine calls that carried tiles of more than one request
-
-
-def install(upscaler, proxy: BatchedEngine) -> None:
-    """Put ``proxy`` wherever ``upscaler`` (or an object it owns, e.g. its pipeline) holds the real
-    engine: the Upscaler API has no engine argument, and its inner layout is not ours to rely on."""
-    owners = [upscaler, *(v for v in vars(upscaler).values() if hasattr(v, "__dict__"))]
-    for owner in owners:
-        for name, value in list(vars(owner).items()):
-            if value is proxy.engine:
-                setattr(owner, name, proxy)
 
 
 class BatchedEngine:

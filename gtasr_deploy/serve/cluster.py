@@ -23,7 +23,8 @@ from ..batch import runner as batch_mod
 from ..batch.runner import BatchSummary, FileRecord, Job
 from ..errors import ConfigError, InputError
 from ..interrupts import reclaim
-from .settings import UpscalerSettings
+from ..inference.options import UpscaleOptions
+from .settings import open_upscaler
 
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -71,15 +72,13 @@ def inputs_from(input_path: Path, output_dir: Path) -> list[tuple[Path, Path]]:
 class _Worker:
     """A Ray actor: one Upscaler, one job at a time through the CLI's per-file path."""
 
-    def __init__(self, settings: UpscalerSettings, threads: int, run_options: dict) -> None:
-        self.upscaler = settings.build(default_threads=threads)
-        self.run_options = dict(run_options)
-        if hasattr(batch_mod, "picture_settings"):  # completion records name what shaped the picture
-            args = settings.upscaler_args
-            self.run_options["settings"] = batch_mod.picture_settings(
-                weights=args.get("weights"), onnx=args.get("onnx"), network_config=args.get("network_config"),
-                param_key=args.get("param_key", "params_ema"), engine=self.upscaler.engine.info,
-                tiling=self.upscaler.options, seed=args.get("seed", 0))
+    def __init__(self, upscale: UpscaleOptions, threads: int, run_options: dict) -> None:
+        self.upscaler = open_upscaler(upscale, default_threads=threads)
+        # completion records name what shaped the picture, as gtasr-upscale's do
+        self.run_options = {**run_options, "settings": batch_mod.picture_settings(
+            weights=upscale.weights, onnx=upscale.onnx, network_config=upscale.network_config,
+            param_key=upscale.param_key, engine=self.upscaler.engine.info, tiling=self.upscaler.options,
+            seed=upscale.seed)}
 
     def pid(self) -> int:
         return os.getpid()
@@ -104,7 +103,7 @@ def connect(address: str, num_cpus: int | None = None):
     return ray
 
 
-def run_on_cluster(jobs: Sequence[Job], settings: UpscalerSettings, options: ClusterOptions, *,
+def run_on_cluster(jobs: Sequence[Job], upscale: UpscaleOptions, options: ClusterOptions, *,
                    overwrite: bool = False, max_pixels: int | None = None, quality: int = 95,
                    on_file: Callable[[FileRecord], None] | None = None,
                    on_workers: Callable[[list[int]], None] | None = None) -> ClusterResult:
@@ -120,8 +119,8 @@ def run_on_cluster(jobs: Sequence[Job], settings: UpscalerSettings, options: Clu
         max_restarts=options.max_retries, max_task_retries=options.max_retries)
     count = max(1, min(len(jobs), options.actors or _default_actors(ray, options)))
     run_options = {"overwrite": overwrite, "max_pixels": max_pixels, "quality": quality}
-    threads = settings.threads or max(1, int(options.cpus_per_actor))
-    workers = [actor_cls.remote(settings, threads, run_options) for _ in range(count)]
+    threads = upscale.threads or max(1, int(options.cpus_per_actor))
+    workers = [actor_cls.remote(upscale, threads, run_options) for _ in range(count)]
     try:
         try:  # model load errors surface here, once
             pids = ray.get([w.pid.remote() for w in workers])

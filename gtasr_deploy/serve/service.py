@@ -18,16 +18,18 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
+from ..inference.options import UpscaleOptions
 from ..weights.registry import REGISTRY, REPOSITORY
-from .batching import BatchedEngine, TileCall, install
+from .batching import BatchedEngine, TileCall
 from .codec import bicubic
 from .http_api import RequestError, answer_upload, install_error_handlers
-from .settings import UpscalerSettings
+from .settings import open_upscaler
 
 log = logging.getLogger("gtasr_deploy.serve")
 OFFICIAL_WEIGHTS_PAGE = f"https://huggingface.co/{REPOSITORY}"
@@ -37,7 +39,7 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceOptions:
-    """Request handling of one replica (model settings are :class:`UpscalerSettings`)."""
+    """Request handling of one replica (the model's options are an :class:`UpscaleOptions`)."""
 
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int | None = 4_000_000  # x4 output of 4 MP is 64 MP: ~0.8 GB of float32 on the host
@@ -59,11 +61,12 @@ def _batch_tiles(calls: list[TileCall]) -> int:
 class UpscaleService:
     """One replica: an Upscaler whose engine calls are merged across requests."""
 
-    def __init__(self, settings: UpscalerSettings, options: ServiceOptions, threads: int | None = None) -> None:
-        self.settings, self.options = settings, options
-        self.upscaler = settings.build(default_threads=threads)
-        self.engine = BatchedEngine(self.upscaler.engine, self._submit)
-        install(self.upscaler, self.engine)
+    def __init__(self, upscale: UpscaleOptions, options: ServiceOptions, threads: int | None = None) -> None:
+        self.upscale, self.options = upscale, options
+        # the model's Upscaler, then one like it whose engine calls wait in the batch queue
+        model = open_upscaler(upscale, default_threads=threads)
+        self.engine = BatchedEngine(model.engine, self._submit)
+        self.upscaler = model.with_engine(self.engine)
         self._tiles.set_max_batch_size(options.max_batch_size)
         self._tiles.set_batch_wait_timeout_s(options.batch_wait_s)
         # Requests block a thread while their tiles wait for a batch; the batch itself must never
@@ -95,7 +98,7 @@ class UpscaleService:
     def _model_card(self) -> str | None:
         """Where the page links for the weights it runs: our model card for the embedded demo weights,
         the authors' repository for their checkpoints, nothing for other files."""
-        weights = self.settings.upscaler_args.get("weights")
+        weights = self.upscale.weights
         if weights is None and self.upscaler.loaded is not None:
             return "/model-card"
         official = {entry.filename for entry in REGISTRY.values() if entry.filename}
@@ -155,13 +158,13 @@ def _drop_reattach_note(record: logging.LogRecord) -> bool:
     return "will not be applied" not in record.getMessage()
 
 
-def deploy(settings: UpscalerSettings, options: ServiceOptions, *, host: str = "127.0.0.1", port: int = 8000,
+def deploy(upscale: UpscaleOptions, options: ServiceOptions, *, host: str = "127.0.0.1", port: int = 8000,
            replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0):
     """Start Serve's HTTP proxy on ``host:port`` and deploy the service (Ray must be initialised)."""
     serve.start(http_options={"host": host, "port": port})
     logging.getLogger("ray.serve").addFilter(_drop_reattach_note)
-    threads = settings.threads or max(1, int(cpus_per_replica))
+    threads = upscale.threads or max(1, int(cpus_per_replica))
     deployment = UpscaleService.options(
         num_replicas=replicas, max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
-    return serve.run(deployment.bind(settings, options, threads), name="gtasr", route_prefix="/")
+    return serve.run(deployment.bind(upscale, options, threads), name="gtasr", route_prefix="/")
