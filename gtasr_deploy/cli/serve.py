@@ -18,7 +18,7 @@ from ..version import __version__
 from ..errors import GtasrError
 from ..extras import require_all
 from ..inference.options import UpscaleOptions
-from ..serve.settings import open_upscaler
+from ..serve.settings import ServiceOptions, open_upscaler
 from ._options import (
     format_option,
     max_pixels_option,
@@ -29,7 +29,6 @@ from ._options import (
     suffix_option,
 )
 from ..serve import cluster
-from ..serve.service import ServiceOptions, deploy
 from ..serve.triton import TritonServeOptions, serve
 from ..batch import runner as batch_mod
 from ..atomic import atomic_write_text
@@ -140,6 +139,8 @@ def http(host, port, address, replicas, cpus_per_replica, gpus_per_replica, max_
         _preflight(upscale, int(cpus))
     cluster.connect(address)
     try:
+        from ..serve.service import deploy  # Ray Serve and FastAPI: the 'serve' extra, checked above
+
         deploy(upscale, options, host=host, port=port, replicas=replicas, cpus_per_replica=cpus,
                gpus_per_replica=gpus_per_replica)
     except RuntimeError as exc:  # Serve reports a replica that could not start this way

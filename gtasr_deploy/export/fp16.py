@@ -27,10 +27,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import EngineBuildError
+
+if TYPE_CHECKING:  # annotations only; the package is imported on first use (_onnx)
+    import onnx
 
 FLOAT, FLOAT16 = 1, 10  # onnx.proto TensorProto.DataType FLOAT and FLOAT16 (file-format constants)
 # Ops vetted to run in fp16 (all their float inputs are the one type T unless listed below).

@@ -16,7 +16,7 @@ the server: logged with its traceback, answered with one line and no traceback.
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -29,23 +29,12 @@ from ..weights.registry import REGISTRY, REPOSITORY
 from .batching import BatchedEngine, TileCall
 from .codec import bicubic
 from .http_api import RequestError, answer_upload, install_error_handlers
-from .settings import open_upscaler
+from .settings import ServiceOptions, open_upscaler
 
 log = logging.getLogger("gtasr_deploy.serve")
 OFFICIAL_WEIGHTS_PAGE = f"https://huggingface.co/{REPOSITORY}"
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServiceOptions:
-    """Request handling of one replica (the model's options are an :class:`UpscaleOptions`)."""
-
-    max_upload_bytes: int = 32 * 2**20
-    max_pixels: int | None = 4_000_000  # x4 output of 4 MP is 64 MP: ~0.8 GB of float32 on the host
-    max_batch_size: int = 8  # tiles per merged engine call
-    batch_wait_s: float = 0.01  # how long the first tile waits for company
-    max_ongoing_requests: int = 8  # each holds its image and x4 result in host memory
 
 
 app = FastAPI(title="gtasr-serve", docs_url=None, redoc_url=None, openapi_url=None)

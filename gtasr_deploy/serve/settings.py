@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..inference.options import UpscaleOptions
@@ -39,3 +39,14 @@ def open_upscaler(options: UpscaleOptions, default_threads: int | None = None, l
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return Upscaler.from_options(replace(options, device=device), log=log)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceOptions:
+    """Request handling of one replica (the model's options are an :class:`UpscaleOptions`)."""
+
+    max_upload_bytes: int = 32 * 2**20
+    max_pixels: int | None = 4_000_000  # x4 output of 4 MP is 64 MP: ~0.8 GB of float32 on the host
+    max_batch_size: int = 8  # tiles per merged engine call
+    batch_wait_s: float = 0.01  # how long the first tile waits for company
+    max_ongoing_requests: int = 8  # each holds its image and x4 result in host memory
