@@ -54,16 +54,15 @@ from ..tiling import plan_tiles, reflect_indices
 from ..engines.tensorrt_build import explain_unavailable
 from ..engines.onnxruntime import import_onnxruntime
 from ..engines.openvino import import_openvino
+from ..engines.backends import FACTS, GRAPH_BACKENDS, NAMES
 from ..batch.runner import IMAGE_SUFFIXES
 from ..errors import InputError
 from ..inference.pipeline import default_overlap
 
-GRAPH_BACKENDS = ("onnxruntime", "openvino", "tensorrt")  # backends that run an exported graph
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-# which precisions a backend computes: ONNX Runtime / TensorRT run the graph's own (fp32 or fp16 graph);
-# OpenVINO compiles the fp32 graph in fp32 or bf16
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16"),
-                      "openvino": ("fp32", "bf16"), "tensorrt": ("fp32", "fp16")}
+BACKENDS = NAMES
+# which precisions a backend computes (its facts: ONNX Runtime / TensorRT run the graph's own, fp32 or
+# fp16; OpenVINO compiles the fp32 graph in fp32 or bf16)
+BACKEND_PRECISIONS = {name: facts.precisions for name, facts in FACTS.items()}
 QUALITY_TILE = 64  # LR tile of the per-precision quality check (embedded demo weights, a real photo)
 
 
@@ -122,7 +121,7 @@ def graph_name(scenario: Scenario) -> str:
 def graph_path(scenario: Scenario) -> Path:
     """Where the exported graph of this scenario lives."""
 
-    graph_precision = "fp32" if scenario.backend == "openvino" else scenario.precision  # OpenVINO: the fp32 graph
+    graph_precision = FACTS[scenario.backend].graph_precision(scenario.precision)  # OpenVINO: the fp32 graph
     return Path(scenario.cache_dir) / graph_file_name(graph_name(scenario), None, graph_precision)
 
 
@@ -166,7 +165,7 @@ def ensure_graph(scenario: Scenario, log=None) -> Path:
         result = export_onnx(model, fp32.parent, name=graph_name(scenario), tile_lr=None,
                              batch_max=scenario.graph_batch_max, weights_sha256=sha,
                              preset=scenario.preset if scenario.preset != "custom" else None, log=log)
-    if scenario.precision == "fp16" and scenario.backend != "openvino":
+    if FACTS[scenario.backend].graph_precision(scenario.precision) == "fp16":
         result = export_fp16(result, model, log=log)
     return result.onnx_path
 
