@@ -49,12 +49,13 @@ from ..upscaler import Upscaler
 from ..media.images import read_image, write_image
 from ..inference.memory import call_memory, memory_budget
 from ..inference.pipeline import Pipeline, TilePolicy
-from ..model.schedule import unit_noise, up
+from ..model.schedule import one_step_start
 from ..tiling import plan_tiles, reflect_indices
 from ..engines.tensorrt_build import explain_unavailable
 from ..engines.onnxruntime import import_onnxruntime
 from ..engines.openvino import import_openvino
 from ..engines.backends import FACTS, GRAPH_BACKENDS, NAMES
+from ..model.conventions import SCALE, SIGMA_ONE, to_model_range, to_unit_range
 from ..batch.runner import IMAGE_SUFFIXES
 from ..errors import InputError
 from ..inference.pipeline import default_overlap
@@ -186,13 +187,13 @@ def open_scenario_engine(scenario: Scenario):
 # ---------------------------------------------------------------------------- timing (child side)
 
 
-def random_feeds(scenario: Scenario, scale: int = 4) -> dict[str, np.ndarray]:
+def random_feeds(scenario: Scenario, scale: int = SCALE) -> dict[str, np.ndarray]:
     """Seeded engine inputs of the scenario's shape: x_t ~ N(0, 1), lq ~ U[-1, 1], sigma = 1."""
     rng = np.random.default_rng(scenario.seed)
     n, t = scenario.batch, scenario.tile
     return {"x_t": rng.standard_normal((n, 3, t * scale, t * scale), dtype=np.float32),
             "lq": rng.uniform(-1.0, 1.0, (n, 3, t, t)).astype(np.float32),
-            "sigma": np.ones(n, dtype=np.float32)}
+            "sigma": np.full(n, SIGMA_ONE, dtype=np.float32)}
 
 
 def time_model(scenario: Scenario) -> dict[str, Any]:
@@ -231,7 +232,7 @@ def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
     lq = sample_photo_lq((2 * QUALITY_TILE - 24, 2 * QUALITY_TILE + 40))
     if lq is None:
         return None
-    rgb = np.ascontiguousarray((lq[0].transpose(1, 2, 0) + 1.0) / 2.0)
+    rgb = np.ascontiguousarray(to_unit_range(lq[0].transpose(1, 2, 0)))
     kwargs: dict[str, Any] = {"backend": scenario.backend, "precision": scenario.precision, "device": scenario.device}
     if scenario.backend in GRAPH_BACKENDS:
         demo = Scenario(**{**asdict(scenario), "preset": "demo", "network": "demo", "weights": str(EMBEDDED_WEIGHTS),
@@ -304,7 +305,7 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
-            lq = np.ascontiguousarray(image.rgb.transpose(2, 0, 1)) * 2.0 - 1.0
+            lq = to_model_range(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
             sr = pipeline(lq)
             t2 = time.perf_counter()
             write_image(Path(out_dir) / f"{index}.png", np.ascontiguousarray(sr.transpose(1, 2, 0)))
@@ -320,10 +321,9 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
                 lq_t = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32))
                 lq_pad = lq_t.index_select(1, torch.from_numpy(reflect_indices(h, plan.canvas_h)))
                 lq_pad = lq_pad.index_select(2, torch.from_numpy(reflect_indices(w, plan.canvas_w)))[None]
-                x_k = up(lq_pad, info.scale) + unit_noise((1, 3, plan.canvas_h * info.scale,
-                                                           plan.canvas_w * info.scale), scenario.seed)
+                x_k = one_step_start(lq_pad, seed=scenario.seed, scale=info.scale)
                 start = time.perf_counter()
-                engine(x_t=x_k.numpy(), lq=lq_pad.numpy(), sigma=np.ones(1, np.float32))
+                engine(x_t=x_k.numpy(), lq=lq_pad.numpy(), sigma=np.full(1, SIGMA_ONE, np.float32))
                 whole_s += time.perf_counter() - start
     model_s = sum(timed.seconds)
     total_s = stages["decode_s"] + stages["pipeline_s"] + stages["encode_s"]

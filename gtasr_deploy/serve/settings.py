@@ -14,6 +14,7 @@ from types import MappingProxyType
 from ..errors import InputError
 from ..cli.upscale import main
 from ..upscaler import Upscaler
+from ..engines.device import resolve_device
 
 # gtasr-upscale parameter name -> Upscaler keyword (device is resolved where the model runs).
 _UPSCALER_ARGS = {"weights": "weights", "network_config": "network_config", "param_key": "param_key",
@@ -72,9 +73,7 @@ class UpscalerSettings:
 
 
         torch.set_num_threads(self.threads or default_threads or len(os.sched_getaffinity(0)))
-        device = self.device
-        if device == "auto":  # a Ray GPU actor sees only its own GPU(s), as cuda:0..
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.device)  # a Ray GPU actor sees only its own GPU(s), as cuda:0..
         return Upscaler(**self.upscaler_args, device=device)
 
 
