@@ -25,6 +25,7 @@ from ..media.resize import OutputSize
 from ..batch.runner import IMAGE_SUFFIXES
 from ..media.images import format_for_suffix
 from ..engines.device import resolve_device
+from ..engines.factory import BACKENDS
 
 EXIT_USAGE = 2
 
@@ -55,7 +56,7 @@ def _resolve_device(device: str) -> str:
               help="Entry of an official .pth to load (params_ema or params).")
 @click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
                                        "network_g names). Default: read from the file or inferred from shapes.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]), default="auto",
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto",
               show_default=True, help="auto: the fastest runtime installed. CPU: OpenVINO when the 'openvino' extra "
                                       "is installed (the first run exports the model's graph into the graph cache, "
                                       "$GTASR_CACHE or ~/.cache/gtasr_deploy; later runs reuse it), else ONNX "
