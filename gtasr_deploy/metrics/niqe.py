@@ -25,8 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import correlate
-from scipy.special import gamma
 
 from gtasr_deploy.errors import CheckpointError, InputError
 from gtasr_deploy.metrics.assets import asset_path
@@ -37,7 +35,22 @@ _NTSC = np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.70
 GRAY_WEIGHTS = np.linalg.inv(_NTSC)[0]
 _ROUNDING_TOL = 1e-9  # gray levels; float error of a 7x7 mean on [0,255] data is ~1e-12, real detail >> 1e-9
 _ALPHAS = 0.2 + 0.001 * np.arange(9801)  # MATLAB 0.2:0.001:10
-_R_ALPHA = gamma(2 / _ALPHAS) ** 2 / (gamma(1 / _ALPHAS) * gamma(3 / _ALPHAS))
+
+
+@lru_cache(maxsize=None)
+def _scipy():
+    """(scipy.ndimage.correlate, scipy.special.gamma), imported when NIQE first runs: scipy is the
+    optional ``eval`` extra, and importing this module (e.g. through gtasr-eval) must not need it."""
+    from scipy.ndimage import correlate
+    from scipy.special import gamma
+
+    return correlate, gamma
+
+
+@lru_cache(maxsize=None)
+def _r_alpha() -> np.ndarray:
+    gamma = _scipy()[1]
+    return gamma(2 / _ALPHAS) ** 2 / (gamma(1 / _ALPHAS) * gamma(3 / _ALPHAS))
 
 
 def matlab_rgb2gray(img: np.ndarray) -> np.ndarray:
@@ -95,12 +108,14 @@ def _aggd(vec: np.ndarray) -> tuple[float, float, float]:
         rhat = np.mean(np.abs(vec)) ** 2 / np.mean(vec * vec)
         rnorm = rhat * (gam**3 + 1) * (gam + 1) / (gam**2 + 1) ** 2
     # MATLAB min() over an all-NaN vector returns index 1, so alpha = 0.2 and the betas stay NaN.
-    alpha = _ALPHAS[0] if math.isnan(rnorm) else _ALPHAS[np.argmin((_R_ALPHA - rnorm) ** 2)]
+    alpha = _ALPHAS[0] if math.isnan(rnorm) else _ALPHAS[np.argmin((_r_alpha() - rnorm) ** 2)]
+    gamma = _scipy()[1]
     ratio = math.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
     return float(alpha), left * ratio, right * ratio
 
 
 def _block_features(mscn: np.ndarray) -> list[float]:
+    gamma = _scipy()[1]
     alpha, bl, br = _aggd(mscn.ravel())
     feats = [alpha, (bl + br) / 2]
     for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
@@ -112,6 +127,7 @@ def _block_features(mscn: np.ndarray) -> list[float]:
 
 def _scale_features(img: np.ndarray, block: int) -> np.ndarray:
     """(n_blocks, 18) features of one scale; blocks in MATLAB column-major order."""
+    correlate = _scipy()[0]
     window = fspecial_gaussian(7, 7 / 6)
     mu = correlate(img, window, mode="nearest")
     sigma = np.sqrt(np.abs(correlate(img * img, window, mode="nearest") - mu * mu))
