@@ -375,7 +375,8 @@ def _apply_order(
     return add_noise(img, plan.noise.strength, plan.noise.gray, generator)
 
 
-def apply_plan(gt: torch.Tensor, plan: DegradationPlan, *, generator: torch.Generator, scale: int = SCALE) -> torch.Tensor:
+def apply_plan(gt: torch.Tensor, plan: DegradationPlan, *, generator: torch.Generator,
+               scale: int = SCALE) -> torch.Tensor:
     """Run the pipeline for ``plan``; noise fields come from ``generator``. Shapes as ``degrade``."""
     img = gt.to(torch.float32)
     lr_size = (gt.shape[-2] // scale, gt.shape[-1] // scale)
