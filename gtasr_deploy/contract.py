@@ -37,7 +37,7 @@ import numpy as np
 from .errors import ConfigError
 
 FORMAT = "gtasr-onnx/3"
-SCALE = 4
+SCALE = 4  # the network's x4: stated here, the lowest module, and imported (model.conventions re-exports it)
 PRECISIONS = ("fp32", "fp16")
 INPUTS = ("x_t", "lq", "sigma", "norm_stats", "norm_mix")
 OUTPUTS = ("sr", "tile_stats")
@@ -177,7 +177,7 @@ def profile_shapes(sidecar: Mapping) -> dict[str, tuple[tuple[int, ...], tuple[i
     return {name: tuple(s[name] for s in shapes) for name in INPUTS}
 
 
-def example_inputs(tile_lr: tuple[int, int], batch: int, *, seed: int = 0, scale: int = 4) -> dict[str, np.ndarray]:
+def example_inputs(tile_lr: tuple[int, int], batch: int, *, seed: int = 0, scale: int = SCALE) -> dict[str, np.ndarray]:
     """Random float32 feeds: x_t ~ N(0,1)+up-ish content, lq in [-1,1], sigma spread over (0.2, 1]."""
     rng = np.random.default_rng(seed)
     h, w = tile_lr

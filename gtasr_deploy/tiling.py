@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .contract import SCALE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,7 +177,7 @@ def _axis_origins(length: int, tile: int, overlap: int) -> tuple[int, ...]:
 
 
 def plan_tiles(
-    lr_h: int, lr_w: int, *, tile: int | tuple[int, int], overlap: int, multiple: int, scale: int = 4,
+    lr_h: int, lr_w: int, *, tile: int | tuple[int, int], overlap: int, multiple: int, scale: int = SCALE,
     static: bool = False,
 ) -> TilePlan:
     """Plan the tiles for an ``lr_h``×``lr_w`` LR image.

@@ -23,6 +23,7 @@ from .inference.loader import EMBEDDED_WEIGHTS, LoadedModel, load_denoiser, pres
 from .inference.memory import call_memory, memory_budget
 from .inference.options import UpscaleOptions
 from .inference.pipeline import Pipeline, ProgressFn, TilePolicy, default_overlap
+from .model.conventions import to_model_range
 
 __all__ = ["Upscaler", "UpscaleOptions", "EMBEDDED_WEIGHTS", "default_overlap", "preset_name"]
 
@@ -178,7 +179,7 @@ class Upscaler:
         """float32 (H, W, 3) in [0, 1] → float32 (4H, 4W, 3) in [0, 1]."""
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise InputError(f"expected an RGB image of shape (H, W, 3), got {tuple(rgb.shape)}")
-        lq = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) * 2.0 - 1.0
+        lq = to_model_range(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
         sr = self.pipeline(lq, progress=progress)
         return np.ascontiguousarray(sr.transpose(1, 2, 0))
 

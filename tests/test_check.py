@@ -60,3 +60,15 @@ def test_usage_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(main, [str(path), "--backend", "onnxruntime"])
     assert result.exit_code == 2 and "needs --onnx GRAPH" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_backend_is_a_choice_and_graph_backends_need_a_graph(tmp_path):
+    """The choices and the graph rule come from the backends' facts: OpenVINO is checked like the others."""
+    path = _image(tmp_path)
+    for backend in ("openvino", "tensorrt"):
+        result = CliRunner().invoke(main, [str(path), "--backend", backend])
+        assert result.exit_code == 2 and f"--backend {backend} needs --onnx GRAPH" in result.output
+    result = CliRunner().invoke(main, [str(path), "--backend", "torch", "--reference", "openvino"])
+    assert result.exit_code == 2 and "--reference openvino needs --reference-onnx GRAPH" in result.output
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert "torch|onnxruntime|openvino|tensorrt" in help_text.replace(" ", "").replace("\n", "")

@@ -202,6 +202,62 @@ def test_open_engine_dispatch(model, onnx_path):
         open_engine("onnxruntime", model=model)
 
 
+def test_every_backend_states_its_facts_once():
+    """Each engine class declares its backend's facts; the factory, precision choice, gtasr-check and
+    the bench read that list, so every backend (OpenVINO included) appears in each of them."""
+    from gtasr_deploy.bench import runner as bench_runner
+    from gtasr_deploy.cli import check as check_cli
+    from gtasr_deploy.engines import factory
+    from gtasr_deploy.engines.backends import ENGINE_CLASSES, FACTS, GRAPH_BACKENDS, NAMES, facts_of
+    from gtasr_deploy.extras import EXTRA_OF, install_hint
+
+    assert NAMES == ("torch", "onnxruntime", "openvino", "tensorrt")
+    assert factory.BACKENDS == ("auto", *NAMES) and set(factory._OPENERS) == set(NAMES)
+    assert check_cli.BACKEND_CHOICES == list(NAMES) and bench_runner.BACKENDS == NAMES
+    assert bench_runner.BACKEND_PRECISIONS == {name: FACTS[name].precisions for name in NAMES}
+    assert GRAPH_BACKENDS == ("onnxruntime", "openvino", "tensorrt")
+    for cls in ENGINE_CLASSES:
+        facts = cls.facts
+        assert facts_of(facts.name) is facts and set(facts.precisions) <= {"fp32", "bf16", "fp16"}
+        assert set(facts.devices) <= {"cpu", "cuda"} and facts.devices
+        if facts.extra is None:
+            assert facts.install_hint is None and not facts.modules
+        else:  # the extra named agrees with the one table of optional packages
+            assert all(EXTRA_OF[m] == facts.extra for m in facts.modules)
+            assert facts.install_hint == install_hint(facts.modules[0])
+        assert facts.graph == bool(facts.graph_precisions)
+    with pytest.raises(ConfigError, match="unknown backend 'ncnn'; valid backends: torch, onnxruntime, openvino"):
+        facts_of("ncnn")
+
+
+def test_backend_facts_answer_what_callers_ask():
+    from gtasr_deploy.engines.backends import FACTS
+    from gtasr_deploy.inference.memory import call_memory
+
+    torch_f, ort, openvino, trt = (FACTS[n] for n in ("torch", "onnxruntime", "openvino", "tensorrt"))
+    assert torch_f.graph_precision("bf16") is None
+    assert ort.graph_precision("fp16") == "fp16" and trt.graph_precision("fp32") == "fp32"
+    assert openvino.graph_precision("bf16") == "fp32"  # OpenVINO compiles the fp32 graph in bf16
+    assert torch_f.runs_on("cuda:1") and openvino.runs_on("cpu") and not openvino.runs_on("cuda")
+    assert trt.runs_on("cuda") and not trt.runs_on("cpu")
+    assert ort.precision_from_graph and trt.precision_from_graph and not openvino.precision_from_graph
+    assert torch_f.native_bf16 and openvino.native_bf16 and "bf16" not in ort.precisions
+    assert ort.install_hint == "pip install 'gtasr-deploy[onnx]'"
+    assert openvino.install_hint == "pip install 'gtasr-deploy[openvino]'"
+    base = call_memory("demo", "fp32", "torch").per_lr_px
+    assert call_memory("demo", "fp32", "openvino").per_lr_px == pytest.approx(base * openvino.memory_factor)
+    assert call_memory("demo", "fp32", "onnxruntime").per_lr_px == base
+
+
+def test_open_engines_carry_their_facts(model, onnx_path):
+    from gtasr_deploy.engines.onnxruntime import OrtEngine
+
+    engine = open_engine("torch", model=model)
+    assert engine.info.facts is TorchEngine.facts and engine.info.backend == TorchEngine.facts.name
+    with OrtEngine(onnx_path, providers="cpu") as ort:
+        assert ort.info.facts is OrtEngine.facts and ort.info.backend == "onnxruntime"
+
+
 def test_open_engine_tensorrt_unavailable_here(onnx_path):
     from gtasr_deploy.engines.tensorrt_build import explain_unavailable
 

@@ -46,6 +46,7 @@ from .plan import (  # noqa: F401 (the CLIs and serve use these through batch)
 )
 from .records import Verdict
 from ..errors import GtasrError, InputError
+from ..model.conventions import SCALE
 from ..media.images import (
     DEFAULT_MAX_PIXELS,
     atomic_write_bytes,
@@ -153,7 +154,7 @@ class ContractError(ValueError):
     """``sr_fn`` or a frame function broke its contract (wrong shape or dtype): a bug, not a file's problem."""
 
 
-def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bool = False,
+def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = SCALE, overwrite: bool = False,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = 95, progress: bool = True,
               summary: bool = True, json_report: str | os.PathLike | None = None,
               err: TextIO | None = None, tile_progress: bool = False,

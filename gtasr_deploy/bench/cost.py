@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from ..model import build_model
+from ..model import build_model, count_parameters
+from ..model.conventions import SIGMA_ONE
 
 PAPER_SECONDS_128 = 0.08  # SPEC §6: 128×128 input on one RTX 4090
 PAPER_DEVICE = "NVIDIA GeForce RTX 4090"
@@ -41,14 +42,12 @@ def count_model_macs(config: Any, *, tile_lr: tuple[int, int], batch: int = 1) -
     scale = model.config.scale
     x_t = torch.empty(batch, 3, h * scale, w * scale, device="meta")
     lq = torch.empty(batch, 3, h, w, device="meta")
-    sigma = torch.ones(batch, device="meta")
+    sigma = torch.full((batch,), SIGMA_ONE, device="meta")
     return count_macs(model, x_t, sigma, lq)
 
 
 def count_model_params(config: Any) -> int:
     """Parameters of D built from ``config`` (on the meta device: no memory, no initialisation cost)."""
-    from ..model import build_model, count_parameters
-
     with torch.device("meta"):
         return count_parameters(build_model(config))
 

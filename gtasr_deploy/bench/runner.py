@@ -50,21 +50,21 @@ from ..inference.options import UpscaleOptions
 from ..media.images import read_image, write_image
 from ..inference.memory import call_memory, memory_budget
 from ..inference.pipeline import Pipeline, TilePolicy
-from ..model.schedule import unit_noise, up
+from ..model.schedule import one_step_start
 from ..tiling import plan_tiles, reflect_indices
 from ..engines.tensorrt_build import explain_unavailable
 from ..engines.onnxruntime import import_onnxruntime
 from ..engines.openvino import import_openvino
+from ..engines.backends import FACTS, GRAPH_BACKENDS, NAMES
+from ..model.conventions import SCALE, SIGMA_ONE, to_model_range, to_unit_range
 from ..batch.runner import IMAGE_SUFFIXES
 from ..errors import InputError
 from ..inference.pipeline import default_overlap
 
-GRAPH_BACKENDS = ("onnxruntime", "openvino", "tensorrt")  # backends that run an exported graph
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-# which precisions a backend computes: ONNX Runtime / TensorRT run the graph's own (fp32 or fp16 graph);
-# OpenVINO compiles the fp32 graph in fp32 or bf16
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16"),
-                      "openvino": ("fp32", "bf16"), "tensorrt": ("fp32", "fp16")}
+BACKENDS = NAMES
+# which precisions a backend computes (its facts: ONNX Runtime / TensorRT run the graph's own, fp32 or
+# fp16; OpenVINO compiles the fp32 graph in fp32 or bf16)
+BACKEND_PRECISIONS = {name: facts.precisions for name, facts in FACTS.items()}
 QUALITY_TILE = 64  # LR tile of the per-precision quality check (embedded demo weights, a real photo)
 
 
@@ -123,7 +123,7 @@ def graph_name(scenario: Scenario) -> str:
 def graph_path(scenario: Scenario) -> Path:
     """Where the exported graph of this scenario lives."""
 
-    graph_precision = "fp32" if scenario.backend == "openvino" else scenario.precision  # OpenVINO: the fp32 graph
+    graph_precision = FACTS[scenario.backend].graph_precision(scenario.precision)  # OpenVINO: the fp32 graph
     return Path(scenario.cache_dir) / graph_file_name(graph_name(scenario), None, graph_precision)
 
 
@@ -167,7 +167,7 @@ def ensure_graph(scenario: Scenario, log=None) -> Path:
         result = export_onnx(model, fp32.parent, name=graph_name(scenario), tile_lr=None,
                              batch_max=scenario.graph_batch_max, weights_sha256=sha,
                              preset=scenario.preset if scenario.preset != "custom" else None, log=log)
-    if scenario.precision == "fp16" and scenario.backend != "openvino":
+    if FACTS[scenario.backend].graph_precision(scenario.precision) == "fp16":
         result = export_fp16(result, model, log=log)
     return result.onnx_path
 
@@ -188,13 +188,13 @@ def open_scenario_engine(scenario: Scenario):
 # ---------------------------------------------------------------------------- timing (child side)
 
 
-def random_feeds(scenario: Scenario, scale: int = 4) -> dict[str, np.ndarray]:
+def random_feeds(scenario: Scenario, scale: int = SCALE) -> dict[str, np.ndarray]:
     """Seeded engine inputs of the scenario's shape: x_t ~ N(0, 1), lq ~ U[-1, 1], sigma = 1."""
     rng = np.random.default_rng(scenario.seed)
     n, t = scenario.batch, scenario.tile
     return {"x_t": rng.standard_normal((n, 3, t * scale, t * scale), dtype=np.float32),
             "lq": rng.uniform(-1.0, 1.0, (n, 3, t, t)).astype(np.float32),
-            "sigma": np.ones(n, dtype=np.float32)}
+            "sigma": np.full(n, SIGMA_ONE, dtype=np.float32)}
 
 
 def time_model(scenario: Scenario) -> dict[str, Any]:
@@ -233,7 +233,7 @@ def precision_quality(scenario: Scenario) -> dict[str, Any] | None:
     lq = sample_photo_lq((2 * QUALITY_TILE - 24, 2 * QUALITY_TILE + 40))
     if lq is None:
         return None
-    rgb = np.ascontiguousarray((lq[0].transpose(1, 2, 0) + 1.0) / 2.0)
+    rgb = np.ascontiguousarray(to_unit_range(lq[0].transpose(1, 2, 0)))
     kwargs: dict[str, Any] = {"backend": scenario.backend, "precision": scenario.precision, "device": scenario.device}
     if scenario.backend in GRAPH_BACKENDS:
         demo = Scenario(**{**asdict(scenario), "preset": "demo", "network": "demo", "weights": str(EMBEDDED_WEIGHTS),
@@ -307,7 +307,7 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
-            lq = np.ascontiguousarray(image.rgb.transpose(2, 0, 1)) * 2.0 - 1.0
+            lq = to_model_range(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
             sr = pipeline(lq)
             t2 = time.perf_counter()
             write_image(Path(out_dir) / f"{index}.png", np.ascontiguousarray(sr.transpose(1, 2, 0)))
@@ -323,10 +323,9 @@ def run_folder(engine, scenario: Scenario, *, model_median_s: float) -> dict[str
                 lq_t = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32))
                 lq_pad = lq_t.index_select(1, torch.from_numpy(reflect_indices(h, plan.canvas_h)))
                 lq_pad = lq_pad.index_select(2, torch.from_numpy(reflect_indices(w, plan.canvas_w)))[None]
-                x_k = up(lq_pad, info.scale) + unit_noise((1, 3, plan.canvas_h * info.scale,
-                                                           plan.canvas_w * info.scale), scenario.seed)
+                x_k = one_step_start(lq_pad, seed=scenario.seed, scale=info.scale)
                 start = time.perf_counter()
-                engine(x_t=x_k.numpy(), lq=lq_pad.numpy(), sigma=np.ones(1, np.float32))
+                engine(x_t=x_k.numpy(), lq=lq_pad.numpy(), sigma=np.full(1, SIGMA_ONE, np.float32))
                 whole_s += time.perf_counter() - start
     model_s = sum(timed.seconds)
     total_s = stages["decode_s"] + stages["pipeline_s"] + stages["encode_s"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from ..engines.factory import BACKENDS
+from ..engines.precision import CHOICES as PRECISION_CHOICES
 from ..batch.preflight import check_device
 from ..errors import ConfigError
 from ..inference.options import UpscaleOptions, parse_tile
@@ -36,7 +38,7 @@ _MODEL_OPTIONS: tuple[Callable, ...] = (
                  help="Entry of an official .pth to load (params_ema or params)."),
     click.option("--network-config", help="Preset name (paper, demo) or a network JSON (ours or the authors' "
                                           "network_g names). Default: read from the file or inferred from shapes."),
-    click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]),
+    click.option("--backend", type=click.Choice(list(BACKENDS)),
                  default="auto", show_default=True,
                  help="auto: the fastest runtime installed. CPU: OpenVINO when the 'openvino' extra "
                       "is installed (the first run exports the model's graph into the graph cache, "
@@ -47,7 +49,7 @@ _MODEL_OPTIONS: tuple[Callable, ...] = (
                  help="Exported graph from gtasr-export (its sidecar JSON gives tile shape and size rule)."),
     click.option("--device", default=DEFAULT_DEVICE, show_default=True,
                  help="cpu, cuda, cuda:N; auto = cuda (cuda:$LOCAL_RANK under torchrun) when present, else cpu."),
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+    click.option("--precision", type=click.Choice(list(PRECISION_CHOICES)), default="auto",
                  show_default=True,
                  help="auto: bf16 on CPUs with native bf16 (AMX-BF16, AVX512-BF16), else fp32; fp16 on CUDA; an "
                       "exported graph's own precision with --onnx. The choice and its reason are printed first."),

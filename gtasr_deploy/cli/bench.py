@@ -27,6 +27,7 @@ from ..bench.runner import BACKENDS, BenchPlan, estimate_seconds, folder_images,
 from ..atomic import atomic_write_bytes
 from ..batch.runner import check_report_path
 from ..engines.threads import busy_cpus
+from ..engines.device import resolve_device
 
 EXIT_USAGE = 2
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -79,11 +80,7 @@ def _check_tiles(networks, tiles: tuple[int, ...]) -> None:
 
 def _device(device: str) -> str:
     check_device(device)
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device)
 
 
 def _auto_precisions(device: str) -> tuple[str, ...]:

@@ -22,9 +22,12 @@ from .weights import weights_callback
 from ..inference.check import check_images
 from ..upscaler import Upscaler
 from ..batch.runner import check_device, collect_inputs
+from ..engines.backends import FACTS, GRAPH_BACKENDS, NAMES
 
 EXIT_USAGE = 2
-BACKEND_CHOICES = ["torch", "onnxruntime", "tensorrt"]
+BACKEND_CHOICES = list(NAMES)
+GRAPH_NAMES = "/".join(GRAPH_BACKENDS)  # "onnxruntime/openvino/tensorrt"
+PRECISION_BACKENDS = "/".join(name for name, facts in FACTS.items() if not facts.precision_from_graph)
 
 
 def run_check(images, *, reference: dict, candidate: dict, tile: int | None = None, seed: int = 0,
@@ -67,14 +70,15 @@ def run_check(images, *, reference: dict, candidate: dict, tile: int | None = No
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime", show_default=True,
               help="Candidate backend.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Exported graph for an onnxruntime/tensorrt candidate.")
+              help=f"Exported graph for an {GRAPH_NAMES} candidate.")
 @click.option("--precision", default="fp32", show_default=True,
-              help="Candidate precision for the torch backend (fp32, bf16, fp16, auto).")
+              help=f"Candidate precision for the {PRECISION_BACKENDS} backend (fp32, bf16, fp16, auto).")
 @click.option("--reference", "ref_backend", type=click.Choice(BACKEND_CHOICES), default="torch",
               show_default=True, help="Reference backend.")
 @click.option("--reference-onnx", type=click.Path(dir_okay=False, path_type=Path),
-              help="Graph for an onnxruntime/tensorrt reference.")
-@click.option("--reference-precision", default="fp32", show_default=True, help="Reference precision (torch).")
+              help=f"Graph for an {GRAPH_NAMES} reference.")
+@click.option("--reference-precision", default="fp32", show_default=True,
+              help=f"Reference precision ({PRECISION_BACKENDS}).")
 @click.option("--tile", type=int, default=None, help="LR tile (torch sides; graphs use their own).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -89,9 +93,9 @@ def main(inputs, weights, backend, onnx_path, precision, ref_backend, reference_
     try:
         check_device(device)
         images = [src for path in inputs for src, _ in collect_inputs(path)]
-        if backend != "torch" and onnx_path is None:
+        if FACTS[backend].graph and onnx_path is None:
             raise GtasrError(f"--backend {backend} needs --onnx GRAPH (export one with gtasr-export)")
-        if ref_backend != "torch" and reference_onnx is None:
+        if FACTS[ref_backend].graph and reference_onnx is None:
             raise GtasrError(f"--reference {ref_backend} needs --reference-onnx GRAPH")
         reference = dict(weights=weights, backend=ref_backend, onnx=reference_onnx, precision=reference_precision)
         candidate = dict(weights=weights, backend=backend, onnx=onnx_path, precision=precision)

@@ -33,6 +33,7 @@ from ..batch.runner import collect_inputs
 from ..media.resize import OutputSize
 from ..batch.runner import IMAGE_SUFFIXES
 from ..media.images import format_for_suffix
+from ..engines.device import resolve_device
 
 EXIT_USAGE = 2
 
@@ -46,9 +47,8 @@ def _resolve_device(device: str) -> str:
     check_device(device)
     if device != "auto":
         return device
-    import torch
-
-    return local_device_from_env(default="cuda") if torch.cuda.is_available() else "cpu"
+    resolved = resolve_device(device)
+    return local_device_from_env(default=resolved) if resolved == "cuda" else resolved
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

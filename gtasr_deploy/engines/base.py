@@ -12,8 +12,11 @@ An engine evaluates the one-step denoiser D on host arrays of a fixed-shape batc
 * ``norm_stats`` float32 (2, S)    — pooled GroupNorm (mean, variance), :mod:`gtasr_deploy.model.shared_norm`
 * ``sr``    float32 (N, 3, 4h, 4w) — D(x_t, sigma, lq), not clamped
 
-What an engine can do is data (:class:`EngineInfo`: static tile or any shape, batch range,
-precision, normalisation modes), read by the pipeline — never an exception to catch.
+What an engine can do is data, read by its callers — never an exception to catch: each engine
+class declares its backend's facts (:class:`BackendFacts`: precisions, devices, the pip extra that
+installs it, whether it runs an exported graph), which the factory, ``--precision auto``,
+gtasr-check and gtasr-bench read; an open engine states its shapes in :class:`EngineInfo` (static
+tile or any shape, batch range, precision, normalisation modes) and carries its backend's facts.
 Keyword-only arguments on purpose: the authors' module takes ``(x_t, sigma, lq)``, exported
 graphs take ``(x_t, lq, sigma)``; names cannot be confused, positions can.
 Host arrays on purpose: tiles are blended on the host, so image size is bounded by RAM.
@@ -22,7 +25,9 @@ Host arrays on purpose: tiles are blended on the host, so image size is bounded 
 from __future__ import annotations
 
 import abc
+import importlib.util
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,10 +38,53 @@ NORM_MODES = ("tile", "shared")  # per-tile GroupNorm statistics; statistics sha
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackendFacts:
+    """What a backend is before any engine is opened: stated once, next to its engine class.
+
+    ``precisions``: what it computes. ``devices``: the device kinds it runs on ("cpu", "cuda").
+    ``extra``: the pip extra that installs its runtime (None: part of the base install), whose
+    ``modules`` must be importable. ``graph``: runs an exported ONNX graph, not the torch model;
+    ``graph_precisions``: the graphs it accepts; ``precision_from_graph``: it runs the graph's own
+    precision (else it compiles the fp32 graph in the precision asked for). ``native_bf16``: on a
+    CPU with native bf16 units ``--precision auto`` may pick bf16 for it. ``memory_factor``: its
+    peak memory of one call over torch's (:mod:`gtasr_deploy.inference.memory`)."""
+
+    name: str
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...]
+    extra: str | None = None
+    modules: tuple[str, ...] = ()
+    graph: bool = False
+    graph_precisions: tuple[str, ...] = ()
+    precision_from_graph: bool = False
+    native_bf16: bool = False
+    memory_factor: float = 1.0
+
+    @property
+    def install_hint(self) -> str | None:
+        """``pip install 'gtasr-deploy[extra]'``, or None for a backend of the base install."""
+        return None if self.extra is None else f"pip install 'gtasr-deploy[{self.extra}]'"
+
+    def runs_on(self, device: str) -> bool:
+        """Whether ``device`` ("cpu", "cuda", "cuda:1", ...) is of a kind this backend runs on."""
+        return str(device).split(":", 1)[0] in self.devices
+
+    def graph_precision(self, precision: str) -> str | None:
+        """The precision of the exported graph it runs to compute ``precision`` (None: no graph)."""
+        if not self.graph:
+            return None
+        return precision if self.precision_from_graph else self.graph_precisions[0]
+
+    def installed(self) -> bool:
+        """Its runtime's modules are importable (looked up, not imported)."""
+        return all(importlib.util.find_spec(name) is not None for name in self.modules)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineInfo:
     """What a caller needs to drive an engine: static shape, batch range, precision, device."""
 
-    backend: str  # "torch" | "onnxruntime" | "tensorrt"
+    backend: str  # "torch" | "onnxruntime" | "openvino" | "tensorrt" (its facts' name)
     device: str  # "cpu", "cuda:0", "CUDAExecutionProvider", ...
     precision: str  # "fp32" | "bf16" | "fp16"
     size_multiple: int  # every LR side must be a multiple of this (SPEC §2 size rule)
@@ -46,6 +94,7 @@ class EngineInfo:
     norm_modes: tuple[str, ...] = NORM_MODES
     scale: int = SCALE
     lr_max: tuple[int, int] | None = None  # largest LR (h, w) a call may take (a TensorRT profile); None = any
+    facts: BackendFacts | None = None  # what the backend is (its engine class's facts); None for test doubles
 
     @property
     def max_batch(self) -> int:
@@ -55,6 +104,7 @@ class EngineInfo:
 class Engine(abc.ABC):
     """Base class: one lifecycle (construct → call many times → close) and one input check."""
 
+    facts: ClassVar[BackendFacts]
     info: EngineInfo
 
     def __call__(self, *, x_t: np.ndarray, lq: np.ndarray, sigma: np.ndarray,

@@ -9,21 +9,24 @@ lazily, so a missing optional backend costs nothing until used.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
+from .backends import FACTS, NAMES
 from .base import Engine
-from .torch_engine import TorchEngine
-from .onnxruntime import OrtEngine
+from .onnxruntime import OrtEngine, import_onnxruntime
 from .openvino import OpenVinoEngine
 from .tensorrt import TensorRTEngine
 from .tensorrt_build import explain_unavailable
-from .onnxruntime import import_onnxruntime
-from ..contract import read_onnx_sidecar
+from .torch_engine import TorchEngine
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+BACKENDS = ("auto", *NAMES)
+GRAPH_NEED = "an exported ONNX graph (onnx_path)"
+EXPORT_MODULES = ("onnx", "onnxscript")  # what exporting a graph into the cache needs
 
 
 def _need(value, what: str, backend: str):
@@ -33,23 +36,22 @@ def _need(value, what: str, backend: str):
 
 
 def _open_torch(*, model, device, precision, compile=False, channels_last=False, **_) -> Engine:
-    return TorchEngine(_need(model, "a model (weights)", "torch"), device=device, precision=precision,
-                       compile=compile, channels_last=channels_last)
+    return TorchEngine(_need(model, "a model (weights)", TorchEngine.facts.name), device=device,
+                       precision=precision, compile=compile, channels_last=channels_last)
 
 
 def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
     providers = "cpu" if str(device) == "cpu" else "auto"
-    return OrtEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "onnxruntime"), providers=providers,
-                     threads=threads)
+    return OrtEngine(_need(onnx_path, GRAPH_NEED, OrtEngine.facts.name), providers=providers, threads=threads)
 
 
 def _open_openvino(*, onnx_path, precision, threads, cache_dir="engines", **_) -> Engine:
-    return OpenVinoEngine(_need(onnx_path, "an exported ONNX graph (onnx_path)", "openvino"), precision=precision,
+    return OpenVinoEngine(_need(onnx_path, GRAPH_NEED, OpenVinoEngine.facts.name), precision=precision,
                           threads=threads, cache_dir=cache_dir)
 
 
 def _open_tensorrt(*, onnx_path, **_) -> Engine:
-    return TensorRTEngine.from_onnx(_need(onnx_path, "an exported ONNX graph (onnx_path)", "tensorrt"))
+    return TensorRTEngine.from_onnx(_need(onnx_path, GRAPH_NEED, TensorRTEngine.facts.name))
 
 
 def _tensorrt_usable() -> bool:
@@ -66,10 +68,9 @@ def _onnxruntime_usable() -> bool:
 
 def _openvino_usable(*, needs_export: bool) -> bool:
     """OpenVINO importable, and (to export a graph for it) onnx and onnxscript too."""
-    import importlib.util
-
-    modules = ("openvino", "onnx", "onnxscript") if needs_export else ("openvino",)
-    return all(importlib.util.find_spec(name) is not None for name in modules)
+    if not OpenVinoEngine.facts.installed():
+        return False
+    return not needs_export or all(importlib.util.find_spec(name) is not None for name in EXPORT_MODULES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,41 +88,44 @@ def choose_backend(requested: str, *, device: str, onnx_path=None, graph_precisi
         raise ConfigError(f"unknown backend {requested!r}; valid backends: {', '.join(BACKENDS)}")
     if requested != "auto":
         return BackendChoice(backend=requested, reason="requested")
+    torch, ort, openvino, tensorrt = (cls.facts for cls in (TorchEngine, OrtEngine, OpenVinoEngine, TensorRTEngine))
     if torch_options:
-        return BackendChoice(backend="torch", reason="--compile/--channels-last are torch options")
+        return BackendChoice(backend=torch.name, reason="--compile/--channels-last are torch options")
     if str(device) != "cpu":
         if onnx_path is not None and _tensorrt_usable():
-            return BackendChoice(backend="tensorrt", reason="a CUDA GPU with TensorRT and an exported graph")
-        return BackendChoice(backend="torch", reason="CUDA device")
-    cpu_precision = precision in ("auto", "fp32", "bf16")
+            return BackendChoice(backend=tensorrt.name, reason="a CUDA GPU with TensorRT and an exported graph")
+        return BackendChoice(backend=torch.name, reason="CUDA device")
+    openvino_precision = precision == "auto" or precision in openvino.precisions
     if onnx_path is not None:
-        if graph_precision == "fp32" and cpu_precision and _openvino_usable(needs_export=False):
-            return BackendChoice(backend="openvino", reason="the fastest CPU runtime installed")
+        if graph_precision in openvino.graph_precisions and openvino_precision \
+                and _openvino_usable(needs_export=False):
+            return BackendChoice(backend=openvino.name, reason="the fastest CPU runtime installed")
         if _onnxruntime_usable():
-            return BackendChoice(backend="onnxruntime", reason="an exported graph given")
-        return BackendChoice(backend="torch", reason="no runtime for the graph is installed")
-    if cpu_precision and _openvino_usable(needs_export=True):
-        return BackendChoice(backend="openvino", reason="the fastest CPU runtime installed")
-    return BackendChoice(backend="torch", reason="OpenVINO is not installed (pip install 'gtasr-deploy[openvino]' "
-                                                 "runs faster on CPUs)")
+            return BackendChoice(backend=ort.name, reason="an exported graph given")
+        return BackendChoice(backend=torch.name, reason="no runtime for the graph is installed")
+    if openvino_precision and _openvino_usable(needs_export=True):
+        return BackendChoice(backend=openvino.name, reason="the fastest CPU runtime installed")
+    return BackendChoice(backend=torch.name, reason=f"OpenVINO is not installed ({openvino.install_hint} "
+                                                    "runs faster on CPUs)")
 
 
 _OPENERS: dict[str, Callable[..., Engine]] = {
-    "torch": _open_torch,
-    "onnxruntime": _open_onnxruntime,
-    "openvino": _open_openvino,
-    "tensorrt": _open_tensorrt,
+    TorchEngine.facts.name: _open_torch,
+    OrtEngine.facts.name: _open_onnxruntime,
+    OpenVinoEngine.facts.name: _open_openvino,
+    TensorRTEngine.facts.name: _open_tensorrt,
 }
 
 
 def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None, device: str = "cpu",
                 precision: str = "fp32", threads: int | None = None, compile: bool = False,
                 channels_last: bool = False, cache_dir: str | Path = "engines") -> Engine:
-    """An :class:`~gtasr_deploy.engines.base.Engine` for ``backend`` in auto|torch|onnxruntime|tensorrt.
+    """An :class:`~gtasr_deploy.engines.base.Engine` for ``backend``: auto or a name of :data:`.backends.NAMES`.
 
-    ``model``: a Denoiser (torch). ``onnx_path``: a graph from gtasr-export (onnxruntime, tensorrt;
-    its precision comes from the graph, so ``precision`` applies to torch only). ``device``: "cpu"
-    keeps onnxruntime on its CPU provider; anything else lets it use CUDA/TensorRT providers."""
+    ``model``: a Denoiser (torch). ``onnx_path``: a graph from gtasr-export (the backends whose facts
+    say ``graph``; ONNX Runtime and TensorRT run the graph's own precision, so ``precision`` applies
+    to torch and OpenVINO only). ``device``: "cpu" keeps onnxruntime on its CPU provider; anything
+    else lets it use CUDA/TensorRT providers."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -130,7 +134,7 @@ def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None
             graph_precision = read_onnx_sidecar(onnx_path)["precision"]
         backend = choose_backend("auto", device=device, onnx_path=onnx_path, graph_precision=graph_precision,
                                  torch_options=compile or channels_last).backend
-        if backend == "openvino" and onnx_path is None:
-            backend = "torch"  # no graph here to run; the Upscaler exports one into its cache
+        if FACTS[backend].graph and onnx_path is None:
+            backend = TorchEngine.facts.name  # no graph here to run; the Upscaler exports one into its cache
     return _OPENERS[backend](model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads,
                              compile=compile, channels_last=channels_last, cache_dir=cache_dir)

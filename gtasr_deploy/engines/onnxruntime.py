@@ -12,13 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from ..contract import INPUTS, OUTPUTS, graph_feeds, io_shapes, read_onnx_sidecar
+from ..contract import INPUTS, OUTPUTS, PRECISIONS, graph_feeds, io_shapes, read_onnx_sidecar
 from ..errors import BackendUnavailableError, ConfigError
-from .base import Engine, EngineInfo
+from .base import BackendFacts, Engine, EngineInfo
 from .providers import select_providers
 
 CPU_EP = "CPUExecutionProvider"
-INSTALL_HINT = "pip install 'gtasr-deploy[onnx]'"
+# runs the graph's own precision, on the CPU or (onnxruntime-gpu) through the CUDA / TensorRT providers
+FACTS = BackendFacts(name="onnxruntime", precisions=PRECISIONS, devices=("cpu", "cuda"), extra="onnx",
+                     modules=("onnxruntime",), graph=True, graph_precisions=PRECISIONS, precision_from_graph=True)
+INSTALL_HINT = FACTS.install_hint
 
 
 def import_onnxruntime():
@@ -44,6 +47,8 @@ class OrtEngine(Engine):
     ``providers``: "auto" (TensorRT EP → CUDA EP → CPU, whatever is installed), "cpu", "cuda" or
     "tensorrt". ``threads``: intra-op threads (None = ONNX Runtime's default, one per core).
     ``cache_dir``: where the TensorRT EP keeps its engines and timing cache."""
+
+    facts = FACTS
 
     def __init__(self, onnx_path: str | Path, *, providers: str = "auto", threads: int | None = None,
                  cache_dir: str | Path = "engines") -> None:
@@ -71,7 +76,7 @@ class OrtEngine(Engine):
                               "truncated or not a graph from gtasr-export — re-export it") from None
         tile = None if sidecar["tile_lr"] is None else tuple(sidecar["tile_lr"])
         batch = sidecar["batch"]
-        self.info = EngineInfo(backend="onnxruntime", device=self._session.get_providers()[0],
+        self.info = EngineInfo(backend=self.facts.name, facts=self.facts, device=self._session.get_providers()[0],
                                precision=sidecar["precision"], size_multiple=int(sidecar["size_multiple"]),
                                tile_lr=tile, batch_range=(batch["min"], batch["opt"], batch["max"]),
                                norm_groups=int(sidecar["norm_groups"]), scale=int(sidecar["scale"]))

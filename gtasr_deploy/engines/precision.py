@@ -12,6 +12,9 @@
 * ONNX Runtime / TensorRT: the exported graph's own precision (fp32 or fp16 graph).
 * OpenVINO: as the CPU (bf16 or fp32), from the fp32 graph.
 
+Which backend runs the graph's precision and which may compute bf16 are the backends' facts
+(:data:`gtasr_deploy.engines.backends.FACTS`: ``precision_from_graph``, ``native_bf16``), read here.
+
 Detection is a small pure function of the CPU's feature flags (tested with fake lists); the
 choice and its reason are printed in the run header.
 """
@@ -23,10 +26,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
+from ..contract import read_onnx_sidecar
 from ..errors import ConfigError
 from ..paths import cache_root
-from ..contract import read_onnx_sidecar
-from ..atomic import atomic_write_bytes
+from .backends import FACTS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHOICES = ("auto", *PRECISIONS)
@@ -68,6 +72,16 @@ def native_bf16(features: Iterable[str], machine: str | None = None) -> str | No
     return None
 
 
+def _runs_graph_precision(backend: str) -> bool:
+    """Whether ``backend`` (a name, or "auto") runs its graph's own precision (its facts say so)."""
+    return backend in FACTS and FACTS[backend].precision_from_graph
+
+
+def _may_choose_bf16(backend: str) -> bool:
+    """Whether auto may pick bf16 for ``backend`` ("auto": torch or OpenVINO, both may)."""
+    return backend not in FACTS or FACTS[backend].native_bf16
+
+
 def choose_precision(requested: str, *, device: str, backend: str, features: Iterable[str],
                      machine: str | None = None, graph_precision: str | None = None,
                      bf16_speedup: float | None = None) -> PrecisionChoice:
@@ -75,7 +89,7 @@ def choose_precision(requested: str, *, device: str, backend: str, features: Ite
     used; ``bf16_speedup``: bf16 over fp32 matmul speed measured on this CPU (None: not measured)."""
     if requested not in CHOICES:
         raise ConfigError(f"precision {requested!r}, expected one of {list(CHOICES)}")
-    if backend in ("onnxruntime", "tensorrt") or (backend == "auto" and graph_precision is not None):
+    if _runs_graph_precision(backend) or (backend == "auto" and graph_precision is not None):
         if graph_precision is None:
             return PrecisionChoice(precision="fp32", reason="the exported graph's precision")
         if requested not in ("auto", graph_precision):
@@ -86,7 +100,7 @@ def choose_precision(requested: str, *, device: str, backend: str, features: Ite
         return PrecisionChoice(precision=requested, reason="requested")
     if str(device).startswith("cuda"):
         return PrecisionChoice(precision="fp16", reason="CUDA: fp16 tensor cores")
-    unit = native_bf16(features, machine)
+    unit = native_bf16(features, machine) if _may_choose_bf16(backend) else None
     if unit is not None and bf16_speedup is not None and bf16_speedup < BF16_MIN_SPEEDUP:
         return PrecisionChoice(precision="fp32", reason=f"this CPU has {unit}, but bf16 matmuls ran at "
                                                         f"{bf16_speedup:.2f}x the fp32 speed here (measured)")
@@ -105,7 +119,7 @@ def resolve_precision(requested: str, *, device: str, backend: str, onnx=None) -
     features = cpu_features()
     speedup = None
     if requested == "auto" and not str(device).startswith("cuda") and native_bf16(features) is not None \
-            and backend not in ("onnxruntime", "tensorrt") and graph_precision in (None, "fp32"):
+            and not _runs_graph_precision(backend) and graph_precision in (None, "fp32"):
         speedup = measured_bf16_speedup(features)
     return choose_precision(requested, device=device, backend=backend, features=features,
                             graph_precision=graph_precision, bf16_speedup=speedup)

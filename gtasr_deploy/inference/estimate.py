@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.conventions import SIGMA_ONE
 from .pipeline import Pipeline
 
 
@@ -47,7 +48,7 @@ def seconds_per_lr_px(pipeline: Pipeline, side: int = 128) -> float:
     h, w = info.tile_lr or (max(m, side // m * m),) * 2
     rng = np.random.default_rng(0)
     feeds = {"x_t": rng.standard_normal((1, 3, h * info.scale, w * info.scale), dtype=np.float32),
-             "lq": rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32), "sigma": np.ones(1, np.float32)}
+             "lq": rng.uniform(-1, 1, (1, 3, h, w)).astype(np.float32), "sigma": np.full(1, SIGMA_ONE, np.float32)}
     engine(**feeds)  # warm-up: lazy initialisation, kernel selection
     start = time.perf_counter()
     engine(**feeds)

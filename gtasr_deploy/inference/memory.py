@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engines.backends import FACTS
+
 # (fixed bytes, bytes per LR pixel) of one fp32 call, per preset (measured; see the module docstring).
 MEMORY_MODEL = {"demo": (60e6, 7.1e3), "paper": (115e6, 45.1e3)}
 FALLBACK_MODEL = MEMORY_MODEL["paper"]  # custom networks: assume the big one
 PRECISION_FACTOR = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.6}
-# OpenVINO's compiled model keeps more activations alive than torch eager: peak growth of one call,
-# demo weights, LR 128² → 256²: fp32 12.8 kB vs torch's 7.1 kB per LR px (1.8×), bf16 9.8 vs 4.4 (2.2×);
-# measured on this project's 2-core CPU machine. ONNX Runtime and TensorRT: assumed like torch.
-BACKEND_FACTOR = {"torch": 1.0, "openvino": 2.3}
+# A backend's memory over torch eager's is its facts' memory_factor (OpenVINO 2.3, measured; see
+# gtasr_deploy.engines.openvino); ONNX Runtime and TensorRT: assumed like torch.
 SAFETY = 1.5  # measured peaks vary with thread count and allocator; leave room for the rest of the run
 # "could not create a primitive": oneDNN's error when it cannot allocate a kernel's scratch memory
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate",
@@ -71,7 +71,8 @@ class CallMemory:
 def call_memory(preset: str | None, precision: str = "fp32", backend: str = "torch") -> CallMemory:
     """The memory model of one call for a preset, precision and backend (measured; see the docstring)."""
     fixed, per_px = MEMORY_MODEL.get(preset or "", FALLBACK_MODEL)
-    factor = PRECISION_FACTOR.get(precision, 1.0) * BACKEND_FACTOR.get(backend, 1.0)
+    backend_factor = FACTS[backend].memory_factor if backend in FACTS else 1.0
+    factor = PRECISION_FACTOR.get(precision, 1.0) * backend_factor
     return CallMemory(fixed=fixed, per_lr_px=per_px * factor)
 
 

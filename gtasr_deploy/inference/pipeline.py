@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from ..engines.base import Engine
 from ..errors import ConfigError, InputError, OutOfMemoryError
 from ..model.shared_norm import pool_statistics
-from ..model.schedule import unit_noise, up
+from ..model.conventions import SIGMA_ONE, to_unit_range
+from ..model.schedule import one_step_start
 from ..tiling import (Accumulator, TilePlan, choose_tile, default_overlap, downscale_factor, iter_batches,
                       plan_tiles, reflect_indices, tile_box, tile_sides)
 from .memory import is_out_of_memory
@@ -242,8 +243,7 @@ class Pipeline:
         rows = torch.from_numpy(reflect_indices(h, plan.canvas_h))
         cols = torch.from_numpy(reflect_indices(w, plan.canvas_w))
         lq_pad = lq_t.index_select(1, rows).index_select(2, cols)[None]
-        x_k = up(lq_pad, plan.scale)
-        x_k += unit_noise(tuple(x_k.shape), seed)
+        x_k = one_step_start(lq_pad, seed=seed, scale=plan.scale)
         return x_k[0].numpy(), lq_pad[0].numpy()
 
     def _statistics(self, lq: np.ndarray, plan: TilePlan, batch: int, advance: Callable[[int], None]) -> np.ndarray:
@@ -283,14 +283,14 @@ class Pipeline:
                 acc.add(i, tile_out)
             advance(len(indices))
         out = acc.result()
-        return np.clip((out + 1.0) * 0.5, 0.0, 1.0, out=out)
+        return np.clip(to_unit_range(out), 0.0, 1.0, out=out)
 
 
 def _feeds(plan: TilePlan, indices: list[int], x_k: np.ndarray, lq: np.ndarray) -> dict[str, np.ndarray]:
     """The engine inputs of the tiles ``indices`` of ``plan``, cut from the canvas's x_K and lq."""
     return {"x_t": np.stack([x_k[(slice(None), *tile_box(plan, i, hr=True))] for i in indices]),
             "lq": np.stack([lq[(slice(None), *tile_box(plan, i))] for i in indices]),
-            "sigma": np.ones(len(indices), dtype=np.float32)}
+            "sigma": np.full(len(indices), SIGMA_ONE, dtype=np.float32)}
 
 
 def _tile_text(tile) -> str:

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..errors import InputError
+from ..model.conventions import SCALE
 
-MODEL_SCALE = 4
+MODEL_SCALE = SCALE
 MAX_SIDE = 65_535  # JPEG's limit and far beyond what memory allows for a float32 image
 FORMAT_MAX_SIDE = {"webp": 16_383, "jpg": 65_535}  # what the encoders can write, per side
 

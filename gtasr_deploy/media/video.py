@@ -51,6 +51,7 @@ from ..batch.records import Verdict
 from ..batch.count_progress import CountProgress
 from ..errors import BackendUnavailableError, ConfigError, InputError
 from ..interrupts import INTERRUPTS
+from ..model.conventions import SCALE
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi"})
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
@@ -226,7 +227,7 @@ def _plan_streams(inp: Any, out: Any, vin: Any, fmt: str) -> tuple[dict[int, Any
 
 
 def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec: str | None = None,
-                  crf: int | None = None, pix_fmt: str | None = None, scale: int = 4,
+                  crf: int | None = None, pix_fmt: str | None = None, scale: int = SCALE,
                   progress: ProgressFn | None = None, max_pixels: int | None = None,
                   record: tuple[Path, Mapping] | None = None) -> VideoReport:
     """Upscale every frame of ``src`` with ``frame_fn`` into ``dst`` (container from its suffix).

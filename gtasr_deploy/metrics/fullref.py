@@ -3,7 +3,8 @@
 Images are (H,W,3) RGB numpy arrays: uint8 (0..255), uint16 (0..65535) or float in [0,1].
 Y is MATLAB's ``rgb2ycbcr`` luma, Y = 16 + 65.481 R + 128.553 G + 24.966 B with RGB in [0,1],
 kept in float (not rounded) on the [0,255] scale, as basicsr's ``calculate_psnr/ssim(test_y_channel)``
-use it. No border is cropped.
+use it. No border is cropped. :func:`psnr` is the package's one PSNR (gtasr-check, the fp16 export
+check and training validation import it); SSIM needs scipy (the ``eval`` extra), imported when used.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 
 import numpy as np
 
-from gtasr_deploy.errors import InputError
+from ..errors import InputError
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
 _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
@@ -70,9 +71,9 @@ def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
 
 def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Separable 2-D correlation keeping only 'valid' outputs (no padded pixel involved)."""
-    r = len(g) // 2
-    from scipy.ndimage import correlate1d  # the 'eval' extra
+    from scipy.ndimage import correlate1d  # optional (eval extra): PSNR must not need it
 
+    r = len(g) // 2
     out = correlate1d(correlate1d(img, g, axis=0, mode="constant"), g, axis=1, mode="constant")
     return out[r:-r, r:-r]
 

@@ -37,11 +37,19 @@ _ROUNDING_TOL = 1e-9  # gray levels; float error of a 7x7 mean on [0,255] data i
 _ALPHAS = 0.2 + 0.001 * np.arange(9801)  # MATLAB 0.2:0.001:10
 
 
-@lru_cache(maxsize=1)
-def _r_alpha() -> np.ndarray:
-    """Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)) over the MATLAB alpha grid (computed once, on first use)."""
-    from scipy.special import gamma  # the 'eval' extra
+@lru_cache(maxsize=None)
+def _scipy():
+    """(scipy.ndimage.correlate, scipy.special.gamma), imported when NIQE first runs: scipy is the
+    optional ``eval`` extra, and importing this module (e.g. through gtasr-eval) must not need it."""
+    from scipy.ndimage import correlate
+    from scipy.special import gamma
 
+    return correlate, gamma
+
+
+@lru_cache(maxsize=None)
+def _r_alpha() -> np.ndarray:
+    gamma = _scipy()[1]
     return gamma(2 / _ALPHAS) ** 2 / (gamma(1 / _ALPHAS) * gamma(3 / _ALPHAS))
 
 
@@ -92,9 +100,6 @@ def matlab_imresize(img: np.ndarray, scale: float) -> np.ndarray:
 
 def _aggd(vec: np.ndarray) -> tuple[float, float, float]:
     """(alpha, beta_left, beta_right) of an asymmetric generalised Gaussian fit (moment matching)."""
-    from scipy.special import gamma  # the 'eval' extra
-
-    r_alpha = _r_alpha()
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty halves give NaN like MATLAB
         left = math.sqrt(np.mean(vec[vec < 0] ** 2)) if np.any(vec < 0) else math.nan
@@ -103,13 +108,14 @@ def _aggd(vec: np.ndarray) -> tuple[float, float, float]:
         rhat = np.mean(np.abs(vec)) ** 2 / np.mean(vec * vec)
         rnorm = rhat * (gam**3 + 1) * (gam + 1) / (gam**2 + 1) ** 2
     # MATLAB min() over an all-NaN vector returns index 1, so alpha = 0.2 and the betas stay NaN.
-    alpha = _ALPHAS[0] if math.isnan(rnorm) else _ALPHAS[np.argmin((r_alpha - rnorm) ** 2)]
+    alpha = _ALPHAS[0] if math.isnan(rnorm) else _ALPHAS[np.argmin((_r_alpha() - rnorm) ** 2)]
+    gamma = _scipy()[1]
     ratio = math.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
     return float(alpha), left * ratio, right * ratio
 
 
 def _block_features(mscn: np.ndarray) -> list[float]:
-    from scipy.special import gamma  # the 'eval' extra
+    gamma = _scipy()[1]
     alpha, bl, br = _aggd(mscn.ravel())
     feats = [alpha, (bl + br) / 2]
     for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
@@ -121,7 +127,7 @@ def _block_features(mscn: np.ndarray) -> list[float]:
 
 def _scale_features(img: np.ndarray, block: int) -> np.ndarray:
     """(n_blocks, 18) features of one scale; blocks in MATLAB column-major order."""
-    from scipy.ndimage import correlate  # the 'eval' extra
+    correlate = _scipy()[0]
     window = fspecial_gaussian(7, 7 / 6)
     mu = correlate(img, window, mode="nearest")
     sigma = np.sqrt(np.abs(correlate(img * img, window, mode="nearest") - mu * mu))

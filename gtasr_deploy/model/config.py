@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .conventions import SCALE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +31,7 @@ class NetworkConfig:
     attn_resolutions: tuple[int, ...] = (64, 32, 16, 8)
     dropout: float = 0.13
     sigma_data: float = 0.5
-    scale: int = 4
+    scale: int = SCALE
     swin_embed_dim: int = 192
     swin_num_heads: int = 6
     swin_window_size: int = 8

@@ -4,7 +4,8 @@
     Q(x0, y0, i, eps) = x0 + a_i·(up(y0) − x0) + s_i·eps    (paper Eq. 1)
 
 ``up`` is bicubic x4 as torch ``interpolate(mode="bicubic", align_corners=False)``: a = −0.75,
-clamped borders, no antialias (SPEC §1). With a_K = s_K = 1, x_K = up(y0) + eps.
+clamped borders, no antialias (SPEC §1). With a_K = s_K = 1, x_K = up(y0) + eps: where one-step
+inference starts (:func:`one_step_start`), evaluated at σ = 1 (``conventions.SIGMA_ONE``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SCALE = 4
+from .conventions import SCALE
 
 
 def up(lq: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
@@ -30,6 +31,17 @@ def q_sample(x0: torch.Tensor, up_lq: torch.Tensor, sigma: torch.Tensor | float,
     """Q with a = s = sigma: x0 + sigma·(up(y0) − x0) + sigma·eps. sigma scalar or (N,)."""
     s = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).reshape(-1, 1, 1, 1)
     return x0 + s * (up_lq - x0) + s * eps
+
+
+def one_step_start(lq: torch.Tensor, *, eps: torch.Tensor | None = None, seed: int | None = None,
+                   scale: int = SCALE) -> torch.Tensor:
+    """x_K = up(lq) + eps: Q at i = K (a_K = s_K = 1), the input of one-step inference at σ = 1.
+
+    ``lq`` (N, 3, h, w) in [-1, 1]. ``eps``: the unit noise, (N, 3, scale·h, scale·w); None draws it
+    from ``seed`` with :func:`unit_noise` on the CPU. Added in place to the fresh ``up(lq)``."""
+    x_k = up(lq, scale)
+    x_k += unit_noise(tuple(x_k.shape), seed) if eps is None else eps
+    return x_k
 
 
 def num_intervals(step: int, total_steps: int, k_start: int, k_end: int) -> int:

@@ -18,6 +18,7 @@ from ..batch.runner import Job, exception_name, run_batch
 from ..errors import GtasrError, InputError
 from ..media.images import read_image, upscale_alpha
 from ..media.resize import format_problem
+from ..model.conventions import SCALE
 
 # Output formats a client may ask for; "same" = the upload's own format (as --format same).
 FORMATS = ("png", "jpg", "webp", "same")
@@ -54,7 +55,7 @@ def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: 
             raise InputError(f"{name}: cannot decode the image ({exception_name(exc)}: "
                              f"{' '.join(str(exc).split())[:200]})") from None
         written = _SOURCE_TO_WRITE[image.source_format] if fmt == "same" else fmt
-        problem = format_problem(written, (image.size[0] * 4, image.size[1] * 4))
+        problem = format_problem(written, (image.size[0] * SCALE, image.size[1] * SCALE))
         if problem:  # the client's choice of size and format, known before any work: a 400
             raise InputError(f"{name}: {problem}")
         dst = Path(folder) / "out" / f"result.{written}"
@@ -69,6 +70,6 @@ def process_upload(data: bytes, sr_fn, *, name: str, fmt: str = "png", quality: 
         return dst.read_bytes(), written, (width, height)
 
 
-def bicubic(rgb: np.ndarray, scale: int = 4) -> np.ndarray:
+def bicubic(rgb: np.ndarray, scale: int = SCALE) -> np.ndarray:
     """Plain bicubic x``scale`` of float32 (H, W, 3) in [0, 1]: the page's "before" image."""
     return np.stack([upscale_alpha(rgb[..., c], scale) for c in range(3)], axis=-1)

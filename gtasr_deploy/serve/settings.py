@@ -17,6 +17,7 @@ from typing import Any
 
 from ..inference.options import UpscaleOptions
 from ..upscaler import Upscaler
+from ..engines.device import resolve_device
 
 SERVE_DEFAULTS = {"device": "auto"}  # gtasr-upscale's defaults where they differ from the Python API's
 
@@ -35,9 +36,7 @@ def open_upscaler(options: UpscaleOptions, default_threads: int | None = None, l
     import torch
 
     torch.set_num_threads(options.threads or default_threads or len(os.sched_getaffinity(0)))
-    device = options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(options.device)  # a Ray GPU actor sees only its own GPU(s), as cuda:0..
     return Upscaler.from_options(replace(options, device=device), log=log)
 
 

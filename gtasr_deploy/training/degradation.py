@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from ..model.conventions import SCALE
 from .config_types import checked_values
 from .kernels import (
     BlurConfig,
@@ -374,7 +375,8 @@ def _apply_order(
     return add_noise(img, plan.noise.strength, plan.noise.gray, generator)
 
 
-def apply_plan(gt: torch.Tensor, plan: DegradationPlan, *, generator: torch.Generator, scale: int = 4) -> torch.Tensor:
+def apply_plan(gt: torch.Tensor, plan: DegradationPlan, *, generator: torch.Generator,
+               scale: int = SCALE) -> torch.Tensor:
     """Run the pipeline for ``plan``; noise fields come from ``generator``. Shapes as ``degrade``."""
     img = gt.to(torch.float32)
     lr_size = (gt.shape[-2] // scale, gt.shape[-1] // scale)
@@ -431,7 +433,7 @@ def degrade(
     *,
     generator: torch.Generator,
     config: DegradationConfig = DegradationConfig(),
-    scale: int = 4,
+    scale: int = SCALE,
 ) -> torch.Tensor:
     """Make training LR from GT with the second-order degradation of SPEC §5.
 
@@ -444,7 +446,7 @@ def degrade(
     return apply_plan(gt, plan, generator=generator, scale=scale)
 
 
-def bicubic_lr(gt: torch.Tensor, scale: int = 4) -> torch.Tensor:
+def bicubic_lr(gt: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """Plain bicubic ×1/scale of (N,3,H,W) [0,1] GT, antialiased (PIL BICUBIC's filter), clamped to
     [0,1] and rounded to 8 bit — the "bicubic ×4 downscaling" of the evaluation sets (SPEC §6)."""
     lr = F.interpolate(gt, scale_factor=1 / scale, mode="bicubic", align_corners=False, antialias=True)
@@ -452,7 +454,7 @@ def bicubic_lr(gt: torch.Tensor, scale: int = 4) -> torch.Tensor:
 
 
 def mix_clean(gt: torch.Tensor, lq: torch.Tensor, prob: float, *, generator: torch.Generator,
-              scale: int = 4) -> torch.Tensor:
+              scale: int = SCALE) -> torch.Tensor:
     """``lq`` with each sample replaced, with probability ``prob`` (one coin per sample from the CPU
     ``generator``), by :func:`bicubic_lr` of its GT. prob = 0 returns ``lq`` itself without a draw."""
     if prob <= 0:

@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import torch
 import torch.distributed as dist
 
+from ..engines.device import wants_cuda
 from ..errors import BackendUnavailableError, ConfigError
 
 
@@ -74,7 +75,7 @@ def setup_distributed(device: str, say: Callable[[str], None] = print) -> Dist:
     gets one line before a multi-process run joins its group (which waits for every process)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(f"run.device is {device!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    want_cuda = wants_cuda(device)
     sharded = distributed_env()
     if sharded is not None and not dist.is_initialized():
         rank, world = sharded

@@ -33,7 +33,8 @@ from ..atomic import atomic_write_text
 from ..errors import CheckpointError, ConfigError, GtasrError
 from ..model import build_model, save_model
 from ..model.checkpoint import check_state_dict, read_checkpoint
-from ..model.schedule import unit_noise, up
+from ..model.conventions import SIGMA_ONE, to_model_range, to_unit_range
+from ..model.schedule import one_step_start, unit_noise, up
 from . import checkpoint as ckpt
 from .config import StageConfig, TrainConfig
 from .data import cached_file_list, check_decodable, make_loader, scan_images, validation_crops, write_file_list
@@ -167,7 +168,7 @@ class Trainer:
         loss_gen = torch.Generator().manual_seed(_seed(seed, "loss", st, self.step, rank))
         accum = self.stage.optim.grad_accum
         logged: dict[str, float] = {}
-        for micro, (x0, y0) in enumerate(zip((hr * 2 - 1).chunk(accum), (lq * 2 - 1).chunk(accum))):
+        for micro, (x0, y0) in enumerate(zip(to_model_range(hr).chunk(accum), to_model_range(lq).chunk(accum))):
             last = micro == accum - 1
             sync = contextlib.nullcontext() if last or self.online is self.net else self.online.no_sync()
             with sync, self.autocast():
@@ -222,10 +223,12 @@ def make_validation(cfg: TrainConfig, files: list[str]) -> Validation:
 
 @torch.no_grad()
 def _psnr_of(net: nn.Module, lq: torch.Tensor, val: Validation, device: torch.device) -> tuple[dict[str, float], list]:
-    lq = lq.to(device) * 2 - 1
-    sr = torch.cat([net.eval()(up(lq[i:i + 1]) + val.eps[i:i + 1].to(device), 1.0, lq[i:i + 1]) for i in range(len(lq))])
-    to8 = lambda t: (t.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-    sr8, bic8, hr8 = to8(sr), to8(up(lq)), to8(val.hr * 2 - 1)
+    lq = to_model_range(lq.to(device))
+    sr = torch.cat([net.eval()(one_step_start(lq[i:i + 1], eps=val.eps[i:i + 1].to(device)), SIGMA_ONE, lq[i:i + 1])
+                    for i in range(len(lq))])
+    # (x + 1) / 2 is exact, so × 255 rounds once, as (x + 1) × 127.5 would
+    to8 = lambda t: (to_unit_range(t.clamp(-1, 1)).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    sr8, bic8, hr8 = to8(sr), to8(up(lq)), to8(to_model_range(val.hr))
     scores = {"val_psnr_y": float(np.mean([psnr_y(s, h) for s, h in zip(sr8, hr8)])),
               "val_psnr_y_bicubic": float(np.mean([psnr_y(b, h) for b, h in zip(bic8, hr8)]))}
     return scores, [np.concatenate([b, s, h], axis=1) for b, s, h in zip(bic8, sr8, hr8)]  # bicubic | SR | HR

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import functools
 import sys
+import time
 from typing import Callable
 
 import torch
@@ -26,9 +27,10 @@ from ..errors import ConfigError, GtasrError
 from ..metrics.lpips import LPIPS
 from .data import scan_images, validation_crops
 from ..model import load_model
+from ..model.conventions import to_model_range
 from ..weights import EMBEDDED_WEIGHTS
-from .degradation import degrade
-from .losses import Batch, StageIIConfig, copy_for_target, stage2_terms
+from .degradation import bicubic_lr, degrade
+from .losses import Batch, StageIIConfig, copy_for_target, stage1_losses, stage2_terms
 from .config import load_config
 
 
@@ -89,7 +91,7 @@ def measure(images: str, *, device: torch.device, crop: int, count: int) -> list
     """(photo, a, mode, relative difference, cosine) rows; the modes are compared with strict fp32."""
 
     files = scan_images([images], "--images")
-    x0 = validation_crops(files, crop=crop, count=count).to(device) * 2 - 1
+    x0 = to_model_range(validation_crops(files, crop=crop, count=count).to(device))
     x0_hat = F.interpolate(F.interpolate(x0, scale_factor=0.25, mode="bicubic", antialias=True),
                            scale_factor=4, mode="bicubic").clamp(-1, 1)
     lpips = LPIPS("vgg").to(device)
@@ -125,7 +127,8 @@ def measure_step(images: str, *, device: torch.device, crop: int, count: int) ->
     net = load_model(EMBEDDED_WEIGHTS).to(device).train()
     target, lpips = copy_for_target(net), LPIPS("vgg").to(device)
     hr = validation_crops(scan_images([images], "--images"), crop=crop, count=count)
-    batch = Batch(x0=hr.to(device) * 2 - 1, lq=degrade(hr, generator=torch.Generator().manual_seed(1)).to(device) * 2 - 1)
+    batch = Batch(x0=to_model_range(hr.to(device)),
+                  lq=to_model_range(degrade(hr, generator=torch.Generator().manual_seed(1)).to(device)))
     names = ("ct", "dtm", "stab", "rect")
 
     def gradients(seed: int, context: Callable[[], contextlib.AbstractContextManager]) -> dict[str, torch.Tensor]:
@@ -150,18 +153,13 @@ def measure_stage1(images: str, *, device: torch.device, crop: int, count: int,
     network on ``count`` crops (half degraded, half clean bicubic LR, as the recipe mixes them),
     the whole step under bf16 autocast vs strict fp32, for two loss/dropout seeds; with the time of
     one forward + backward in each precision."""
-    import time
-
-    from .degradation import bicubic_lr, degrade
-    from .losses import Batch, stage1_losses
-
     cfg = load_config(recipe)
     loss_cfg = cfg.stage(1).loss
     net = load_model(EMBEDDED_WEIGHTS).to(device).train()
     hr = validation_crops(scan_images([images], "--images"), crop=crop, count=count)
     lq = degrade(hr, generator=torch.Generator().manual_seed(1))
     lq[::2] = bicubic_lr(hr[::2])
-    batch = Batch(x0=hr.to(device) * 2 - 1, lq=lq.to(device) * 2 - 1)
+    batch = Batch(x0=to_model_range(hr.to(device)), lq=to_model_range(lq.to(device)))
 
     def gradient(seed: int, context: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, float]:
         torch.manual_seed(seed)  # the same dropout masks in both precisions
