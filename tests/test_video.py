@@ -330,8 +330,7 @@ def test_bt709_colours_and_tags_survive(tmp_path, color_range):
 def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
     from PIL import Image
 
-    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
-    from gtasr_deploy.media.video import collect_videos, plan_video_jobs
+    from gtasr_deploy.batch.plan import collect_inputs, collect_videos, plan_outputs, plan_video_jobs
 
     src = root / "in"
     src.mkdir()
@@ -344,6 +343,7 @@ def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
 
 
 def _nearest4_float(rgb):
+    """The batch's sr_fn: float32 (H, W, 3) in [0, 1], for images and video frames alike."""
     return nearest4(rgb)
 
 
@@ -354,7 +354,7 @@ def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_p
     import cv2
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     errors = {"cv2": cv2.error("OpenCV(4) resize.cpp: error: (-215:Assertion failed) !ssize.empty()"),
               "av": av.error.InvalidDataError(1094995529, "Invalid data found when processing input"),
@@ -362,15 +362,14 @@ def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_p
     out, jobs = _batch_folder(clip, tmp_path)
     frames = []
 
-    def frame_fn(rgb):
+    def sr_fn(rgb):  # one call for the image and every frame (the image comes first)
         frames.append(1)
-        if len(frames) == N + 3:  # the fourth frame of the second video
+        if len(frames) == 1 + N + 3:  # the third frame of the second video
             raise errors[library]
         return nearest4(rgb)
 
     err, report = io.StringIO(), tmp_path / "r.json"
-    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn)], progress=False, err=err,
-                        json_report=report)
+    summary = run_batch(jobs, sr_fn, handlers=[VideoJobs()], progress=False, err=err, json_report=report)
     lines = err.getvalue().splitlines()
     assert (summary.written, summary.failed, summary.exit_code) == (3, 1, 1), lines
     assert lines[0].startswith(f"error: {jobs[2].src}: ") and "more" not in lines[0]
@@ -385,21 +384,20 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
     import io
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     calls = []
 
-    def frame_fn(rgb):
-        calls.append(1)
+    def sr_fn(rgb):
+        calls.append(rgb.shape)
         return nearest4(rgb)
 
     def run(**options):
         calls.clear()
-        return run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, **options)], progress=False,
-                         err=io.StringIO())
+        return run_batch(jobs, sr_fn, handlers=[VideoJobs(**options)], progress=False, err=io.StringIO())
 
-    assert run().written == 4 and len(calls) == 3 * N
+    assert run().written == 4 and len(calls) == 3 * N + 1
     again = run()
     assert (again.written, again.skipped, len(calls)) == (0, 4, 0)
     other = run(crf=30)  # the encoder settings are in the record: the videos are redone, the image is not
@@ -408,7 +406,7 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
     foreign = run(crf=30)
     assert foreign.failed == 1 and "not this tool's finished result" in foreign.records[2].reason
     assert (out / "b.mp4").read_bytes() == b"someone else's file"
-    assert run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, crf=30)], overwrite=True,
+    assert run_batch(jobs, sr_fn, handlers=[VideoJobs(crf=30)], overwrite=True,
                      progress=False, err=io.StringIO()).written == 4
 
 
@@ -416,14 +414,14 @@ def test_a_corrupt_video_is_one_line(clip, tmp_path):
     import io
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     data = clip.read_bytes()
     jobs[1].src.write_bytes(data[: len(data) // 2])  # cut in the middle
     jobs[3].src.write_bytes(b"\0" * 5000)
     err = io.StringIO()
-    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=nearest4)], progress=False, err=err)
+    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs()], progress=False, err=err)
     lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
     assert summary.failed == len(lines) >= 1 and all("\n" not in line for line in lines)
     assert (out / "still.png").is_file() and (out / "b.mp4").is_file() and not list(tmp_path.rglob(".gtasr-*.tmp"))

@@ -16,10 +16,11 @@ from .weights import weights_callback
 from ..batch.runner import check_device, local_device_from_env
 from ..batch import runner as batch_mod
 from ..interrupts import signals_as_interrupt
-from ..media.video import VideoJobs
+from ..batch.video_jobs import VideoJobs
 from ..upscaler import Upscaler
 from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
-from ..media.video import collect_videos, is_video, plan_video_jobs
+from ..media.video import is_video
+from ..batch.plan import collect_videos, plan_video_jobs
 from ..batch.runner import collect_inputs
 from ..media.resize import OutputSize
 from ..batch.runner import IMAGE_SUFFIXES
@@ -233,8 +234,7 @@ def main(input_path, output_dir, scale, weights, param_key, network_config, back
                                      quality=quality, progress=not quiet, json_report=json_report,
                                      tile_progress=not quiet, unlisted=unreadable,
                                      output_size=output_size, strip_metadata=strip_metadata,
-                                     handlers=[VideoJobs(frame_fn=upscaler.upscale, codec=video_codec, crf=crf,
-                                                         pix_fmt=pix_fmt)],
+                                     handlers=[VideoJobs(codec=video_codec, crf=crf, pix_fmt=pix_fmt)],
                                      settings=batch_mod.picture_settings(
                                          weights=weights, onnx=onnx_path, network_config=network_config,
                                          param_key=param_key, engine=upscaler.engine.info,
