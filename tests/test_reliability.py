@@ -656,12 +656,12 @@ def test_eval_odd_entries_are_reported_not_skipped_and_odd_folders_are_one_line(
 
 
 def test_ctrl_c_while_the_model_loads_is_one_line_130_and_leaves_no_folder(tmp_path, monkeypatch):
-    import gtasr_deploy.upscaler as upscaler_mod
+    import gtasr_deploy.cli.upscale as upscale_cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(upscaler_mod, "Upscaler", interrupted)
+    monkeypatch.setattr(upscale_cli, "Upscaler", interrupted)  # the name the command calls
     src, out = tmp_path / "in", tmp_path / "new" / "out"
     save(src / "a.png", pixels(1))
     result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q"])

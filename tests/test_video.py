@@ -425,3 +425,123 @@ def test_a_corrupt_video_is_one_line(clip, tmp_path):
     lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
     assert summary.failed == len(lines) >= 1 and all("\n" not in line for line in lines)
     assert (out / "still.png").is_file() and (out / "b.mp4").is_file() and not list(tmp_path.rglob(".gtasr-*.tmp"))
+
+
+def _video_only(clip: Path, root: Path) -> tuple[Path, list]:
+    from gtasr_deploy.batch.plan import collect_videos, plan_video_jobs
+
+    src = root / "in"
+    src.mkdir()
+    (src / "v.mp4").write_bytes(clip.read_bytes())
+    out = root / "out"
+    return out, plan_video_jobs(collect_videos(src), out)
+
+
+def _run_videos(jobs, sr_fn, *, settings=None, overwrite=False, **encoder):
+    import io
+
+    from gtasr_deploy.batch.runner import run_batch
+    from gtasr_deploy.batch.video_jobs import VideoJobs
+
+    return run_batch(jobs, sr_fn, handlers=[VideoJobs(**encoder)], settings=settings, overwrite=overwrite,
+                     progress=False, err=io.StringIO())
+
+
+def test_video_frames_go_through_the_images_sr_fn(clip, tmp_path):
+    """The batch's one per-picture call: float32 RGB in [0, 1] for every frame, as for an image."""
+    out, jobs = _video_only(clip, tmp_path)
+    seen = []
+
+    def sr_fn(rgb):
+        seen.append((rgb.dtype, rgb.shape, float(rgb.min()) >= 0.0 and float(rgb.max()) <= 1.0))
+        return nearest4(rgb)
+
+    assert _run_videos(jobs, sr_fn, codec="ffv1", pix_fmt="yuv444p").written == 1
+    assert seen == [(np.float32, (H, W, 3), True)] * N
+    frames = probe(out / "v.mp4")["frames"]
+    assert len(frames) == N and frames[0].shape == (4 * H, 4 * W, 3)
+
+
+def test_a_finished_video_with_its_record_is_skipped_on_rerun(clip, tmp_path):
+    out, jobs = _video_only(clip, tmp_path)
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    assert _run_videos(jobs, sr_fn, settings={"seed": 1}).written == 1 and len(calls) == N
+    stamp = (out / "v.mp4").stat().st_mtime_ns, (out / "v.mp4").read_bytes()
+    calls.clear()
+    again = _run_videos(jobs, sr_fn, settings={"seed": 1})
+    assert (again.skipped, again.written, len(calls)) == (1, 0, 0)
+    assert again.records[0].reason == "done earlier for this input and settings"
+    assert ((out / "v.mp4").stat().st_mtime_ns, (out / "v.mp4").read_bytes()) == stamp
+
+
+def test_a_video_output_without_its_record_is_not_silently_skipped(clip, tmp_path):
+    """Same rule as images: a video under the output name that no record proves ours is reported
+    (and left alone), whether it is this tool's earlier result whose record is gone or another
+    program's video; --overwrite redoes it."""
+    from gtasr_deploy.batch.records import record_path
+
+    out, jobs = _video_only(clip, tmp_path)
+    assert _run_videos(jobs, nearest4).written == 1
+    record_path(out / "v.mp4").unlink()  # a finished video, its record lost
+    before = (out / "v.mp4").read_bytes()
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    lost = _run_videos(jobs, sr_fn)
+    assert (lost.skipped, lost.failed, len(calls)) == (0, 1, 0)
+    assert "not this tool's finished result" in lost.records[0].reason
+    assert (out / "v.mp4").read_bytes() == before
+
+    other = tmp_path / "other.mp4"  # a real video another program wrote under the output name
+    upscale_video(clip, other, nearest4, crf=40)
+    other.replace(out / "v.mp4")
+    foreign = _run_videos(jobs, sr_fn)
+    assert (foreign.skipped, foreign.failed, len(calls)) == (0, 1, 0)
+
+    redone = _run_videos(jobs, sr_fn, overwrite=True)
+    assert (redone.written, len(calls)) == (1, N)
+    assert _run_videos(jobs, sr_fn).skipped == 1  # recorded again: skipped from now on
+
+
+def test_a_changed_setting_redoes_a_finished_video(clip, tmp_path):
+    """A stale video of this tool (other picture settings, other encoder, or a begun record of a run
+    that died) is redone, as an image is."""
+    from gtasr_deploy.batch import records as completion
+
+    out, jobs = _video_only(clip, tmp_path)
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    def run(**options):
+        calls.clear()
+        return _run_videos(jobs, sr_fn, **options)
+
+    assert run(settings={"seed": 1}).written == 1
+    assert (run(settings={"seed": 2}).written, len(calls)) == (1, N)  # a picture setting changed
+    assert (run(settings={"seed": 2}).skipped, len(calls)) == (1, 0)
+    assert (run(settings={"seed": 2}, crf=25).written, len(calls)) == (1, N)  # an encoder setting changed
+    completion.begin(out / "v.mp4")  # a run killed between the rename and the finished record
+    assert (run(settings={"seed": 2}, crf=25).written, len(calls)) == (1, N)
+
+
+def test_media_does_not_import_batch():
+    """Arrows: batch -> media, never back."""
+    import ast
+
+    import gtasr_deploy.media as media
+
+    for path in Path(media.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "batch" not in (node.module or "").split("."), f"{path.name} imports {node.module}"

@@ -185,9 +185,10 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
     this tool's finished result for the same input and ``settings`` (what shapes the picture;
     ``quality`` is added here). Jobs a ``handlers`` entry handles (videos) take the same path,
     their frames through the same ``sr_fn``. Ctrl-C, SIGTERM and SIGHUP (turned into
-    KeyboardInterrupt while this runs on the main thread, gtasr_deploy.interrupts) stop the current file after cleaning its temp file, still
-    write the summary and the JSON report (exit code 130), then propagate. ``sr_fn`` returning
-    the wrong shape is a bug: :class:`ContractError` (a ValueError) propagates.
+    KeyboardInterrupt while this runs on the main thread, gtasr_deploy.interrupts) stop the
+    current file after cleaning its temp file, still write the summary and the JSON report (exit
+    code 130), then propagate. ``sr_fn`` returning the wrong shape is a bug: :class:`ContractError`
+    (a ValueError) propagates.
     ``output_size``: resize the x4 result (resize.py); EXIF/XMP/ICC go to each output unless
     ``strip_metadata`` (EXIF/XMP only: the ICC profile stays, the colours depend on it).
     Progress: bars when ``err`` is a terminal, else one plain line per file (progress.py).
@@ -216,7 +217,7 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = 4, overwrite: bo
                 try:
                     record = _guarded(job, lambda: _run_job(
                         job, handler, sr_fn, scale=scale, overwrite=overwrite, max_pixels=max_pixels,
-                        settings=settings if handler is None else handler.settings(job, base), quality=quality,
+                        settings=_job_settings(job, handlers, base, settings), quality=quality,
                         on_tile=tiles, output_size=output_size, strip_metadata=strip_metadata, err=err,
                         progress=progress))
                 finally:
