@@ -545,3 +545,23 @@ def test_media_does_not_import_batch():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert "batch" not in (node.module or "").split("."), f"{path.name} imports {node.module}"
+
+
+def test_videos_are_planned_as_images_are(clip, tmp_path):
+    """Output folder = input folder: an earlier result with its record is left out of the inputs;
+    a video under an output name without one is someone's video: the plan refuses to replace it."""
+    from gtasr_deploy.batch.plan import collect_videos, plan_video_jobs
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    jobs = plan_video_jobs(collect_videos(folder), folder, suffix="_x4")
+    assert [job.dst.name for job in jobs] == ["a_x4.mp4"]
+    assert _run_videos(jobs, nearest4).written == 1
+    again = plan_video_jobs(collect_videos(folder), folder, suffix="_x4")
+    assert [job.src.name for job in again] == ["a.mp4"]  # a_x4.mp4 is a result, not an input
+    assert _run_videos(again, nearest4).skipped == 1
+    (folder / "b.mp4").write_bytes(clip.read_bytes())
+    (folder / "b_x4.mp4").write_bytes(clip.read_bytes())  # not ours
+    with pytest.raises(InputError, match="b_x4.mp4 of .*b.mp4 would replace the input"):
+        plan_video_jobs(collect_videos(folder), folder, suffix="_x4")

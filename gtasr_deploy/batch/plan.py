@@ -12,9 +12,10 @@ Rules, stated once:
   (``photo.png`` -> ``photo.png``); any other gets its own extension as a tag,
   ``<stem>_<srcext><suffix>.<ext>`` (``photo.jpg`` -> ``photo_jpg.png``); and an own-format input
   whose stem already ends in such a tag is tagged too (``photo_jpg.png`` -> ``photo_jpg_png.png``),
-  so two inputs can never meet on one name. A video keeps its container: ``<stem><suffix><ext>``. Names are compared case-insensitively (safe on
+  so two inputs can never meet on one name. Names are compared case-insensitively (safe on
   case-insensitive filesystems); inputs whose names differ only in case (``a.PNG``, ``a.png``)
-  each get ``_<8 hex of the SHA-256 of their relative path>``.
+  each get ``_<8 hex of the SHA-256 of their relative path>``. A video keeps its name and
+  container: ``<stem><suffix><ext>`` (:func:`plan_video_jobs`).
 * An input that is another input's output and carries this tool's completion record is a result
   of an earlier run (output folder = input folder): it is left out, image or video.
 * Sharding: ``K/N`` with 0-based K (like torchrun's RANK) takes the jobs whose index in the
