@@ -388,3 +388,30 @@ def test_progress_bars_and_tile_callback(tmp_path):
     summary = run_batch(plan(src, out), tiled_sr, progress=True, tile_progress=True, err=err)
     assert summary.written == 1 and seen == [1, 2, 3, 4]
     assert "img" in err.getvalue() and "tile" in err.getvalue()
+
+
+def test_recorded_output_puts_the_file_in_place_with_its_record_or_nothing(tmp_path):
+    """The commit every batch output goes through (a video's path; an image's is ``recording``):
+    a failure while writing leaves neither the file, a temp file nor a record; success leaves the
+    file and a record that proves it done."""
+    from gtasr_deploy.batch import records
+
+    src, rel, dst = tmp_path / "in.bin", Path("in.bin"), tmp_path / "out" / "o.bin"
+    src.write_bytes(b"input")
+    with pytest.raises(RuntimeError):
+        with records.recorded_output(dst, src, rel, {"k": 1}) as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("encoder died")
+    assert not dst.exists() and not records.record_path(dst).exists()
+    assert [p.name for p in dst.parent.iterdir()] == []
+    with records.recorded_output(dst, src, rel, {"k": 1}) as temp:
+        temp.write_bytes(b"whole")
+    assert dst.read_bytes() == b"whole"
+    assert records.check(dst, src, rel, {"k": 1}) is records.Verdict.DONE
+    assert records.check(dst, src, rel, {"k": 2}) is records.Verdict.STALE
+    with pytest.raises(OSError):  # the rename fails: the begun record stays, so the file is redone
+        with records.recorded_output(tmp_path / "out" / "dir", src, rel, {"k": 1}) as temp:
+            (tmp_path / "out" / "dir").mkdir()
+            (tmp_path / "out" / "dir" / "x").write_bytes(b"")
+            temp.write_bytes(b"x")
+    assert records.is_ours(tmp_path / "out" / "dir")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from gtasr_deploy.batch.runner import collect_inputs, plan_outputs, run_batch
 from gtasr_deploy.cli.upscale import main
-from gtasr_deploy.batch.progress import is_terminal, log_line
+from gtasr_deploy.batch.progress import CountProgress, is_terminal, log_line
 
 FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 WEIGHTS = ["--weights", str(FIXTURE / "checkpoint.pth"), "--network-config", str(FIXTURE / "network_g.json"),
@@ -54,6 +54,26 @@ def test_is_terminal():
     closed = io.StringIO()
     closed.close()
     assert not is_terminal(closed)
+
+
+def test_count_progress_in_a_log_prints_tenths_or_every_n():
+    """A video's frames (or a download's bytes) in a log: a plain line per tenth of a known total,
+    every ``every`` units of an unknown one; no escape codes; nothing when disabled."""
+    err = io.StringIO()
+    bar = CountProgress("clip.mp4", unit="frame", err=err)
+    for done in range(1, 21):
+        bar(done, 20)
+    bar.close()
+    lines = err.getvalue().splitlines()
+    assert lines == [f"clip.mp4: {n}/20 frames" for n in range(2, 21, 2)]
+    err = io.StringIO()
+    bar = CountProgress("w.safetensors", unit="B", err=err, every=100)
+    for done in (50, 120, 180, 230):
+        bar(done, 0)
+    assert err.getvalue().splitlines() == ["w.safetensors: 120/? B", "w.safetensors: 230/? B"]
+    err = io.StringIO()
+    CountProgress("x", unit="frame", err=err, enabled=False)(5, 10)
+    assert err.getvalue() == ""
 
 
 def test_not_a_terminal_gives_one_plain_line_per_image(tmp_path):

@@ -656,12 +656,12 @@ def test_eval_odd_entries_are_reported_not_skipped_and_odd_folders_are_one_line(
 
 
 def test_ctrl_c_while_the_model_loads_is_one_line_130_and_leaves_no_folder(tmp_path, monkeypatch):
-    import gtasr_deploy.upscaler as upscaler_mod
+    import gtasr_deploy.cli.upscale as upscale_cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(upscaler_mod, "Upscaler", interrupted)
+    monkeypatch.setattr(upscale_cli, "Upscaler", interrupted)  # the name the command calls
     src, out = tmp_path / "in", tmp_path / "new" / "out"
     save(src / "a.png", pixels(1))
     result = CliRunner().invoke(upscale_main, [str(src), str(out), "-q"])
@@ -670,12 +670,12 @@ def test_ctrl_c_while_the_model_loads_is_one_line_130_and_leaves_no_folder(tmp_p
 
 
 def test_ctrl_c_in_gtasr_eval_is_one_line_130(tmp_path, monkeypatch):
-    from gtasr_deploy.evaluation import folders
+    import gtasr_deploy.cli.eval as eval_cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(folders, "score_folders", interrupted)
+    monkeypatch.setattr(eval_cli, "score_folders", interrupted)  # the name the command calls
     (tmp_path / "sr").mkdir()
     result = CliRunner().invoke(eval_main, [str(tmp_path / "sr"), "-q"])
     assert result.exit_code == 130 and result.output == "interrupted\n"

@@ -330,8 +330,7 @@ def test_bt709_colours_and_tags_survive(tmp_path, color_range):
 def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
     from PIL import Image
 
-    from gtasr_deploy.batch.runner import collect_inputs, plan_outputs
-    from gtasr_deploy.media.video import collect_videos, plan_video_jobs
+    from gtasr_deploy.batch.plan import collect_inputs, collect_videos, plan_outputs, plan_video_jobs
 
     src = root / "in"
     src.mkdir()
@@ -344,6 +343,7 @@ def _batch_folder(clip: Path, root: Path) -> tuple[Path, list]:
 
 
 def _nearest4_float(rgb):
+    """The batch's sr_fn: float32 (H, W, 3) in [0, 1], for images and video frames alike."""
     return nearest4(rgb)
 
 
@@ -354,7 +354,7 @@ def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_p
     import cv2
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     errors = {"cv2": cv2.error("OpenCV(4) resize.cpp: error: (-215:Assertion failed) !ssize.empty()"),
               "av": av.error.InvalidDataError(1094995529, "Invalid data found when processing input"),
@@ -362,15 +362,14 @@ def test_a_video_whose_frames_fail_is_one_line_and_the_batch_goes_on(clip, tmp_p
     out, jobs = _batch_folder(clip, tmp_path)
     frames = []
 
-    def frame_fn(rgb):
+    def sr_fn(rgb):  # one call for the image and every frame (the image comes first)
         frames.append(1)
-        if len(frames) == N + 3:  # the fourth frame of the second video
+        if len(frames) == 1 + N + 3:  # the third frame of the second video
             raise errors[library]
         return nearest4(rgb)
 
     err, report = io.StringIO(), tmp_path / "r.json"
-    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn)], progress=False, err=err,
-                        json_report=report)
+    summary = run_batch(jobs, sr_fn, handlers=[VideoJobs()], progress=False, err=err, json_report=report)
     lines = err.getvalue().splitlines()
     assert (summary.written, summary.failed, summary.exit_code) == (3, 1, 1), lines
     assert lines[0].startswith(f"error: {jobs[2].src}: ") and "more" not in lines[0]
@@ -385,21 +384,20 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
     import io
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     calls = []
 
-    def frame_fn(rgb):
-        calls.append(1)
+    def sr_fn(rgb):
+        calls.append(rgb.shape)
         return nearest4(rgb)
 
     def run(**options):
         calls.clear()
-        return run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, **options)], progress=False,
-                         err=io.StringIO())
+        return run_batch(jobs, sr_fn, handlers=[VideoJobs(**options)], progress=False, err=io.StringIO())
 
-    assert run().written == 4 and len(calls) == 3 * N
+    assert run().written == 4 and len(calls) == 3 * N + 1
     again = run()
     assert (again.written, again.skipped, len(calls)) == (0, 4, 0)
     other = run(crf=30)  # the encoder settings are in the record: the videos are redone, the image is not
@@ -408,7 +406,7 @@ def test_videos_resume_by_completion_record(clip, tmp_path):
     foreign = run(crf=30)
     assert foreign.failed == 1 and "not this tool's finished result" in foreign.records[2].reason
     assert (out / "b.mp4").read_bytes() == b"someone else's file"
-    assert run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=frame_fn, crf=30)], overwrite=True,
+    assert run_batch(jobs, sr_fn, handlers=[VideoJobs(crf=30)], overwrite=True,
                      progress=False, err=io.StringIO()).written == 4
 
 
@@ -416,14 +414,154 @@ def test_a_corrupt_video_is_one_line(clip, tmp_path):
     import io
 
     from gtasr_deploy.batch.runner import run_batch
-    from gtasr_deploy.media.video import VideoJobs
+    from gtasr_deploy.batch.video_jobs import VideoJobs
 
     out, jobs = _batch_folder(clip, tmp_path)
     data = clip.read_bytes()
     jobs[1].src.write_bytes(data[: len(data) // 2])  # cut in the middle
     jobs[3].src.write_bytes(b"\0" * 5000)
     err = io.StringIO()
-    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs(frame_fn=nearest4)], progress=False, err=err)
+    summary = run_batch(jobs, _nearest4_float, handlers=[VideoJobs()], progress=False, err=err)
     lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
     assert summary.failed == len(lines) >= 1 and all("\n" not in line for line in lines)
     assert (out / "still.png").is_file() and (out / "b.mp4").is_file() and not list(tmp_path.rglob(".gtasr-*.tmp"))
+
+
+def _video_only(clip: Path, root: Path) -> tuple[Path, list]:
+    from gtasr_deploy.batch.plan import collect_videos, plan_video_jobs
+
+    src = root / "in"
+    src.mkdir()
+    (src / "v.mp4").write_bytes(clip.read_bytes())
+    out = root / "out"
+    return out, plan_video_jobs(collect_videos(src), out)
+
+
+def _run_videos(jobs, sr_fn, *, settings=None, overwrite=False, **encoder):
+    import io
+
+    from gtasr_deploy.batch.runner import run_batch
+    from gtasr_deploy.batch.video_jobs import VideoJobs
+
+    return run_batch(jobs, sr_fn, handlers=[VideoJobs(**encoder)], settings=settings, overwrite=overwrite,
+                     progress=False, err=io.StringIO())
+
+
+def test_video_frames_go_through_the_images_sr_fn(clip, tmp_path):
+    """The batch's one per-picture call: float32 RGB in [0, 1] for every frame, as for an image."""
+    out, jobs = _video_only(clip, tmp_path)
+    seen = []
+
+    def sr_fn(rgb):
+        seen.append((rgb.dtype, rgb.shape, float(rgb.min()) >= 0.0 and float(rgb.max()) <= 1.0))
+        return nearest4(rgb)
+
+    assert _run_videos(jobs, sr_fn, codec="ffv1", pix_fmt="yuv444p").written == 1
+    assert seen == [(np.float32, (H, W, 3), True)] * N
+    frames = probe(out / "v.mp4")["frames"]
+    assert len(frames) == N and frames[0].shape == (4 * H, 4 * W, 3)
+
+
+def test_a_finished_video_with_its_record_is_skipped_on_rerun(clip, tmp_path):
+    out, jobs = _video_only(clip, tmp_path)
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    assert _run_videos(jobs, sr_fn, settings={"seed": 1}).written == 1 and len(calls) == N
+    stamp = (out / "v.mp4").stat().st_mtime_ns, (out / "v.mp4").read_bytes()
+    calls.clear()
+    again = _run_videos(jobs, sr_fn, settings={"seed": 1})
+    assert (again.skipped, again.written, len(calls)) == (1, 0, 0)
+    assert again.records[0].reason == "done earlier for this input and settings"
+    assert ((out / "v.mp4").stat().st_mtime_ns, (out / "v.mp4").read_bytes()) == stamp
+
+
+def test_a_video_output_without_its_record_is_not_silently_skipped(clip, tmp_path):
+    """Same rule as images: a video under the output name that no record proves ours is reported
+    (and left alone), whether it is this tool's earlier result whose record is gone or another
+    program's video; --overwrite redoes it."""
+    from gtasr_deploy.batch.records import record_path
+
+    out, jobs = _video_only(clip, tmp_path)
+    assert _run_videos(jobs, nearest4).written == 1
+    record_path(out / "v.mp4").unlink()  # a finished video, its record lost
+    before = (out / "v.mp4").read_bytes()
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    lost = _run_videos(jobs, sr_fn)
+    assert (lost.skipped, lost.failed, len(calls)) == (0, 1, 0)
+    assert "not this tool's finished result" in lost.records[0].reason
+    assert (out / "v.mp4").read_bytes() == before
+
+    other = tmp_path / "other.mp4"  # a real video another program wrote under the output name
+    upscale_video(clip, other, nearest4, crf=40)
+    other.replace(out / "v.mp4")
+    foreign = _run_videos(jobs, sr_fn)
+    assert (foreign.skipped, foreign.failed, len(calls)) == (0, 1, 0)
+
+    redone = _run_videos(jobs, sr_fn, overwrite=True)
+    assert (redone.written, len(calls)) == (1, N)
+    assert _run_videos(jobs, sr_fn).skipped == 1  # recorded again: skipped from now on
+
+
+def test_a_changed_setting_redoes_a_finished_video(clip, tmp_path):
+    """A stale video of this tool (other picture settings, other encoder, or a begun record of a run
+    that died) is redone, as an image is."""
+    from gtasr_deploy.batch import records as completion
+
+    out, jobs = _video_only(clip, tmp_path)
+    calls = []
+
+    def sr_fn(rgb):
+        calls.append(1)
+        return nearest4(rgb)
+
+    def run(**options):
+        calls.clear()
+        return _run_videos(jobs, sr_fn, **options)
+
+    assert run(settings={"seed": 1}).written == 1
+    assert (run(settings={"seed": 2}).written, len(calls)) == (1, N)  # a picture setting changed
+    assert (run(settings={"seed": 2}).skipped, len(calls)) == (1, 0)
+    assert (run(settings={"seed": 2}, crf=25).written, len(calls)) == (1, N)  # an encoder setting changed
+    completion.begin(out / "v.mp4")  # a run killed between the rename and the finished record
+    assert (run(settings={"seed": 2}, crf=25).written, len(calls)) == (1, N)
+
+
+def test_media_does_not_import_batch():
+    """Arrows: batch -> media, never back."""
+    import ast
+
+    import gtasr_deploy.media as media
+
+    for path in Path(media.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "batch" not in (node.module or "").split("."), f"{path.name} imports {node.module}"
+
+
+def test_videos_are_planned_as_images_are(clip, tmp_path):
+    """Output folder = input folder: an earlier result with its record is left out of the inputs;
+    a video under an output name without one is someone's video: the plan refuses to replace it."""
+    from gtasr_deploy.batch.plan import collect_videos, plan_video_jobs
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    jobs = plan_video_jobs(collect_videos(folder), folder, suffix="_x4")
+    assert [job.dst.name for job in jobs] == ["a_x4.mp4"]
+    assert _run_videos(jobs, nearest4).written == 1
+    again = plan_video_jobs(collect_videos(folder), folder, suffix="_x4")
+    assert [job.src.name for job in again] == ["a.mp4"]  # a_x4.mp4 is a result, not an input
+    assert _run_videos(again, nearest4).skipped == 1
+    (folder / "b.mp4").write_bytes(clip.read_bytes())
+    (folder / "b_x4.mp4").write_bytes(clip.read_bytes())  # not ours
+    with pytest.raises(InputError, match="b_x4.mp4 of .*b.mp4 would replace the input"):
+        plan_video_jobs(collect_videos(folder), folder, suffix="_x4")

@@ -3,8 +3,9 @@
 Rules, stated once:
 
 * Inputs: a single file (any name), or a folder searched recursively for ``IMAGE_SUFFIXES``
-  (case-insensitive); hidden files and folders (leading ``.``) are skipped; order is the
-  relative POSIX path, sorted — the same on every machine, which sharding relies on.
+  (case-insensitive) and, by :func:`collect_videos`, for ``VIDEO_SUFFIXES``; hidden files and
+  folders (leading ``.``) are skipped; order is the relative POSIX path, sorted — the same on every
+  machine, which sharding relies on. An image and a video are both a :class:`Job`.
 * Outputs mirror the relative structure, and each name depends on its own input only (never on
   which other files are present), so adding or removing inputs never moves a name:
   an input already in the output format keeps its name, ``<stem><suffix>.<ext>``
@@ -13,7 +14,10 @@ Rules, stated once:
   whose stem already ends in such a tag is tagged too (``photo_jpg.png`` -> ``photo_jpg_png.png``),
   so two inputs can never meet on one name. Names are compared case-insensitively (safe on
   case-insensitive filesystems); inputs whose names differ only in case (``a.PNG``, ``a.png``)
-  each get ``_<8 hex of the SHA-256 of their relative path>``.
+  each get ``_<8 hex of the SHA-256 of their relative path>``. A video keeps its name and
+  container: ``<stem><suffix><ext>`` (:func:`plan_video_jobs`).
+* An input that is another input's output and carries this tool's completion record is a result
+  of an earlier run (output folder = input folder): it is left out, image or video.
 * Sharding: ``K/N`` with 0-based K (like torchrun's RANK) takes the jobs whose index in the
   sorted plan is ≡ K mod N; without ``--shard``, RANK/WORLD_SIZE from the environment do the same.
 * Settings: what shapes a picture (:func:`picture_settings`), kept in each output's completion
@@ -32,6 +36,7 @@ from pathlib import Path
 from . import records as completion
 from ..errors import InputError
 from ..media.images import IMAGE_SUFFIXES
+from ..media.video import VIDEO_SUFFIXES, is_video
 from .preflight import check_input_path, check_report_target
 from ..version import __version__
 
@@ -99,20 +104,66 @@ def plan_outputs(inputs: Sequence[tuple[Path, Path]], out_dir: str | os.PathLike
     if len({_key(n) for n in names}) != len(names):
         raise InputError("two inputs still share an output name after disambiguation; rename one")
     jobs = [Job(src=src, rel=rel, dst=out_dir / names[i]) for i, (src, rel) in enumerate(inputs)]
-    # An input that is another input's output and carries this tool's completion record
-    # (output folder = input folder, an earlier run) is a result, not a photo: leave it out so
-    # re-runs do not upscale their own outputs. One without a record is someone's photo: kept.
+    return _check_replaced(_without_results(jobs), "choose another output folder, a --suffix or another --format")
+
+
+def _without_results(jobs: list[Job]) -> list[Job]:
+    """``jobs`` less the inputs that are another input's output and carry this tool's completion
+    record (output folder = input folder, an earlier run): results, not inputs, so re-runs do not
+    upscale their own outputs. One without a record is someone's file: kept."""
     output_of = {_real(job.dst): _real(job.src) for job in jobs}
-    jobs = [job for job in jobs if output_of.get(_real(job.src), _real(job.src)) == _real(job.src)
+    return [job for job in jobs if output_of.get(_real(job.src), _real(job.src)) == _real(job.src)
             or not completion.is_ours(job.src)]
+
+
+def _check_replaced(jobs: list[Job], fix: str) -> list[Job]:
+    """``jobs``, or InputError when an output would replace an input of the plan."""
     inputs_by_path = {_real(job.src): job.src for job in jobs}
     for job in jobs:
         other = inputs_by_path.get(_real(job.dst))
         if other is not None:
             whose = "its input" if other == job.src else f"the input {other}"
-            raise InputError(f"output {job.dst} of {job.src} would replace {whose}; choose another output "
-                             "folder, a --suffix or another --format")
+            raise InputError(f"output {job.dst} of {job.src} would replace {whose}; {fix}")
     return jobs
+
+
+def collect_videos(input_path: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """[(video, path relative to the input root)], sorted; [] when the input has none.
+
+    Same walk rules as :func:`collect_inputs`: recursive, hidden entries skipped, ``exclude``
+    (the output folder) left out."""
+    root = Path(input_path)
+    if root.is_file():
+        return [(root, Path(root.name))] if is_video(root) else []
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in sorted(root.rglob("*")) if root.is_dir() else ():
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not is_video(path) or not path.is_file():
+            continue
+        if skip is not None and skip in path.resolve().parents:
+            continue
+        found.append((path, rel))
+    return sorted(found, key=lambda item: item[1].as_posix())
+
+
+def plan_video_jobs(inputs: Sequence[tuple[Path, Path]], output: str | os.PathLike, *, single: bool = False,
+                    suffix: str = "") -> list[Job]:
+    """Jobs for the videos ``inputs``. ``single`` (the input is one file) with a video file name as
+    ``output``: that file. Otherwise ``output`` is a folder: ``<output>/<rel dir>/<stem><suffix><ext>``.
+    Results of an earlier run among the inputs are left out as for images."""
+    output = Path(output)
+    kind = None if output.is_dir() else output.suffix.lower()
+    if single and kind in IMAGE_SUFFIXES:
+        raise InputError(f"output {output} is an image file name, but the input {inputs[0][0]} is a video; "
+                         f"give a video file name ({', '.join(sorted(VIDEO_SUFFIXES))}) or a folder")
+    if not single and kind in VIDEO_SUFFIXES:
+        raise InputError(f"output {output} is a video file name, but the input is a folder; give a folder "
+                         "for the results")
+    as_file = single and kind in VIDEO_SUFFIXES
+    jobs = [Job(src=src, rel=rel, dst=output if as_file else output / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}"))
+            for src, rel in inputs]
+    return _check_replaced(_without_results(jobs), "choose another output or a --suffix")
 
 
 def check_json_target(path: str | os.PathLike, jobs: Sequence[Job]) -> None:

@@ -12,6 +12,11 @@ Before the image is written a "begun" record (no output stamp) takes the record'
 output whose writer died before finishing is known as this tool's own and redone, while a file
 this tool never wrote (no record, or changed since its record) is never replaced silently.
 
+Both kinds of output are put in place through :func:`recording` (an image, written at once) or
+:func:`recorded_output` (a video, encoded into a temp file for as long as it takes): the begun
+record, the rename and the finished record happen with stop signals held
+(:mod:`gtasr_deploy.interrupts`), so a kept output is always a recorded one.
+
 A re-run skips an output only when its record matches all of that for the same input. Re-runs
 stay fast: the input is hashed again only when its size or mtime changed (a ``touch``, a copy),
 and then a matching hash still counts as the same input.
@@ -19,14 +24,16 @@ and then a matching hash still counts as the same input.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
+from ..interrupts import INTERRUPTS
 
 RECORD_DIR = ".gtasr"
 _KIND = "gtasr-upscale completion record"
@@ -78,6 +85,27 @@ def finish(output: Path, source: Path, rel: Path, settings: Mapping) -> None:
     _write(output, {"output_file": _stamp(output.stat()), "input": rel.as_posix(),
                     "input_file": _stamp(source.stat()), "input_sha256": file_sha256(source),
                     "settings": _normal(settings)})
+
+
+@contextlib.contextmanager
+def recording(output: Path, source: Path, rel: Path, settings: Mapping) -> Iterator[None]:
+    """With stop signals held: :func:`begin`, the block (which puts ``output`` in place, atomically),
+    :func:`finish`. An exception in the block leaves the begun record: the output, if any, is
+    then known as this tool's unfinished one and redone."""
+    with INTERRUPTS.held():
+        begin(output)
+        yield
+        finish(output, source, rel, settings)
+
+
+@contextlib.contextmanager
+def recorded_output(output: Path, source: Path, rel: Path, settings: Mapping) -> Iterator[Path]:
+    """A temp path beside ``output`` for a long write (signals are not held meanwhile: a stop
+    removes the temp file); on a clean exit it is renamed over ``output`` inside :func:`recording`."""
+    with contextlib.ExitStack() as commit:
+        with atomic_path(output) as temp:
+            yield temp
+            commit.enter_context(recording(output, source, rel, settings))
 
 
 def _read_record(output: Path) -> dict | None:

@@ -6,10 +6,16 @@ Rules, stated once:
 
 * Inputs, output names, shards and the settings of a run: :mod:`gtasr_deploy.batch.plan`
   (re-exported here).
-* An output is skipped only when its completion record (:mod:`gtasr_deploy.batch.records`) proves it
-  is this tool's finished result for the same input and settings; a stale one of this tool is
-  redone; a file this tool did not write is left alone and reported, unless ``overwrite``.
-  So a re-run resumes an interrupted one and never keeps a wrong picture.
+* One path for every job, an image or a video: its settings (the run's; a video adds its
+  encoder), then the skip rule, then the work, then the output put in place atomically with its
+  completion record (:func:`gtasr_deploy.batch.records.recording`). A video is a stream of frames,
+  each through the same per-picture call as an image (:func:`super_resolve`, with the same checks);
+  :class:`gtasr_deploy.batch.video_jobs.VideoJobs` does its frames.
+* The skip rule: an output is skipped only when its completion record
+  (:mod:`gtasr_deploy.batch.records`) proves it is this tool's finished result for the same input
+  and settings; a stale one of this tool is redone; a file this tool did not write is left alone
+  and reported, unless ``overwrite``. So a re-run resumes an interrupted one and never keeps a
+  wrong picture or video.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from .plan import (  # noqa: F401 (the CLIs and serve use these through batch)
 )
 from .records import Verdict
 from ..errors import GtasrError, InputError
-from ..model.conventions import SCALE
+from ..contract import SCALE
 from ..media.images import (
     DEFAULT_MAX_PIXELS,
     atomic_write_bytes,
@@ -55,7 +61,7 @@ from ..media.images import (
     upscale_alpha,
     write_image,
 )
-from ..interrupts import EXIT_INTERRUPTED, INTERRUPTS, signals_as_interrupt
+from ..interrupts import EXIT_INTERRUPTED, signals_as_interrupt
 from .progress import is_terminal, log_line
 from ..media.resize import OutputSize, format_problem, resize_planes
 from .preflight import (  # noqa: F401 (the CLIs use these through batch)
@@ -135,23 +141,32 @@ class BatchSummary:
 
 
 class JobHandler(Protocol):
-    """Processing of the jobs that are not still images (videos: :class:`gtasr_deploy.media.video.VideoJobs`).
+    """The work of the jobs that are not still images (videos: :class:`gtasr_deploy.batch.video_jobs.VideoJobs`).
 
     ``run_batch`` gives it every job it ``handles``; ``settings`` is what goes into that job's
-    completion record (the run's settings plus the handler's own); ``process`` does the job and
-    returns its record, writing its output atomically and its completion record under
-    :meth:`gtasr_deploy.interrupts.Interrupts.held`."""
+    completion record (the run's settings plus the handler's own). ``process`` is called only for
+    a job the skip rule lets through; it runs each picture through :func:`super_resolve` with
+    ``sr_fn``, puts the output in place with :func:`gtasr_deploy.batch.records.recording` (or
+    ``recorded_output``) and returns the job's record."""
 
     def handles(self, job: Job) -> bool: ...
 
     def settings(self, job: Job, base: Mapping) -> Mapping: ...
 
-    def process(self, job: Job, *, settings: Mapping, overwrite: bool, max_pixels: int | None,
+    def process(self, job: Job, sr_fn: SrFn, *, scale: int, settings: Mapping, max_pixels: int | None,
                 err: TextIO, progress: bool) -> FileRecord: ...
 
 
 class ContractError(ValueError):
-    """``sr_fn`` or a frame function broke its contract (wrong shape or dtype): a bug, not a file's problem."""
+    """``sr_fn`` broke its contract (wrong shape): a bug, not a file's problem."""
+
+
+class FileFailed(Exception):
+    """This file fails, for ``reason`` (one line); the batch goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = SCALE, overwrite: bool = False,
@@ -169,11 +184,12 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = SCALE, overwrite
     on; ``unlisted`` (folder, reason) pairs, folders the search could not enter, count as failed
     too. An output is skipped only when its completion record (gtasr_deploy.batch.records) says it is
     this tool's finished result for the same input and ``settings`` (what shapes the picture;
-    ``quality`` is added here). Jobs a ``handlers`` entry handles (videos) go to it, with the same
-    rules. Ctrl-C, SIGTERM and SIGHUP (turned into KeyboardInterrupt while this runs on the main
-    thread, gtasr_deploy.interrupts) stop the current file after cleaning its temp file, still
-    write the summary and the JSON report (exit code 130), then propagate. ``sr_fn`` returning
-    the wrong shape is a bug: :class:`ContractError` (a ValueError) propagates.
+    ``quality`` is added here). Jobs a ``handlers`` entry handles (videos) take the same path,
+    their frames through the same ``sr_fn``. Ctrl-C, SIGTERM and SIGHUP (turned into
+    KeyboardInterrupt while this runs on the main thread, gtasr_deploy.interrupts) stop the
+    current file after cleaning its temp file, still write the summary and the JSON report (exit
+    code 130), then propagate. ``sr_fn`` returning the wrong shape is a bug: :class:`ContractError`
+    (a ValueError) propagates.
     ``output_size``: resize the x4 result (resize.py); EXIF/XMP/ICC go to each output unless
     ``strip_metadata`` (EXIF/XMP only: the ICC profile stays, the colours depend on it).
     Progress: bars when ``err`` is a terminal, else one plain line per file (progress.py).
@@ -198,19 +214,16 @@ def run_batch(jobs: Sequence[Job], sr_fn: SrFn, *, scale: int = SCALE, overwrite
                 current = job
                 bar.set_postfix_str(printable(job.rel.as_posix()), refresh=False)
                 handler = next((h for h in handlers if h.handles(job)), None)
-                if handler is not None:
-                    record = _guarded(job, lambda: handler.process(
-                        job, settings=handler.settings(job, base), overwrite=overwrite, max_pixels=max_pixels,
-                        err=err, progress=progress))
-                else:
-                    tiles = _TileBar(err, enabled=bars) if tile_progress else None
-                    try:
-                        record = _guarded(job, lambda: _process(
-                            job, sr_fn, scale=scale, overwrite=overwrite, max_pixels=max_pixels, quality=quality,
-                            on_tile=tiles, settings=settings, output_size=output_size, strip_metadata=strip_metadata))
-                    finally:
-                        if tiles is not None:
-                            tiles.close()
+                tiles = _TileBar(err, enabled=bars) if tile_progress and handler is None else None
+                try:
+                    record = _guarded(job, lambda: _run_job(
+                        job, handler, sr_fn, scale=scale, overwrite=overwrite, max_pixels=max_pixels,
+                        settings=_job_settings(job, handlers, base, settings), quality=quality,
+                        on_tile=tiles, output_size=output_size, strip_metadata=strip_metadata, err=err,
+                        progress=progress))
+                finally:
+                    if tiles is not None:
+                        tiles.close()
                 records.append(record)
                 current = None
                 if record.status == "failed":
@@ -250,13 +263,49 @@ def remove_run_temps(jobs: Sequence[Job]) -> None:
             remove_stale_temps(folder, recursive=False)
 
 
+def _job_settings(job: Job, handlers: Sequence[JobHandler], base: Mapping, settings: Mapping) -> Mapping:
+    """What goes into ``job``'s completion record: the run's settings, or its handler's."""
+    handler = next((h for h in handlers if h.handles(job)), None)
+    return settings if handler is None else handler.settings(job, base)
+
+
 def _finished(job: Job, handlers: Sequence[JobHandler], base: Mapping, settings: Mapping) -> bool:
     try:
-        handler = next((h for h in handlers if h.handles(job)), None)
-        own = settings if handler is None else handler.settings(job, base)
+        own = _job_settings(job, handlers, base, settings)
         return completion.check(job.dst, job.src, job.rel, own) is Verdict.DONE
     except Exception:  # noqa: BLE001 (an unreadable record or a bad setting: not finished)
         return False
+
+
+def _run_job(job: Job, handler: JobHandler | None, sr_fn: SrFn, *, scale: int, overwrite: bool,
+             max_pixels: int | None, settings: Mapping, quality: int, on_tile: Callable[[int, int], None] | None,
+             output_size: OutputSize | None, strip_metadata: bool, err: TextIO, progress: bool) -> FileRecord:
+    """One job, an image or a video: the skip rule, then its work (``settings``: the job's own)."""
+    skipped = _skip_record(job, settings, overwrite)
+    if skipped is not None:
+        return skipped
+    if handler is not None:
+        return handler.process(job, sr_fn, scale=scale, settings=settings, max_pixels=max_pixels, err=err,
+                               progress=progress)
+    return _process_image(job, sr_fn, scale=scale, max_pixels=max_pixels, quality=quality, on_tile=on_tile,
+                          settings=settings, output_size=output_size, strip_metadata=strip_metadata)
+
+
+def _skip_record(job: Job, settings: Mapping, overwrite: bool) -> FileRecord | None:
+    """The one skip rule, for an image or a video (module docstring): the job's record when it is
+    not to be done (done earlier, or someone else's file), None when it is to be done."""
+    base = {"input": str(job.src), "output": str(job.dst)}
+    if os.path.realpath(job.dst) == os.path.realpath(job.src):
+        return FileRecord(**base, status="failed", reason=f"output {job.dst} would replace its input; "
+                                                            "choose another output")
+    verdict = completion.check(job.dst, job.src, job.rel, settings)
+    if verdict is Verdict.DONE and not overwrite:
+        return FileRecord(**base, status="skipped", reason="done earlier for this input and settings")
+    if verdict is Verdict.FOREIGN and not overwrite:
+        return FileRecord(**base, status="failed",
+                          reason=f"{job.dst} exists and is not this tool's finished result for this input "
+                                 "(no completion record, or changed since); --overwrite replaces it")
+    return None
 
 
 def _guarded(job: Job, work: Callable[[], FileRecord]) -> FileRecord:
@@ -267,6 +316,8 @@ def _guarded(job: Job, work: Callable[[], FileRecord]) -> FileRecord:
         return work()
     except ContractError:
         raise
+    except FileFailed as exc:
+        reason = exc.reason
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EIO... from any stage
         reason = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
     except MemoryError:  # numpy's _ArrayMemoryError too
@@ -286,9 +337,30 @@ def exception_name(exc: BaseException) -> str:
     return name if module == "builtins" else f"{module}.{name}"
 
 
-def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: int | None,
-             quality: int, on_tile: Callable[[int, int], None] | None, settings: Mapping,
-             output_size: OutputSize | None = None, strip_metadata: bool = False) -> FileRecord:
+def super_resolve(sr_fn: SrFn, rgb: np.ndarray, *, scale: int, src: Path,
+                  on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``sr_fn`` on one picture, an image or a video frame (float32 (H, W, 3) in [0, 1]), with the
+    checks every picture gets: an engine's failure or a NaN/Inf or constant result is
+    :class:`FileFailed` (this file fails), a wrong shape is :class:`ContractError` (a bug)."""
+    try:
+        sr = sr_fn(rgb) if on_tile is None else sr_fn(rgb, on_tile=on_tile)
+    except GtasrError as exc:
+        raise FileFailed(str(exc)) from None
+    except RuntimeError as exc:  # torch / ONNX Runtime / TensorRT failing on this picture
+        raise FileFailed(f"backend error: {type(exc).__name__}: {_first_line(exc)}") from None
+    expected = (rgb.shape[0] * scale, rgb.shape[1] * scale, 3)
+    if sr.shape != expected:
+        raise ContractError(f"sr_fn returned shape {sr.shape} for {src}; expected {expected} (x{scale})")
+    problem = output_problem(rgb, sr)
+    if problem:
+        raise FileFailed(problem)
+    return sr
+
+
+def _process_image(job: Job, sr_fn: SrFn, *, scale: int, max_pixels: int | None, quality: int,
+                   on_tile: Callable[[int, int], None] | None, settings: Mapping,
+                   output_size: OutputSize | None = None, strip_metadata: bool = False) -> FileRecord:
+    """An image job the skip rule let through: decode, checks, ``sr_fn``, alpha, resize, write."""
     start = time.perf_counter()
     base = {"input": str(job.src), "output": str(job.dst)}
 
@@ -296,14 +368,6 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
         return FileRecord(**base, status="failed", reason=reason, seconds=time.perf_counter() - start,
                           **sizes)
 
-    if os.path.realpath(job.dst) == os.path.realpath(job.src):
-        return failed(f"output {job.dst} would replace its input; choose another output")
-    verdict = completion.check(job.dst, job.src, job.rel, settings)
-    if verdict is Verdict.DONE and not overwrite:
-        return FileRecord(**base, status="skipped", reason="done earlier for this input and settings")
-    if verdict is Verdict.FOREIGN and not overwrite:
-        return failed(f"{job.dst} exists and is not this tool's finished result for this input "
-                      "(no completion record, or changed since); --overwrite replaces it")
     header = header_size(job.src) if output_size is not None else None
     if header is not None:  # an impossible output size fails before the image is even decoded
         try:
@@ -324,28 +388,18 @@ def _process(job: Job, sr_fn: SrFn, *, scale: int, overwrite: bool, max_pixels: 
     if problem:
         return failed(problem, **sizes)
     try:
-        sr = sr_fn(image.rgb) if on_tile is None else sr_fn(image.rgb, on_tile=on_tile)
-    except GtasrError as exc:
-        return failed(str(exc), **sizes)
-    except RuntimeError as exc:  # torch / ONNX Runtime / TensorRT failing on this image
-        return failed(f"backend error: {type(exc).__name__}: {_first_line(exc)}", **sizes)
-    expected = (image.rgb.shape[0] * scale, image.rgb.shape[1] * scale, 3)
-    if sr.shape != expected:
-        raise ContractError(f"sr_fn returned shape {sr.shape} for {job.src}; expected {expected} (x{scale})")
-    problem = output_problem(image.rgb, sr)
-    if problem:
-        return failed(problem, **sizes)
+        sr = super_resolve(sr_fn, image.rgb, scale=scale, src=job.src, on_tile=on_tile)
+    except FileFailed as exc:
+        return failed(exc.reason, **sizes)
     alpha = None if image.alpha is None else upscale_alpha(image.alpha, sr.shape[:2])
     if target is not None:
         sr, alpha = resize_planes(sr, alpha, target)
     try:
         job.dst.parent.mkdir(parents=True, exist_ok=True)
-        with INTERRUPTS.held():
-            completion.begin(job.dst)
+        with completion.recording(job.dst, job.src, job.rel, settings):
             write_image(job.dst, sr, alpha=alpha, is_gray=image.is_gray, bit_depth=image.bit_depth,
                         icc_profile=image.icc_profile, fmt=format_for_suffix(job.dst.suffix), quality=quality,
                         metadata=None if strip_metadata else image.metadata)
-            completion.finish(job.dst, job.src, job.rel, settings)
     except (GtasrError, OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
         return failed(f"cannot write {job.dst}: {reason}", **sizes)

@@ -25,10 +25,11 @@ from ._options import (
 from ..batch.runner import check_device, local_device_from_env
 from ..batch import runner as batch_mod
 from ..interrupts import signals_as_interrupt
-from ..media.video import VideoJobs
-from .. import upscaler as upscaler_mod
+from ..batch.video_jobs import VideoJobs
+from ..upscaler import Upscaler
 from ..inference.estimate import describe, image_sizes, seconds_per_lr_px, total_work
-from ..media.video import collect_videos, is_video, plan_video_jobs
+from ..media.video import is_video
+from ..batch.plan import collect_videos, plan_video_jobs
 from ..batch.runner import collect_inputs
 from ..media.resize import OutputSize
 from ..batch.runner import IMAGE_SUFFIXES
@@ -155,8 +156,7 @@ def main(input_path, output_dir, scale, fmt, quality, suffix, overwrite, max_pix
 
             torch.set_num_threads(threads)
         options = replace(options, device=device, threads=threads)
-        # through the module, so a test can stand in for the Upscaler
-        upscaler = upscaler_mod.Upscaler(options=options, log=lambda line: click.echo(line, err=True))
+        upscaler = Upscaler(options=options, log=lambda line: click.echo(line, err=True))
     except GtasrError as exc:
         batch_mod.remove_empty_dirs(made)
         _fail(str(exc))
@@ -183,8 +183,7 @@ def main(input_path, output_dir, scale, fmt, quality, suffix, overwrite, max_pix
                                      quality=quality, progress=not quiet, json_report=json_report,
                                      tile_progress=not quiet, unlisted=unreadable,
                                      output_size=output_size, strip_metadata=strip_metadata,
-                                     handlers=[VideoJobs(frame_fn=upscaler.upscale, codec=video_codec, crf=crf,
-                                                         pix_fmt=pix_fmt)],
+                                     handlers=[VideoJobs(codec=video_codec, crf=crf, pix_fmt=pix_fmt)],
                                      settings=batch_mod.picture_settings(
                                          weights=options.weights, onnx=options.onnx,
                                          network_config=options.network_config, param_key=options.param_key,

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..version import __version__
-from ..batch.count_progress import CountProgress
+from ..batch.progress import CountProgress
 from ..errors import GtasrError
 from ..weights.registry import resolve_weights
 from ..weights.registry import REGISTRY, cached_path, read_record

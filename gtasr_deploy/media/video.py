@@ -15,18 +15,20 @@ What is kept, stated once:
 * Colour: frames are turned into RGB with the input's own matrix and range (BT.709 for most HD
   video) and back with the same ones, and the output carries the input's colour tags, so a
   player shows the colours it showed for the input (a BT.601 round trip would shift them).
-* Never a broken file under the final name: the output is written to a temp file in the output
-  folder (:func:`gtasr_deploy.atomic.atomic_path`) and renamed only when the file is complete; an
-  error, Ctrl-C, SIGTERM or SIGHUP removes the temp file.
-* In a batch (:class:`VideoJobs`, run by :func:`gtasr_deploy.batch.runner.run_batch` beside the images)
-  a video gets a completion record like an image (gtasr_deploy.batch.records): a re-run skips the
-  videos finished for the same input and settings, redoes stale ones and never replaces a file
-  this tool did not write; the rename and the record happen with signals held
-  (gtasr_deploy.interrupts), so a kept video is always a recorded one.
+* Never a broken file under the final name: :func:`upscale_video` writes to a temp file in the
+  output folder (:func:`gtasr_deploy.atomic.atomic_path`) and renames it only when the file is
+  complete; an error or an interrupt removes the temp file.
 
-Noise: ``frame_fn`` is called with the same arguments for every frame; the CLI passes
-``Upscaler.upscale``, whose noise is a function of (seed, image size) only, so every frame gets the
-same noise and static content stays still (identical frames give identical output frames).
+This module is media only: frames in (:func:`open_video`: probe and decode), frames out
+(:func:`transcode`: encode them, copy or re-encode the other streams). What a frame becomes is
+``frame_fn``'s business; in a folder run the batch (:mod:`gtasr_deploy.batch.video_jobs`) passes
+its per-picture super-resolution call, writes the result atomically with its completion record
+and applies the same skip rule as for images.
+
+Noise: ``frame_fn`` is called with the same arguments for every frame; the CLI's call
+(``Upscaler.upscale_float``, the one its images use) draws noise as a function of (seed, image size)
+only, so every frame gets the same noise and static content stays still (identical frames give
+identical output frames).
 
 PyAV (``pip install 'gtasr-deploy[video]'``) is imported only when a video is processed.
 """
@@ -35,23 +37,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from ..batch import records as completion
 from ..atomic import atomic_path
-from ..batch.runner import ContractError, FileRecord
-from ..batch.plan import IMAGE_SUFFIXES, Job
-from ..batch.records import Verdict
-from ..batch.count_progress import CountProgress
 from ..errors import BackendUnavailableError, ConfigError, InputError
-from ..interrupts import INTERRUPTS
-from ..model.conventions import SCALE
+from ..contract import SCALE
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi"})
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
@@ -226,23 +222,22 @@ def _plan_streams(inp: Any, out: Any, vin: Any, fmt: str) -> tuple[dict[int, Any
     return copy, encode, copied, reencoded, dropped
 
 
-def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec: str | None = None,
-                  crf: int | None = None, pix_fmt: str | None = None, scale: int = SCALE,
-                  progress: ProgressFn | None = None, max_pixels: int | None = None,
-                  record: tuple[Path, Mapping] | None = None) -> VideoReport:
-    """Upscale every frame of ``src`` with ``frame_fn`` into ``dst`` (container from its suffix).
+@dataclass(frozen=True)
+class VideoInput:
+    """An opened input (from :func:`open_video`): its container, first video stream and frame size."""
 
-    ``codec``: FFmpeg encoder (default libx264; libvpx-vp9 for .webm); ``crf``: constant quality
-    for the codecs that have one (default 18); ``pix_fmt``: default yuv420p. InputError for an
-    unreadable input, ConfigError for an unusable codec setting; ``dst`` is then untouched.
-    ``record``: (input path relative to its root, settings): write ``dst``'s completion record;
-    the rename and the record happen with signals held, so a kept output is a recorded one.
-    """
+    path: Path
+    container: Any
+    stream: Any
+    size: tuple[int, int]  # (width, height)
+
+
+@contextlib.contextmanager
+def open_video(src: str | Path, *, max_pixels: int | None = None) -> Iterator[VideoInput]:
+    """Open ``src`` for :func:`transcode`; InputError when it is unreadable, has no video stream or
+    has frames of more than ``max_pixels`` pixels. Closed on leaving the block."""
     av = import_av()
-    src, dst = Path(src), Path(dst)
-    fmt = container_format(dst)
-    codec, crf, pix_fmt = resolve_codec(codec, crf, pix_fmt, fmt)
-    start = time.perf_counter()
+    src = Path(src)
     inp = _open_input(av, src)
     try:
         if not inp.streams.video:
@@ -252,22 +247,45 @@ def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec:
         width, height = vin.codec_context.width, vin.codec_context.height
         if max_pixels and width * height > max_pixels:
             raise InputError(f"{src}: frames of {width}x{height} exceed --max-pixels {max_pixels}")
-        with contextlib.ExitStack() as hold:
-            with atomic_path(dst) as temp:
-                counts = _transcode(av, inp, vin, temp, fmt, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
-                                    size=(width * scale, height * scale), progress=progress, src=src)
-                if record is not None:  # from here a signal waits until the rename and the record are done
-                    hold.enter_context(INTERRUPTS.held())
-                    completion.begin(dst)
-            if record is not None:
-                completion.finish(dst, src, *record)
+        yield VideoInput(path=src, container=inp, stream=vin, size=(width, height))
     finally:
         inp.close()
-    frames, copied, reencoded, dropped = counts
-    return VideoReport(src=str(src), dst=str(dst), frames=frames, fps=vin.average_rate, input_size=(width, height),
-                       output_size=(width * scale, height * scale), codec=codec, crf=crf, pix_fmt=pix_fmt,
-                       copied=tuple(copied), reencoded=tuple(reencoded), dropped=tuple(dropped),
-                       seconds=time.perf_counter() - start)
+
+
+def upscale_video(src: str | Path, dst: str | Path, frame_fn: FrameFn, *, codec: str | None = None,
+                  crf: int | None = None, pix_fmt: str | None = None, scale: int = SCALE,
+                  progress: ProgressFn | None = None, max_pixels: int | None = None) -> VideoReport:
+    """Upscale every frame of ``src`` with ``frame_fn`` into ``dst`` (container from its suffix), atomically.
+
+    ``codec``: FFmpeg encoder (default libx264; libvpx-vp9 for .webm); ``crf``: constant quality
+    for the codecs that have one (default 18); ``pix_fmt``: default yuv420p. InputError for an
+    unreadable input, ConfigError for an unusable codec setting; ``dst`` is then untouched.
+    """
+    dst = Path(dst)
+    fmt = container_format(dst)
+    codec, crf, pix_fmt = resolve_codec(codec, crf, pix_fmt, fmt)
+    with open_video(src, max_pixels=max_pixels) as video, atomic_path(dst) as temp:
+        report = transcode(video, temp, frame_fn, fmt=fmt, codec=codec, crf=crf, pix_fmt=pix_fmt, scale=scale,
+                           progress=progress)
+    return replace(report, dst=str(dst))
+
+
+def transcode(video: VideoInput, path: str | Path, frame_fn: FrameFn, *, fmt: str, codec: str, crf: int | None,
+              pix_fmt: str, scale: int = SCALE, progress: ProgressFn | None = None) -> VideoReport:
+    """Write ``video`` with every frame through ``frame_fn`` to ``path`` as a ``fmt`` container
+    (the name of ``path`` is not looked at: a temp file's says nothing). ``codec``, ``crf``,
+    ``pix_fmt``: as :func:`resolve_codec` returns them. Not atomic: the caller owns ``path``.
+    An exception of ``frame_fn`` propagates; an FFmpeg error is an InputError naming the input."""
+    av = import_av()
+    start = time.perf_counter()
+    (width, height), vin = video.size, video.stream
+    frames, copied, reencoded, dropped = _transcode(
+        av, video.container, vin, Path(path), fmt, frame_fn, codec=codec, crf=crf, pix_fmt=pix_fmt,
+        size=(width * scale, height * scale), progress=progress, src=video.path)
+    return VideoReport(src=str(video.path), dst=str(path), frames=frames, fps=vin.average_rate,
+                       input_size=(width, height), output_size=(width * scale, height * scale), codec=codec,
+                       crf=crf, pix_fmt=pix_fmt, copied=tuple(copied), reencoded=tuple(reencoded),
+                       dropped=tuple(dropped), seconds=time.perf_counter() - start)
 
 
 def _expected_frames(inp: Any, vin: Any) -> int:
@@ -330,7 +348,7 @@ def _encode_frame(out: Any, vout: Any, frame: Any, frame_fn: FrameFn, last_pts: 
     sr = np.ascontiguousarray(frame_fn(rgb))
     expected = (vout.height, vout.width, 3)
     if sr.shape != expected or sr.dtype != np.uint8:
-        raise ContractError(f"frame_fn returned {sr.dtype} {sr.shape} for a frame of {src}; expected uint8 {expected}")
+        raise ValueError(f"frame_fn returned {sr.dtype} {sr.shape} for a frame of {src}; expected uint8 {expected}")
     new = av_frame_from(sr)
     if frame.colorspace != _UNSPECIFIED_COLORSPACE or range_:  # back with the same matrix and range
         new = new.reformat(format=vout.pix_fmt, dst_colorspace=frame.colorspace, dst_color_range=range_)
@@ -347,93 +365,3 @@ def _encode_frame(out: Any, vout: Any, frame: Any, frame_fn: FrameFn, last_pts: 
 
 def av_frame_from(rgb: np.ndarray) -> Any:
     return import_av().VideoFrame.from_ndarray(rgb, format="rgb24")
-
-
-# ---------------------------------------------------------------------------------- folders (CLI)
-
-
-def collect_videos(input_path: str | Path, *, exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """[(video, path relative to the input root)], sorted; [] when the input has none.
-
-    Same walk rules as the image search (gtasr_deploy.batch.runner): recursive, hidden entries skipped,
-    ``exclude`` (the output folder) left out."""
-    root = Path(input_path)
-    if root.is_file():
-        return [(root, Path(root.name))] if is_video(root) else []
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in sorted(root.rglob("*")) if root.is_dir() else ():
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not is_video(path) or not path.is_file():
-            continue
-        if skip is not None and skip in path.resolve().parents:
-            continue
-        found.append((path, rel))
-    return sorted(found, key=lambda item: item[1].as_posix())
-
-
-def plan_video_jobs(inputs: list[tuple[Path, Path]], output: str | Path, *, single: bool = False,
-                    suffix: str = "") -> list[Any]:
-    """Jobs for ``inputs``. ``single`` (the input is one file) with a video file name as ``output``:
-    that file. Otherwise ``output`` is a folder: ``<output>/<rel dir>/<stem><suffix><extension>``."""
-    output = Path(output)
-    kind = None if output.is_dir() else output.suffix.lower()
-    if single and kind in IMAGE_SUFFIXES:
-        raise InputError(f"output {output} is an image file name, but the input {inputs[0][0]} is a video; "
-                         f"give a video file name ({', '.join(sorted(VIDEO_SUFFIXES))}) or a folder")
-    if not single and kind in VIDEO_SUFFIXES:
-        raise InputError(f"output {output} is a video file name, but the input is a folder; give a folder "
-                         "for the results")
-    as_file = single and kind in VIDEO_SUFFIXES
-    jobs = [Job(src=src, rel=rel, dst=output if as_file else output / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}"))
-            for src, rel in inputs]
-    # A video that is another input's output (output folder = input folder) is a result: leave it out.
-    outputs = {job.dst.resolve() for job in jobs}
-    jobs = [job for job in jobs if job.src.resolve() not in outputs or job.src.resolve() == job.dst.resolve()]
-    for job in jobs:
-        if job.dst.resolve() == job.src.resolve():
-            raise InputError(f"output {job.dst} would replace its input; choose another output or a --suffix")
-    return jobs
-
-
-@dataclass(frozen=True, kw_only=True)
-class VideoJobs:
-    """The video jobs of a batch, for :func:`gtasr_deploy.batch.runner.run_batch` (``handlers=[VideoJobs(...)]``):
-    same skip rule (completion records), same one-line errors, same interrupt path as the images.
-
-    ``frame_fn``: uint8 RGB frame -> x4 frame; ``codec``/``crf``/``pix_fmt`` as :func:`upscale_video`."""
-
-    frame_fn: FrameFn
-    codec: str | None = None
-    crf: int | None = None
-    pix_fmt: str | None = None
-
-    def handles(self, job: Job) -> bool:
-        return is_video(job.src)
-
-    def settings(self, job: Job, base: Mapping) -> dict:
-        """The run's settings plus the encoder, as resolved for this output's container."""
-        codec, crf, pix_fmt = resolve_codec(self.codec, self.crf, self.pix_fmt, container_format(job.dst))
-        return {**base, "video": {"codec": codec, "crf": crf, "pix_fmt": pix_fmt}}
-
-    def process(self, job: Job, *, settings: Mapping, overwrite: bool, max_pixels: int | None,
-                err: TextIO, progress: bool) -> FileRecord:
-        base = {"input": str(job.src), "output": str(job.dst)}
-        verdict = completion.check(job.dst, job.src, job.rel, settings)
-        if verdict is Verdict.DONE and not overwrite:
-            return FileRecord(**base, status="skipped", reason="done earlier for this input and settings")
-        if verdict is Verdict.FOREIGN and not overwrite:
-            return FileRecord(**base, status="failed",
-                              reason=f"{job.dst} exists and is not this tool's finished result for this input "
-                                     "(no completion record, or changed since); --overwrite replaces it")
-        bar = CountProgress(job.rel.as_posix(), unit="frame", err=err, enabled=progress)
-        try:
-            report = upscale_video(job.src, job.dst, self.frame_fn, codec=self.codec, crf=self.crf,
-                                   pix_fmt=self.pix_fmt, max_pixels=max_pixels, progress=bar,
-                                   record=(job.rel, settings))
-        finally:
-            bar.close()
-        if progress:
-            print(report.line(), file=err, flush=True)
-        return FileRecord(**base, status="written", input_size=report.input_size,
-                          output_size=report.output_size, seconds=report.seconds)
