@@ -64,7 +64,7 @@ def black_tiles(sr: np.ndarray, ref: np.ndarray, tile_px: int) -> int:
 
 def parity(graphs: dict[str, Path], photos: list[Path], tile: int) -> list[dict]:
     """Each engine against torch fp32 on the GPU; one row per (precision, photo)."""
-    from gtasr_deploy.inference.check import compare_outputs
+    from gtasr_deploy.bench.check import compare_outputs
     from gtasr_deploy.media.images import read_image
     from gtasr_deploy.upscaler import Upscaler
 

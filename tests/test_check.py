@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gtasr_deploy.cli.check import main
-from gtasr_deploy.inference.check import compare_outputs
+from gtasr_deploy.bench.check import compare_outputs
 
 
 def test_compare_outputs_counts_levels_psnr_and_non_finite():

@@ -20,7 +20,7 @@ from gtasr_deploy import contract
 from gtasr_deploy.engines import device as device_mod
 from gtasr_deploy.engines.base import EngineInfo
 from gtasr_deploy.engines.device import resolve_device, wants_cuda
-from gtasr_deploy.inference.check import compare_outputs
+from gtasr_deploy.bench.check import compare_outputs
 from gtasr_deploy.metrics.fullref import psnr
 from gtasr_deploy.model.config import NetworkConfig
 from gtasr_deploy.model.conventions import SCALE, SIGMA_ONE, to_model_range, to_unit_range

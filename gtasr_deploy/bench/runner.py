@@ -43,7 +43,7 @@ from ..contract import sidecar_path_for
 from ..export.onnx import ExportResult, export_fp16, export_onnx
 from ..engines.factory import open_engine
 from ..export.verify import sample_photo_lq
-from ..inference.check import compare_outputs
+from .check import compare_outputs
 from ..inference.loader import EMBEDDED_WEIGHTS
 from ..upscaler import Upscaler
 from ..inference.options import UpscaleOptions

@@ -19,7 +19,7 @@ import click
 from ..version import __version__
 from ..errors import GtasrError
 from .weights import weights_callback
-from ..inference.check import check_images
+from ..bench.check import check_images
 from ..upscaler import Upscaler
 from ..batch.runner import check_device, collect_inputs
 from ..engines.backends import FACTS, GRAPH_BACKENDS, NAMES

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..errors import InputError
-from ..model.conventions import SCALE
+from ..contract import SCALE
 
 MODEL_SCALE = SCALE
 MAX_SIDE = 65_535  # JPEG's limit and far beyond what memory allows for a float32 image
