@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from . import EMBEDDED_WEIGHTS
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import CheckpointError, ConfigError
 from ..hashing import file_sha256
@@ -37,7 +38,7 @@ REPOSITORY = "Blaze-UESTC/GTASR"
 URL_BASE = f"https://huggingface.co/{REPOSITORY}/resolve/main"
 URL_BASE_ENV = "GTASR_WEIGHTS_URL_BASE"
 DIR_ENV = "GTASR_WEIGHTS_DIR"
-EMBEDDED = Path(__file__).parent / "weights" / "gtasr_demo.safetensors"
+EMBEDDED = EMBEDDED_WEIGHTS
 CHUNK_BYTES = 1 << 20
 
 ProgressFn = Callable[[int, int], None]  # (bytes on disk, total bytes; 0 when the server does not say)
