@@ -16,6 +16,7 @@ import numpy as np
 from .contract import read_onnx_sidecar
 from .engines.base import Engine
 from .engines.factory import BackendChoice, choose_backend, open_engine
+from .engines.device import resolve_device
 from .engines.precision import PrecisionChoice, resolve_precision
 from .errors import InputError
 from .export.cache import cached_graph
@@ -105,9 +106,7 @@ class Upscaler:
         self.upscale_options = opts = options
         device, onnx = opts.device, opts.onnx
         if device == "auto":  # the Python API's own resolution; the CLI resolves auto itself (LOCAL_RANK)
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(device)
             self.upscale_options = opts = replace(opts, device=device)
         sidecar = None if onnx is None else read_onnx_sidecar(onnx)
         graph_precision = None if sidecar is None else sidecar["precision"]

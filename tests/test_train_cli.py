@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from gtasr_deploy.cli import train as train_cli
 from gtasr_deploy.cli.train import main
 from gtasr_deploy.errors import ConfigError, InputError
 from gtasr_deploy.training import loop
@@ -281,12 +282,11 @@ def test_usage_errors_leave_no_output_folder_behind(tmp_path, monkeypatch, probl
         raw["stage2"]["init"] = str(tmp_path / "stage1_final.pt")
     else:
         from gtasr_deploy.errors import CheckpointError
-        from gtasr_deploy.metrics import lpips as lpips_module
 
         def no_weights(net):
             raise CheckpointError("lpips_vgg16: not fetched; run gtasr-eval fetch-assets")
 
-        monkeypatch.setattr(lpips_module, "LPIPS", no_weights)
+        monkeypatch.setattr(loop, "LPIPS", no_weights)  # the name the trainer calls
     result = CliRunner().invoke(main, [str(_write_recipe(tmp_path / "r.toml", raw))])
     _one_line_error(result)
     assert not (tmp_path / "run").exists(), sorted(p.name for p in (tmp_path / "run").iterdir())
@@ -305,7 +305,7 @@ def test_out_of_memory_and_ctrl_c_are_one_line(tmp_path, monkeypatch, error, cod
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(loop, "train", fail)
+    monkeypatch.setattr(train_cli, "train", fail)  # the name the command calls
     result = CliRunner().invoke(main, [str(_write_recipe(tmp_path / "r.toml", _raw(tmp_path)))])
     assert result.exit_code == code and result.output.strip() == result.output.strip().splitlines()[0]
     assert result.output.startswith(text) and "Traceback" not in result.output
@@ -367,11 +367,10 @@ def test_precision_measurement_compares_against_fp32():
 
 
 def test_precision_script_reports_every_photo_and_size(tmp_path, monkeypatch, capsys):
-    from gtasr_deploy.metrics import lpips as lpips_module
     from gtasr_deploy.training import precision
 
     _write_images(tmp_path / "hr")
-    monkeypatch.setattr(lpips_module, "LPIPS", lambda net: TinyPerceptual())  # no weights fetch needed
+    monkeypatch.setattr(precision, "LPIPS", lambda net: TinyPerceptual())  # no weights fetch needed
     assert precision.main(["--images", str(tmp_path / "hr"), "--crop", "32", "--count", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [line for line in out if line.count(" | ") == 4 and "bf16 autocast" in line]
