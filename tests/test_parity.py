@@ -16,8 +16,6 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from gtasr_deploy.export.onnx import export_onnx  # noqa: E402
-from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS, load_denoiser  # noqa: E402
 from gtasr_deploy.upscaler import Upscaler  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -25,28 +23,20 @@ SILENT = lambda _line: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory, fixture_dir):
+def graphs(graph_factory):
     """(weights kwargs, tile, exported fp32 graph) for the upstream fixture network and the embedded weights."""
-    out = tmp_path_factory.mktemp("parity")
-    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
-    cases = {}
-    for name, kwargs, tile in (("fixture", fixture, 16), ("embedded", {"weights": EMBEDDED_WEIGHTS}, 64)):
-        loaded = load_denoiser(**kwargs)
-        result = export_onnx(loaded.model, out, name=name, tile_lr=(tile, tile), batch_max=2, log=SILENT)
-        cases[name] = (kwargs, tile, result.onnx_path)
-    return cases
+    return {name: (graph_factory.network(name).weights, tile, graph_factory(name, tile=tile, batch_max=2).onnx_path)
+            for name, tile in (("fixture", 16), ("embedded", 64))}
 
 
 @pytest.fixture(scope="module")
-def dynamic_graphs(tmp_path_factory, fixture_dir):
-    """(weights kwargs, size rule, exported fp32 graph with dynamic height and width) per network."""
-    out = tmp_path_factory.mktemp("parity-dynamic")
-    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
+def dynamic_graphs(graph_factory):
+    """(weights kwargs, size rule, fp32 graph with dynamic height and width) per network: the graph
+    cache's entry, which the default Upscaler (backend auto) fills once per session."""
     cases = {}
-    for name, kwargs in (("fixture", fixture), ("embedded", {"weights": EMBEDDED_WEIGHTS})):
-        loaded = load_denoiser(**kwargs)
-        result = export_onnx(loaded.model, out, name=name, batch_max=2, log=SILENT)
-        cases[name] = (kwargs, loaded.model.config.size_multiple, result.onnx_path)
+    for name in ("fixture", "embedded"):
+        network = graph_factory.network(name)
+        cases[name] = (network.weights, network.model.config.size_multiple, graph_factory.dynamic(name))
     return cases
 
 
