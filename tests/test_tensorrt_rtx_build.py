@@ -30,27 +30,21 @@ from gtasr_deploy.cli.export import main as export_main  # noqa: E402
 from gtasr_deploy.engines import tensorrt_build, trt_cache  # noqa: E402
 from gtasr_deploy.engines.tensorrt import engine_validity_problem  # noqa: E402
 from gtasr_deploy.errors import ConfigError, EngineBuildError  # noqa: E402
-from gtasr_deploy.export import onnx as onnx_export  # noqa: E402
 from gtasr_deploy.export.fp16 import classify  # noqa: E402
-from gtasr_deploy.inference.loader import load_denoiser  # noqa: E402
-from gtasr_deploy.model import load_model  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 quiet = lambda _: None  # noqa: E731
 
 
-def _export(model, out: Path, name: str, tile: int, **kw) -> dict[str, Path]:
-    fp32 = onnx_export.export_onnx(model, out, name=name, tile_lr=(tile, tile), batch_max=2, opset=17, log=quiet, **kw)
-    fp16 = onnx_export.export_fp16(fp32, model, log=quiet)
-    return {"fp32": fp32.onnx_path, "fp16": fp16.onnx_path}
+def _graphs(graph_factory, weights: str, tile: int) -> dict[str, Path]:
+    """fp32 and fp16 graphs, LR tile ``tile``, batch 1..2, opset 17 (the session's graph factory)."""
+    return {precision: graph_factory(weights, tile=tile, batch_max=2, opset=17, precision=precision).onnx_path
+            for precision in ("fp32", "fp16")}
 
 
 @pytest.fixture(scope="session")
-def demo_graphs(tmp_path_factory) -> dict[str, Path]:
+def demo_graphs(graph_factory) -> dict[str, Path]:
     """The embedded demo weights' fp32 and fp16 graphs, LR tile 32, batch 1..2 (exported once)."""
-    loaded = load_denoiser()
-    return _export(loaded.model, tmp_path_factory.mktemp("demo_graphs"), "demo", 32,
-                   weights_sha256=loaded.weights_sha256, preset=loaded.preset)
+    return _graphs(graph_factory, "embedded", 32)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +56,8 @@ def demo_engines(demo_graphs) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_graphs(tmp_path_factory) -> dict[str, Path]:
-    model = load_model(FIXTURE / "checkpoint.pth", network_config=FIXTURE / "network_g.json")
-    return _export(model, tmp_path_factory.mktemp("tiny_graphs"), "tiny", 16)
+def tiny_graphs(graph_factory) -> dict[str, Path]:
+    return _graphs(graph_factory, "fixture", 16)
 
 
 def _island_kinds(fp32_graph: Path) -> dict[str, str]:
