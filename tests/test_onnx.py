@@ -106,7 +106,8 @@ def test_official_fixture_cases(graph_factory, fixture_cases):
         if float(fixture_cases[f"case{i}.sigma"].max()) == 0.0:
             continue  # sigma = 0 only checks D = x, covered by the model tests; one export saved
         tile = tuple(lq.shape[2:])
-        result = graph_factory("fixture", tile=tile, batch_max=lq.shape[0])
+        assert lq.shape[0] <= 2  # the shared graphs take batch 1..2 (case 0's tile is the other tests' 16x16)
+        result = graph_factory("fixture", tile=tile, batch_max=2)
         with OrtEngine(result.onnx_path, providers="cpu", threads=1) as engine:
             got = engine(x_t=fixture_cases[f"case{i}.x_t"].numpy(), lq=lq.numpy(),
                          sigma=fixture_cases[f"case{i}.sigma"].numpy())
@@ -147,6 +148,7 @@ def test_sidecar_contents(random_exports, random_model, tiny_config):
     assert set(elem.values()) == {TensorProto.FLOAT}
 
 
+@pytest.mark.slow  # an export of its own (the lr_opt/lr_max options are the subject)
 def test_dynamic_graph_sidecar_and_axes(random_model, tmp_path):
     """The default export: height and width are named (dynamic) axes, lr_range is the profile, and the
     graph runs two different shapes like torch (checked by the exporter itself, and here once more)."""
@@ -381,6 +383,7 @@ def test_fp16_refuses_foreign_graph():
         convert_to_fp16(onnx.helper.make_model(graph))
 
 
+@pytest.mark.slow  # the CLI export is the subject
 def test_cli_writes_graph_and_sidecar(tmp_path, tiny_config):
     config_path = tmp_path / "tiny.json"
     config_path.write_text(tiny_config.to_json())

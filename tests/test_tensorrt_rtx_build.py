@@ -130,6 +130,7 @@ def test_one_engine_for_several_targets(demo_graphs, demo_engines):
 # --------------------------------------------------------------------------- the cache beside the graph
 
 
+@pytest.mark.slow  # two engine builds and the tiny graphs
 def test_cache_reuses_identical_builds_and_rebuilds_on_a_changed_key(tiny_graphs, tmp_path):
     logs: list[str] = []
     first = tensorrt_build.get_or_build_engine(tiny_graphs["fp16"], engine_dir=tmp_path, targets="sm89",
