@@ -76,8 +76,8 @@ class GraphFactory:
                 model = randomized(build_model(from_authors(FIXTURE / "network_g.json")), seed=seed)
                 self._networks[key] = Network(model=model, name="tiny", preset=None, weights_sha256=None, weights={})
             else:
-                kwargs = {"fixture": dict(weights=FIXTURE / "checkpoint.pth", network_config=FIXTURE / "network_g.json"),
-                          "embedded": dict(weights=EMBEDDED_WEIGHTS)}[weights]
+                fixture = dict(weights=FIXTURE / "checkpoint.pth", network_config=FIXTURE / "network_g.json")
+                kwargs = {"fixture": fixture, "embedded": dict(weights=EMBEDDED_WEIGHTS)}[weights]
                 loaded = load_denoiser(**kwargs)
                 self._networks[key] = Network(model=loaded.model, name=loaded.name, preset=loaded.preset,
                                               weights_sha256=loaded.weights_sha256, weights=kwargs)

@@ -67,6 +67,7 @@ def _images(folder: Path) -> dict[str, bytes]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
+@pytest.mark.slow  # a local Ray cluster and the CLI: ~70 s on 2 busy cores
 def test_cluster_batch_cli_writes_the_cli_folder_and_resumes(local_ray, photos, cli_folder, tmp_path):
     from gtasr_deploy.cli.serve import main
 

@@ -99,6 +99,7 @@ def test_random_network_ort_matches_torch(random_exports, random_model, tile, ba
     assert max(random_exports[tile].max_abs_error.values()) <= 1e-4
 
 
+@pytest.mark.slow  # a 16x24 graph of its own: ~25 s on 2 busy cores
 def test_official_fixture_cases(graph_factory, fixture_cases):
     checked = 0
     for i in range(3):

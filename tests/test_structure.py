@@ -66,8 +66,9 @@ def _imports_of(module: str, source: str, *, is_package: bool) -> list[Import]:
     return found
 
 
-ALL_IMPORTS: list[Import] = [imp for module, path in MODULES.items() for imp in
-                             _imports_of(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")]
+ALL_IMPORTS: list[Import] = [
+    imp for module, path in MODULES.items()
+    for imp in _imports_of(module, path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")]
 INTERNAL: list[Import] = [imp for imp in ALL_IMPORTS if imp.target == NAME or imp.target.startswith(NAME + ".")]
 
 
@@ -220,7 +221,8 @@ def test_package_imports_sit_at_the_top_of_the_file():
 
 def test_few_modules_at_the_package_root():
     root = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
-    assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules at the package root (at most {MAX_ROOT_MODULES}): {root}"
+    assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules at the package root (at most {MAX_ROOT_MODULES}): " \
+                                          f"{root}"
 
 
 def test_no_module_too_long_to_read():
@@ -232,9 +234,9 @@ def test_no_module_too_long_to_read():
 # --------------------------------------------------------------------------- the fast tier
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_every_module_imports_without_optional_extras(module):
-    """Each module imports on the test install (optional backends are imported lazily, inside the
-    functions that need them); with the behaviour tests, the fast tier touches every module."""
+def test_every_module_imports(module):
+    """Each module imports on the test install; with the behaviour tests, the fast tier touches every
+    module (tests/test_missing_extras.py checks the imports without the optional packages)."""
     if module == f"{NAME}.integrations.spandrel_arch":
         from spandrel_shim import import_spandrel
 

@@ -159,6 +159,7 @@ def test_library_refuses_a_malformed_engine_without_a_gpu():
     assert "MALFORMED_ENGINE" in engine_validity_problem(trt, runtime, b"not an engine" * 16)
 
 
+@pytest.mark.slow  # the tiny opset-17 graphs: ~25 s on 2 busy cores
 def test_turing_really_cannot_build_and_is_refused_up_front(tiny_graphs, tmp_path):
     """The SM75 refusal states a fact: building anyway fails on the sigma MLP, named in one line."""
     graph = tiny_graphs["fp32"]
@@ -173,6 +174,7 @@ def test_turing_really_cannot_build_and_is_refused_up_front(tiny_graphs, tmp_pat
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # the tiny opset-17 graphs
 def test_parse_error_is_one_line_naming_the_node_and_op(tiny_graphs, tmp_path):
     """A graph with an op TensorRT does not know: the parser's error names the node and its op."""
     model = onnx.load(str(tiny_graphs["fp32"]))
