@@ -24,4 +24,4 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 export OMP_WAIT_POLICY=PASSIVE
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra --durations=25 "$@"

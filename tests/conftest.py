@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,116 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # touches the user's cache.
 _GRAPH_CACHE = tempfile.TemporaryDirectory(prefix="gtasr-test-graph-cache-")
 os.environ["GTASR_GRAPH_CACHE"] = _GRAPH_CACHE.name
+
+
+def randomized(model, seed: int = 0):
+    """Every weight ~N(0, 1/fan_in), GroupNorm weights around 1: all paths carry signal (the release
+    init, conv1 x1e-5, would leave most paths unused)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # biases ~N(0, 0.2²); GroupNorm weights (the only 1-D weights) around 1
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith(".weight") else 0.0))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network the graph factory exports: the model and what its sidecar records."""
+
+    model: torch.nn.Module
+    name: str  # what the Upscaler and gtasr-export name its graphs
+    preset: str | None
+    weights_sha256: str | None
+    weights: dict  # Upscaler/load_denoiser keyword arguments that load it again (empty for random weights)
+
+
+class GraphFactory:
+    """Exported ONNX graphs, each built once per test session and shared by every module.
+
+    Exporting is the slowest thing the tests do (20 s to 2 min a graph on 2 CPU cores), so a graph is
+    keyed by what shapes it: the network (``weights``: "fixture" = the upstream tiny checkpoint,
+    "embedded" = the demo weights, "random" = the fixture network with :func:`randomized` weights of
+    ``seed``), the precision (fp16 is converted from the fp32 graph of the same key), the static LR
+    tile (None: dynamic height and width), the largest batch, the opset and the graph name. The
+    results are shared: a test that changes a file works on a copy."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._networks: dict = {}
+        self._graphs: dict = {}
+
+    def network(self, weights: str = "fixture", *, seed: int = 0) -> Network:
+        key = (weights, seed if weights == "random" else None)
+        if key not in self._networks:
+            from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS, load_denoiser
+            from gtasr_deploy.model import build_model, from_authors
+
+            if weights == "random":
+                model = randomized(build_model(from_authors(FIXTURE / "network_g.json")), seed=seed)
+                self._networks[key] = Network(model=model, name="tiny", preset=None, weights_sha256=None, weights={})
+            else:
+                fixture = dict(weights=FIXTURE / "checkpoint.pth", network_config=FIXTURE / "network_g.json")
+                kwargs = {"fixture": fixture, "embedded": dict(weights=EMBEDDED_WEIGHTS)}[weights]
+                loaded = load_denoiser(**kwargs)
+                self._networks[key] = Network(model=loaded.model, name=loaded.name, preset=loaded.preset,
+                                              weights_sha256=loaded.weights_sha256, weights=kwargs)
+        return self._networks[key]
+
+    def __call__(self, weights: str = "fixture", *, precision: str = "fp32", tile=None, batch_max: int = 2,
+                 opset: int | None = None, seed: int = 0, name: str | None = None):
+        """The :class:`~gtasr_deploy.export.onnx.ExportResult` of this graph (``tile``: an int for a
+        square tile, (h, w), or None for dynamic height and width)."""
+        from gtasr_deploy.export.onnx import DEFAULT_OPSET, export_fp16, export_onnx
+
+        tile = None if tile is None else (tile, tile) if isinstance(tile, int) else tuple(tile)
+        opset = DEFAULT_OPSET if opset is None else opset
+        net = self.network(weights, seed=seed)
+        name = name or net.name
+        key = (weights, seed if weights == "random" else None, name, tile, batch_max, opset, precision)
+        if key not in self._graphs:
+            if precision == "fp16":
+                fp32 = self(weights, tile=tile, batch_max=batch_max, opset=opset, seed=seed, name=name)
+                self._graphs[key] = export_fp16(fp32, net.model, log=_silent)
+            elif precision == "fp32":
+                folder = self.root / f"graph{len(self._graphs)}"
+                folder.mkdir()
+                self._graphs[key] = export_onnx(net.model, folder, name=name, tile_lr=tile, batch_max=batch_max,
+                                                opset=opset, weights_sha256=net.weights_sha256, preset=net.preset,
+                                                log=_silent)
+            else:
+                raise ValueError(f"precision {precision!r}: the factory exports fp32 and fp16")
+        return self._graphs[key]
+
+    def cached(self, weights: str = "fixture"):
+        """The graph cache entry (dynamic fp32, verified with OpenVINO, batch 1) that the default
+        Upscaler (backend auto → OpenVINO) fills for this network in GTASR_GRAPH_CACHE: one export per
+        session, whichever test or CLI process comes first."""
+        pytest.importorskip("openvino", reason="the graph cache runs OpenVINO (pip extra 'openvino')")
+        from gtasr_deploy.export.cache import cached_graph
+
+        net = self.network(weights)
+        return cached_graph(net.model, name=net.name, runtime="openvino", log=_silent)
+
+    def dynamic(self, weights: str = "fixture") -> Path:
+        """An fp32 graph of dynamic height and width (batch 1): the graph cache's entry where OpenVINO is
+        installed (shared with the default Upscaler), else one exported here."""
+        if importlib.util.find_spec("openvino") is not None:
+            return self.cached(weights).onnx_path
+        return self(weights, tile=None, batch_max=1).onnx_path
+
+
+def _silent(*_args) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def graph_factory(tmp_path_factory) -> GraphFactory:
+    """Exported graphs built once per session (see :class:`GraphFactory`)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is part of the test install")
+    return GraphFactory(tmp_path_factory.mktemp("graphs"))
 
 
 @pytest.fixture(scope="session")

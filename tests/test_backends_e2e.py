@@ -5,6 +5,7 @@ statistics of all an image's tiles pooled, two passes per tile) and "tile" (each
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,25 @@ TILE = 16
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
+def exported(graph_factory):
+    """The fixture network's graph for LR tile 16, batch up to 2: what `gtasr-export --tile 16 --batch 2`
+    writes (test_cli_export_writes_one_graph_and_its_sidecar), exported once per session."""
+    return graph_factory("fixture", tile=TILE, batch_max=2).onnx_path
+
+
+@pytest.mark.slow  # an export of its own: the CLI is the subject
+def test_cli_export_writes_one_graph_and_its_sidecar(exported, tmp_path):
+    out = tmp_path / "export"
     result = CliRunner().invoke(export_main, [*WEIGHTS, "--tile", str(TILE), "--batch", "2", "--out", str(out),
                                               "--no-trt"])  # graphs only: these tests run ONNX Runtime
     assert result.exit_code == 0, result.output
     graphs = sorted(out.glob("*.onnx"))
     assert len(graphs) == 1 and graphs[0].with_suffix(".json").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted([graphs[0].name, graphs[0].with_suffix(".json").name])
-    return graphs[0]
+    assert graphs[0].name == exported.name  # the shared graph is the one the CLI writes
+    ours, theirs = (json.loads(p.with_suffix(".json").read_text()) for p in (graphs[0], exported))
+    assert {k: v for k, v in ours.items() if k != "onnx_sha256"} == {k: v for k, v in theirs.items()
+                                                                     if k != "onnx_sha256"}
 
 
 @pytest.mark.parametrize("norm", ["shared", "tile"])

@@ -14,8 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-# Ray Serve 2.x still uses pydantic-1 style Field() arguments: its warnings, not ours.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+# Ray Serve 2.x still uses pydantic-1 style Field() arguments: its warnings, not ours. Slow: every test
+# needs the module's local Ray instance (~60 s to start on 2 busy cores); test_reliability_cluster.py
+# keeps serve/cluster.py in the fast tier.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:ray"), pytest.mark.slow]
 THREADS = 1  # per actor: two actors share the two CPUs
 
 

@@ -222,6 +222,7 @@ def test_graph_cache_fills_once_and_is_reused(filled_cache, tiny_model):
     assert again.filled_s is None and again.onnx_path == entry.onnx_path
 
 
+@pytest.mark.slow  # each damage rebuilds the entry: an export, ~35 s on 2 busy cores
 @pytest.mark.parametrize("damage", ["truncate", "manifest", "foreign"])
 def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(filled_cache, tiny_model, tmp_path, damage):
     root, entry = filled_cache

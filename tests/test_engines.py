@@ -37,12 +37,8 @@ def model(fixture_dir):
 
 
 @pytest.fixture(scope="module")
-def onnx_path(model, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from gtasr_deploy.export.onnx import export_onnx
-
-    return export_onnx(model, tmp_path_factory.mktemp("engines"), name="tiny", tile_lr=TILE, batch_max=2,
-                       log=SILENT).onnx_path
+def onnx_path(graph_factory):  # the graph of `model` (the same seed-1 weights), exported once per session
+    return graph_factory("random", seed=1, tile=TILE, batch_max=2).onnx_path
 
 
 def inputs(tile=TILE, batch=1, seed=0):

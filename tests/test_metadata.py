@@ -178,6 +178,7 @@ def test_batch_carries_or_strips_with_the_new_size(tmp_path, strip):
         check_carried(jobs[0].dst, (60, 80))
 
 
+@pytest.mark.slow  # ~15 s on 2 busy cores
 def test_cli_strip_metadata(tmp_path):
     camera_photo(tmp_path / "cam.png")
     kept, stripped = tmp_path / "kept.webp", tmp_path / "stripped.webp"

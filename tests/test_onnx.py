@@ -36,21 +36,10 @@ from gtasr_deploy.export.verify import photo_psnr  # noqa: E402
 from gtasr_deploy.model import NetworkConfig, build_model, from_authors  # noqa: E402
 from gtasr_deploy.model.network import GroupNorm  # noqa: E402
 from gtasr_deploy.model.shared_norm import NormIO, pool_statistics  # noqa: E402
+from conftest import randomized  # noqa: E402
 
 RANDOM_TILES = [(16, 16), (8, 24)]
 SILENT = lambda *_: None  # noqa: E731
-
-
-def randomized(model, seed: int = 0):
-    """Every weight ~N(0, 1/fan_in): the release init (conv1 x1e-5) would leave most paths unused."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:  # biases ~N(0, 0.2²); GroupNorm weights (the only 1-D weights) around 1
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith(".weight") else 0.0))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +48,18 @@ def tiny_config(fixture_dir) -> NetworkConfig:
 
 
 @pytest.fixture(scope="module")
-def random_model(tiny_config):
-    return randomized(build_model(tiny_config))
+def random_model(graph_factory):
+    return graph_factory.network("random", seed=0).model  # randomized(build_model(tiny_config)), shared
 
 
 @pytest.fixture(scope="module")
-def random_exports(random_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx_random")
-    return {tile: export_onnx(random_model, out, name="tiny", tile_lr=tile, batch_max=2, log=SILENT)
-            for tile in RANDOM_TILES}
+def random_exports(graph_factory):
+    return {tile: graph_factory("random", seed=0, tile=tile, batch_max=2) for tile in RANDOM_TILES}
 
 
 @pytest.fixture(scope="module")
-def fp16_export(random_exports, random_model):
-    return export_fp16(random_exports[(16, 16)], random_model, log=SILENT)
+def fp16_export(graph_factory):
+    return graph_factory("random", seed=0, tile=(16, 16), batch_max=2, precision="fp16")
 
 
 def feeds(tile, batch, seed):
@@ -112,14 +99,16 @@ def test_random_network_ort_matches_torch(random_exports, random_model, tile, ba
     assert max(random_exports[tile].max_abs_error.values()) <= 1e-4
 
 
-def test_official_fixture_cases(fixture_model, fixture_cases, tmp_path):
+@pytest.mark.slow  # a 16x24 graph of its own: ~25 s on 2 busy cores
+def test_official_fixture_cases(graph_factory, fixture_cases):
     checked = 0
     for i in range(3):
         lq, expected = fixture_cases[f"case{i}.lq"], fixture_cases[f"case{i}.expected"]
         if float(fixture_cases[f"case{i}.sigma"].max()) == 0.0:
             continue  # sigma = 0 only checks D = x, covered by the model tests; one export saved
         tile = tuple(lq.shape[2:])
-        result = export_onnx(fixture_model, tmp_path, name=f"case{i}", tile_lr=tile, batch_max=lq.shape[0], log=SILENT)
+        assert lq.shape[0] <= 2  # the shared graphs take batch 1..2 (case 0's tile is the other tests' 16x16)
+        result = graph_factory("fixture", tile=tile, batch_max=2)
         with OrtEngine(result.onnx_path, providers="cpu", threads=1) as engine:
             got = engine(x_t=fixture_cases[f"case{i}.x_t"].numpy(), lq=lq.numpy(),
                          sigma=fixture_cases[f"case{i}.sigma"].numpy())
@@ -160,6 +149,7 @@ def test_sidecar_contents(random_exports, random_model, tiny_config):
     assert set(elem.values()) == {TensorProto.FLOAT}
 
 
+@pytest.mark.slow  # an export of its own (the lr_opt/lr_max options are the subject)
 def test_dynamic_graph_sidecar_and_axes(random_model, tmp_path):
     """The default export: height and width are named (dynamic) axes, lr_range is the profile, and the
     graph runs two different shapes like torch (checked by the exporter itself, and here once more)."""
@@ -394,6 +384,7 @@ def test_fp16_refuses_foreign_graph():
         convert_to_fp16(onnx.helper.make_model(graph))
 
 
+@pytest.mark.slow  # the CLI export is the subject
 def test_cli_writes_graph_and_sidecar(tmp_path, tiny_config):
     config_path = tmp_path / "tiny.json"
     config_path.write_text(tiny_config.to_json())

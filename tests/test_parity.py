@@ -16,37 +16,39 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from gtasr_deploy.export.onnx import export_onnx  # noqa: E402
-from gtasr_deploy.inference.loader import EMBEDDED_WEIGHTS, load_denoiser  # noqa: E402
 from gtasr_deploy.upscaler import Upscaler  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 SILENT = lambda _line: None  # noqa: E731
 
 
-@pytest.fixture(scope="module")
-def graphs(tmp_path_factory, fixture_dir):
-    """(weights kwargs, tile, exported fp32 graph) for the upstream fixture network and the embedded weights."""
-    out = tmp_path_factory.mktemp("parity")
-    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
-    cases = {}
-    for name, kwargs, tile in (("fixture", fixture, 16), ("embedded", {"weights": EMBEDDED_WEIGHTS}, 64)):
-        loaded = load_denoiser(**kwargs)
-        result = export_onnx(loaded.model, out, name=name, tile_lr=(tile, tile), batch_max=2, log=SILENT)
-        cases[name] = (kwargs, tile, result.onnx_path)
-    return cases
+class _Graphs(dict):
+    """case → (weights kwargs, tile, exported fp32 graph), exported on first use (the fixture network's
+    16x16 graph is other modules' too; the embedded weights' 64x64 one is for the slow cases)."""
+
+    def __init__(self, graph_factory):
+        super().__init__()
+        self.factory = graph_factory
+
+    def __missing__(self, name):
+        tile = {"fixture": 16, "embedded": 64}[name]
+        self[name] = (self.factory.network(name).weights, tile, self.factory(name, tile=tile, batch_max=2).onnx_path)
+        return self[name]
 
 
 @pytest.fixture(scope="module")
-def dynamic_graphs(tmp_path_factory, fixture_dir):
-    """(weights kwargs, size rule, exported fp32 graph with dynamic height and width) per network."""
-    out = tmp_path_factory.mktemp("parity-dynamic")
-    fixture = dict(weights=fixture_dir / "checkpoint.pth", network_config=fixture_dir / "network_g.json")
+def graphs(graph_factory):
+    return _Graphs(graph_factory)
+
+
+@pytest.fixture(scope="module")
+def dynamic_graphs(graph_factory):
+    """(weights kwargs, size rule, fp32 graph with dynamic height and width) per network: the graph
+    cache's entry, which the default Upscaler (backend auto) fills once per session."""
     cases = {}
-    for name, kwargs in (("fixture", fixture), ("embedded", {"weights": EMBEDDED_WEIGHTS})):
-        loaded = load_denoiser(**kwargs)
-        result = export_onnx(loaded.model, out, name=name, batch_max=2, log=SILENT)
-        cases[name] = (kwargs, loaded.model.config.size_multiple, result.onnx_path)
+    for name in ("fixture", "embedded"):
+        network = graph_factory.network(name)
+        cases[name] = (network.weights, network.model.config.size_multiple, graph_factory.dynamic(name))
     return cases
 
 
@@ -84,7 +86,7 @@ def _photo(h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(rgb, reps)[:h, :w])
 
 
-@pytest.mark.parametrize("case", ["fixture", "embedded"])
+@pytest.mark.parametrize("case", ["fixture", pytest.param("embedded", marks=pytest.mark.slow)])  # a 64x64 graph
 @pytest.mark.parametrize("norm", ["shared", "tile"])
 def test_torch_and_onnxruntime_give_the_same_8bit_picture(graphs, case, norm):
     kwargs, tile, graph = graphs[case]
@@ -101,7 +103,7 @@ def test_torch_and_onnxruntime_give_the_same_8bit_picture(graphs, case, norm):
     assert cost.plan.n_tiles > 1 and (cost.stats_plan is not None) == (norm == "shared")  # a statistics pass
 
 
-@pytest.mark.parametrize("case", ["fixture", "embedded"])
+@pytest.mark.parametrize("case", ["fixture", pytest.param("embedded", marks=pytest.mark.slow)])  # a 64x64 graph
 def test_openvino_fp32_gives_the_same_8bit_picture(graphs, case):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     kwargs, tile, graph = graphs[case]
@@ -112,6 +114,7 @@ def test_openvino_fp32_gives_the_same_8bit_picture(graphs, case):
         assert np.abs(torch_up.upscale(image).astype(int) - ov_up.upscale(image).astype(int)).max() <= 1, (h, w)
 
 
+@pytest.mark.slow  # the embedded weights' 64x64 graph
 def test_openvino_bf16_stays_close_to_fp32_on_a_photo(graphs):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     from gtasr_deploy.engines.precision import cpu_features, native_bf16
@@ -126,6 +129,7 @@ def test_openvino_bf16_stays_close_to_fp32_on_a_photo(graphs):
     assert psnr >= 45.0, psnr
 
 
+@pytest.mark.slow  # the embedded weights' 64x64 graph
 def test_shared_statistics_bring_tiles_closer_to_the_whole_image_on_onnxruntime(graphs):
     """The exported graph shares statistics as torch does: against torch's whole-image reference, the
     shared-statistics tiling of the graph is closer than its per-tile tiling."""

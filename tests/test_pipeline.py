@@ -1,9 +1,8 @@
 """The inference layer: one pipeline for every backend, memory-aware tiles, OOM retry, precision
-choice, the backend check, and the import arrows of the house (STYLE.md)."""
+choice, the backend check, and one atomic-write helper (the import arrows: test_structure.py)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -146,46 +145,6 @@ def test_precision_choice_on_cuda_and_for_graphs():
 
 
 # --------------------------------------------------------------------------- the house
-
-def _imports(path: Path) -> set[str]:
-    """Package-internal modules imported by ``path`` (absolute dotted names)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                found.add(".".join([*base, *([node.module] if node.module else [])]))
-            elif node.module and node.module.startswith("gtasr_deploy"):
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("gtasr_deploy")}
-    return found
-
-
-def _area(path: Path) -> list[Path]:
-    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
-
-
-@pytest.mark.parametrize("area,forbidden", [
-    ("engines", ("gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli", "gtasr_deploy.bench",
-                 "gtasr_deploy.upscaler", "gtasr_deploy.batch.runner")),
-    ("model", ("gtasr_deploy.engines", "gtasr_deploy.export", "gtasr_deploy.inference", "gtasr_deploy.cli")),
-    ("inference", ("gtasr_deploy.cli", "gtasr_deploy.bench", "gtasr_deploy.export", "gtasr_deploy.upscaler")),
-    ("tiling.py", ("gtasr_deploy.model", "gtasr_deploy.engines")),
-    ("contract.py", ("gtasr_deploy.engines", "gtasr_deploy.export", "gtasr_deploy.model")),
-])
-def test_import_arrows_point_one_way(area, forbidden):
-    bad = [(p.name, m) for p in _area(PACKAGE / area) for m in _imports(p) if m.startswith(forbidden)]
-    assert not bad, bad
-
-
-def test_export_imports_engines_only_for_verification():
-    for path in _area(PACKAGE / "export"):
-        engines = [m for m in _imports(path) if m.startswith("gtasr_deploy.engines")]
-        assert path.name == "verify.py" or not engines, (path.name, engines)
-
 
 def test_one_atomic_write_helper():
     """Hand-written temp + fsync + rename lives in atomic.py only (everyone else calls it)."""

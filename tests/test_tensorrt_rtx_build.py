@@ -30,27 +30,21 @@ from gtasr_deploy.cli.export import main as export_main  # noqa: E402
 from gtasr_deploy.engines import tensorrt_build, trt_cache  # noqa: E402
 from gtasr_deploy.engines.tensorrt import engine_validity_problem  # noqa: E402
 from gtasr_deploy.errors import ConfigError, EngineBuildError  # noqa: E402
-from gtasr_deploy.export import onnx as onnx_export  # noqa: E402
 from gtasr_deploy.export.fp16 import classify  # noqa: E402
-from gtasr_deploy.inference.loader import load_denoiser  # noqa: E402
-from gtasr_deploy.model import load_model  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "data" / "upstream_tiny"
 quiet = lambda _: None  # noqa: E731
 
 
-def _export(model, out: Path, name: str, tile: int, **kw) -> dict[str, Path]:
-    fp32 = onnx_export.export_onnx(model, out, name=name, tile_lr=(tile, tile), batch_max=2, opset=17, log=quiet, **kw)
-    fp16 = onnx_export.export_fp16(fp32, model, log=quiet)
-    return {"fp32": fp32.onnx_path, "fp16": fp16.onnx_path}
+def _graphs(graph_factory, weights: str, tile: int) -> dict[str, Path]:
+    """fp32 and fp16 graphs, LR tile ``tile``, batch 1..2, opset 17 (the session's graph factory)."""
+    return {precision: graph_factory(weights, tile=tile, batch_max=2, opset=17, precision=precision).onnx_path
+            for precision in ("fp32", "fp16")}
 
 
 @pytest.fixture(scope="session")
-def demo_graphs(tmp_path_factory) -> dict[str, Path]:
+def demo_graphs(graph_factory) -> dict[str, Path]:
     """The embedded demo weights' fp32 and fp16 graphs, LR tile 32, batch 1..2 (exported once)."""
-    loaded = load_denoiser()
-    return _export(loaded.model, tmp_path_factory.mktemp("demo_graphs"), "demo", 32,
-                   weights_sha256=loaded.weights_sha256, preset=loaded.preset)
+    return _graphs(graph_factory, "embedded", 32)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +56,8 @@ def demo_engines(demo_graphs) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_graphs(tmp_path_factory) -> dict[str, Path]:
-    model = load_model(FIXTURE / "checkpoint.pth", network_config=FIXTURE / "network_g.json")
-    return _export(model, tmp_path_factory.mktemp("tiny_graphs"), "tiny", 16)
+def tiny_graphs(graph_factory) -> dict[str, Path]:
+    return _graphs(graph_factory, "fixture", 16)
 
 
 def _island_kinds(fp32_graph: Path) -> dict[str, str]:
@@ -137,6 +130,7 @@ def test_one_engine_for_several_targets(demo_graphs, demo_engines):
 # --------------------------------------------------------------------------- the cache beside the graph
 
 
+@pytest.mark.slow  # two engine builds and the tiny graphs
 def test_cache_reuses_identical_builds_and_rebuilds_on_a_changed_key(tiny_graphs, tmp_path):
     logs: list[str] = []
     first = tensorrt_build.get_or_build_engine(tiny_graphs["fp16"], engine_dir=tmp_path, targets="sm89",
@@ -165,6 +159,7 @@ def test_library_refuses_a_malformed_engine_without_a_gpu():
     assert "MALFORMED_ENGINE" in engine_validity_problem(trt, runtime, b"not an engine" * 16)
 
 
+@pytest.mark.slow  # the tiny opset-17 graphs: ~25 s on 2 busy cores
 def test_turing_really_cannot_build_and_is_refused_up_front(tiny_graphs, tmp_path):
     """The SM75 refusal states a fact: building anyway fails on the sigma MLP, named in one line."""
     graph = tiny_graphs["fp32"]
@@ -179,6 +174,7 @@ def test_turing_really_cannot_build_and_is_refused_up_front(tiny_graphs, tmp_pat
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # the tiny opset-17 graphs
 def test_parse_error_is_one_line_naming_the_node_and_op(tiny_graphs, tmp_path):
     """A graph with an op TensorRT does not know: the parser's error names the node and its op."""
     model = onnx.load(str(tiny_graphs["fp32"]))

@@ -366,6 +366,7 @@ def test_precision_measurement_compares_against_fp32():
     assert torch.allclose(ref, expected, rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.slow  # ~15 s on 2 busy cores
 def test_precision_script_reports_every_photo_and_size(tmp_path, monkeypatch, capsys):
     from gtasr_deploy.training import precision
 

@@ -199,6 +199,7 @@ def test_progress_lines_in_a_log(server):
     assert f"tiny.pth: {size}/{size} B" in result.output and "\r" not in result.output
 
 
+@pytest.mark.slow  # ~45 s on 2 busy cores
 def test_weights_name_in_gtasr_upscale(server, tmp_path):
     from PIL import Image
 
