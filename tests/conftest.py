@@ -176,3 +176,20 @@ def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             return np.asarray(Image.open(io.BytesIO(zf.read(f"ResultsCalibra/{kind}/{name}.bmp"))).convert("RGB"))
 
         return {n: (load("dist_dir", n), load("ref_dir", n)) for n in TID_NAMES}
+
+
+# Fixtures whose first use costs tens of seconds on a 2-core CPU: a test that needs one is slow
+# (pyproject.toml: "slow"), whichever test of a run happens to pay for it.
+_SLOW_FIXTURES = {
+    "graph_factory": "exports ONNX graphs",
+    "filled_cache": "fills a graph cache (export + verification)",
+}
+_SLOW_MODULE_FIXTURES = {("test_serve", "service"): "starts Ray Serve"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if names & set(_SLOW_FIXTURES) or any(m == module and f in names for m, f in _SLOW_MODULE_FIXTURES):
+            item.add_marker(pytest.mark.slow)

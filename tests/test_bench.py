@@ -307,6 +307,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_demo_end_to_end(tmp_path):
     from gtasr_deploy.cli.bench import main
 

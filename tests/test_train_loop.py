@@ -235,6 +235,7 @@ class _LoaderStop(Exception):
     """Raised in a loader worker; module-level so the worker can send it back (pickle)."""
 
 
+@pytest.mark.slow
 def test_lr_made_in_the_loader_workers_trains_exactly_like_lr_made_in_the_step(tmp_path, monkeypatch):
     from gtasr_deploy.training import loop
 
@@ -341,6 +342,7 @@ def _ddp_worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tmp_path):
     raw = _raw(tmp_path)
     raw["stage1"]["steps"] = 2

@@ -156,6 +156,7 @@ def test_other_containers_keep_frame_count_and_rate(clip, tmp_path, suffix):
     assert len(out["frames"]) == N and out["rate"] == RATE and out["types"] == ["video", "audio"]
 
 
+@pytest.mark.slow
 def test_identical_frames_give_identical_outputs_with_the_real_upscaler(tmp_path):
     """One fixed noise per video: static content stays still (lossless codec end to end)."""
     from gtasr_deploy import Upscaler
