@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,16 +121,22 @@ def test_stage1_init_that_does_not_fit_the_network_is_one_clear_error(tmp_path):
 
 
 def test_chunk_stop_follows_the_budget_and_sigterm():
-    saved = signal.getsignal(signal.SIGTERM)
-    try:
-        assert _chunk_stop(None) is None
-        stop = _chunk_stop(10.0)
-        assert stop() is False
-        os.kill(os.getpid(), signal.SIGTERM)  # handled: the run ends at the next step, checkpointed
-        assert stop() is True
-        assert _chunk_stop(1e-9)() is True  # budget spent
-    finally:
-        signal.signal(signal.SIGTERM, saved)
+    """In a fresh process: a real SIGTERM sent to the test process itself crashed pytest (SIGSEGV) once
+    libraries loaded by earlier tests of the same run were in it."""
+    code = """
+import os, signal
+from gtasr_deploy.cli.train import _chunk_stop
+assert _chunk_stop(None) is None
+stop = _chunk_stop(10.0)
+assert stop() is False
+os.kill(os.getpid(), signal.SIGTERM)  # handled: the run ends at the next step, checkpointed
+assert stop() is True
+assert _chunk_stop(1e-9)() is True  # budget spent
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_photos_recipe_resolves_and_fine_tunes_the_embedded_weights():
