@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gtasr_deploy.cli.train import _chunk_stop
 from gtasr_deploy.model import build_model, load_model, save_model
 from gtasr_deploy.model.checkpoint import read_checkpoint
 from gtasr_deploy.training import checkpoint as ckpt
@@ -125,7 +124,6 @@ def test_chunk_stop_follows_the_budget_and_sigterm():
     libraries loaded by earlier tests of the same run were in it."""
     code = """
 import os, signal
-from gtasr_deploy.cli.train import _chunk_stop
 assert _chunk_stop(None) is None
 stop = _chunk_stop(10.0)
 assert stop() is False
