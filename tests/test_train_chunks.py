@@ -124,6 +124,7 @@ def test_chunk_stop_follows_the_budget_and_sigterm():
     libraries loaded by earlier tests of the same run were in it."""
     code = """
 import os, signal
+from gtasr_deploy.cli.train import _chunk_stop
 assert _chunk_stop(None) is None
 stop = _chunk_stop(10.0)
 assert stop() is False
