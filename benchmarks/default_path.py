@@ -3,6 +3,7 @@ statistics pass of images too large for one call. Writes benchmarks/default_path
 
     python benchmarks/default_path.py fill                         # the default's first run (graph cache)
     python benchmarks/default_path.py speed   [--reps 2]          # paper network, a 320x256 photo
+    python benchmarks/default_path.py small   [--reps 3]          # embedded weights, the README's samples/
     python benchmarks/default_path.py photos HELDOUT_DIR           # the LR photos of the quality rows
     python benchmarks/default_path.py quality PHOTO...             # embedded weights, real photos
     python benchmarks/default_path.py report                       # the markdown from the JSON
@@ -12,7 +13,10 @@ OMP_WAIT_POLICY=PASSIVE, 2 threads) on the same 320x256 photo (matplotlib's grac
 resized with PIL bicubic), with seeded random weights of the paper network saved once as a
 .safetensors (speed does not depend on the values); the per-image seconds come from the run's
 --json report. `fill` is the default's first run, which fills the graph cache (.cache/default_path;
-its wall time is reported); the speed rows run after it. quality: for each photo (LR as given), the whole image in one torch fp32
+its wall time is reported); the speed rows run after it. small: the first thing a new user runs,
+`gtasr-upscale samples/ OUT` with the embedded weights, default against `--backend torch --tile 0
+--precision fp32`, the two alternating, each run's wall time and per-image seconds (after one
+default run that fills the graph cache in .cache/default_path/small-cache). quality: for each photo (LR as given), the whole image in one torch fp32
 call is the reference; the same image cut into tiles as if memory held only a quarter of it,
 with each statistics policy, is compared with it (PSNR over the 8-bit output) and its executed
 LR px counted; plus the default (auto backend and precision) against the reference on the photo.
@@ -133,6 +137,44 @@ def speed(reps: int) -> None:
     _save(data)
 
 
+SMALL_ROWS = [("authors' equivalent: torch, fp32, whole image in one call", ["--backend", "torch", "--tile", "0",
+                                                                         "--precision", "fp32"]),
+              ("default (auto), the graph cache filled", [])]
+
+
+def small(reps: int) -> None:
+    samples = HERE.parent / "samples"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="2", GTASR_CACHE=str(WORK / "small-cache"))
+    work = Path(tempfile.mkdtemp(prefix="gtasr-small-"))
+
+    def run(extra: list[str]) -> tuple[float, list[float]]:
+        report = work / "report.json"
+        cmd = ["gtasr-upscale", str(samples), str(work / "out"), "--overwrite", "--threads", "2", "--json",
+               str(report), *extra]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+        return wall, [float(f["seconds"]) for f in json.loads(report.read_text())["files"]]
+
+    fill_wall, _ = run([])  # fills the graph cache when it is empty
+    rows = {label: {"label": label, "args": " ".join(extra) or "(none)", "wall_s": [], "image_s": []}
+            for label, extra in SMALL_ROWS}
+    for _ in range(reps):
+        for label, extra in SMALL_ROWS:
+            wall, images = run(extra)
+            rows[label]["wall_s"].append(wall)
+            rows[label]["image_s"].append(images)
+            print(label, wall, images, flush=True)
+    data = _load()
+    data["small"] = {"images": sorted(p.name for p in samples.iterdir() if p.suffix == ".png"),
+                     "weights": "embedded demo weights", "first_run_wall_s": fill_wall,
+                     "rows": list(rows.values()), "machine": _machine(),
+                     "command": f"python benchmarks/default_path.py small --reps {reps}"}
+    _save(data)
+
+
 def quality(photos: list[str]) -> None:
     from gtasr_deploy.engines.torch_engine import TorchEngine
     from gtasr_deploy.media.images import read_image
@@ -231,6 +273,22 @@ def report() -> None:
             lines += ["", f"First run of the default (exports the graph into the graph cache, once per weights and "
                       f"package version): {data['fill']['seconds']:.0f} s in all (load average "
                       f"{data['fill']['machine']['load_average'][0]:.1f} at its end).", ""]
+    if "small" in data:
+        sm = data["small"]
+        base = float(np.median(sm["rows"][0]["wall_s"]))
+        lines += [f"## Speed: `gtasr-upscale samples/ OUT` ({', '.join(sm['images'])}), {sm['weights']}", "",
+                  f"Machine: {sm['machine']['cpu']}, {sm['machine']['cores']} cores, native bf16: "
+                  f"{sm['machine']['native_bf16']}; load average at the end {sm['machine']['load_average'][0]:.2f}. "
+                  f"Command: `{sm['command']}`; the rows alternate, one process per run, imports and "
+                  "weights loading included in the wall time.", "",
+                  "| path | arguments | wall s per run (median) | per image s (median of each) | vs the authors' "
+                  "equivalent |", "|---|---|---:|---|---:|"]
+        for row in sm["rows"]:
+            per_image = " + ".join(f"{np.median(col):.2f}" for col in zip(*row["image_s"]))
+            wall = float(np.median(row["wall_s"]))
+            lines.append(f"| {row['label']} | `{row['args']}` | {wall:.2f} | {per_image} | {base / wall:.2f}x |")
+        lines += ["", f"The run before them (filling the graph cache when it was empty): {sm['first_run_wall_s']:.1f} s.",
+                  ""]
     if "quality" in data:
         q = data["quality"]
         lines += ["## Images too large for one call: where the shared statistics come from", "",
@@ -256,7 +314,7 @@ def report() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("fill", "speed", "photos", "quality", "report"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("fill", "speed", "small", "photos", "quality", "report"):
         raise SystemExit(__doc__)
     if sys.argv[1] == "photos":
         photos(sys.argv[2])
@@ -264,6 +322,8 @@ if __name__ == "__main__":
         fill()
     elif sys.argv[1] == "speed":
         speed(int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 2)
+    elif sys.argv[1] == "small":
+        small(int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 3)
     elif sys.argv[1] == "quality":
         quality(sys.argv[2:])
     report()

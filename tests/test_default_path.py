@@ -271,6 +271,30 @@ def test_the_cached_graph_runs_the_whole_image_like_torch(filled_cache, tiny_mod
         assert np.abs(a - b).max() <= 1 / 255
 
 
+def test_openvino_compiles_a_shape_of_its_own_only_where_the_call_is_long_enough(filled_cache, monkeypatch):
+    """Small calls run on the dynamic model (compiled once, disk-cached); large ones on a model compiled
+    for their shape; both compute the same picture."""
+    from gtasr_deploy.engines import openvino
+    from gtasr_deploy.engines.openvino import OpenVinoEngine, static_pays
+
+    # the measured break-evens (engines/openvino.py): the paper network (172M weights) compiles its own
+    # shape for a 320x256 photo but not for a 64x64 tile; the demo network (1.8M) not for the samples
+    assert static_pays(320 * 256, 172_000_000) and not static_pays(64 * 64, 172_000_000)
+    assert not static_pays(160 * 256, 1_770_000) and static_pays(1024 * 1024, 1_770_000)
+    _, entry = filled_cache
+    ov = OpenVinoEngine(entry.onnx_path, precision="fp32", cache_dir=entry.folder)
+    assert ov.weights > 0
+    m = ov.info.size_multiple
+    lq = _lq(2 * m, 3 * m, seed=5)
+    monkeypatch.setattr(openvino, "STATIC_WORK", float("inf"))
+    dynamic = Pipeline(ov, TilePolicy(tile=None), seed=3)(lq)
+    assert ov._dynamic is not None and not ov._requests
+    monkeypatch.setattr(openvino, "STATIC_WORK", 0.0)
+    static = Pipeline(ov, TilePolicy(tile=None), seed=3)(lq)
+    assert list(ov._requests) == [(1, 2 * m, 3 * m)]
+    assert np.abs(dynamic - static).max() <= 1e-4
+
+
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     from gtasr_deploy.paths import cache_root, graph_cache_root
 

@@ -391,3 +391,23 @@ def test_broken_16bit_colour_is_one_error_and_no_native_noise(tmp_path, capfd, e
         read_image(broken)
     assert_one_line(str(info.value), broken, "truncated or corrupt")
     assert capfd.readouterr().err == ""  # libpng/libtiff must not print lines of their own
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_output_uses_the_fast_zlib_level(tmp_path, bit_depth):
+    """PNG output is deflated at level 1 (OpenCV's default, what Real-ESRGAN writes): the zlib header of
+    the first IDAT says 'fastest' (FLEVEL 0), and the pixels read back unchanged."""
+    from gtasr_deploy.media.images import write_image
+
+    rgb = np.random.default_rng(0).uniform(0, 1, (24, 40, 3)).astype(np.float32)
+    path = tmp_path / "out.png"
+    write_image(path, rgb, bit_depth=bit_depth)
+    data, pos, idat = path.read_bytes(), 8, None
+    while idat is None:
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            idat = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    assert idat[0] == 0x78 and idat[1] >> 6 == 0  # deflate, FLEVEL 0 (fastest)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(np.float64) / (255.0 if bit_depth == 8 else 65535.0)
+    assert np.abs(back - rgb).max() <= 0.5 / (255.0 if bit_depth == 8 else 65535.0) + 1e-6

@@ -7,12 +7,15 @@ OpenVINO keeps its own fp32 islands; ``fp32`` is exact fp32. Compiled models are
 ``<cache_dir>/openvino`` (OpenVINO's model cache, keyed by the graph's content, the device, the
 compile settings and the OpenVINO version — like the TensorRT engine cache, a second run does not
 compile again). A graph with dynamic height and width runs any LR size in one call (the whole
-image): it is compiled for each input shape it meets (a few recent shapes kept), because
-OpenVINO's CPU plugin runs a static shape faster than its shape-agnostic kernels (measured, paper
-network, 320x256 LR, fp32: 27 s static against 41 s for the first call and 29 s for the next of the
-dynamic model, for 5 s of compilation); those per-shape compilations are not written to the disk
-cache, which would hold a copy of the weights per shape. This is the only module that imports
-``openvino``.
+image). Small calls run on the dynamic model, compiled once and kept in the disk cache (0.2 s to
+load again); a large call gets a model compiled for its exact shape, because OpenVINO's CPU plugin
+runs a static shape faster than the first call of a new shape on the dynamic model (measured on a
+2-core Xeon, fp32, one process per row: paper network at 320x256 LR 27 s static + 5 s compile
+against 41 s; demo network at 256x384 LR 1.05 s static + 1.1 s compile against 1.3 s + 0.2 s),
+so compiling pays only when the call is long compared with the compilation. :func:`static_pays`
+draws that line from the two measured break-evens; per-shape models are not written to the disk
+cache (which would hold a copy of the weights per shape), and a few recent ones are kept in memory.
+This is the only module that imports ``openvino``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ FACTS = BackendFacts(name="openvino", precisions=tuple(PRECISION_HINTS), devices
                      memory_factor=2.3)
 INSTALL_HINT = FACTS.install_hint
 SHAPES_KEPT = 4  # compiled shapes of a dynamic graph kept in memory (tiles, whole images, statistics pass)
+# A call compiles its own static shape when LR px (batch included) x sqrt(weights) reaches this: the
+# break-evens measured on the 2-core Xeon (module docstring) are ~30k LR px for the paper network (172M
+# weights: 3.8e8) and ~400k for the demo network (1.8M: 5.3e8); compile time grows more slowly than the
+# weights, call time about as fast, hence the square root.
+STATIC_WORK = 5e8
+
+
+def static_pays(lr_px: int, weights: int) -> bool:
+    """Whether a call of ``lr_px`` LR px on a graph of ``weights`` weights gets a model compiled for its shape."""
+    return lr_px * weights ** 0.5 >= STATIC_WORK
 
 
 def import_openvino():
@@ -75,9 +88,12 @@ class OpenVinoEngine(Engine):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self._core, self._device, self._config = ov.Core(), device, config
         self._requests: dict[tuple[int, ...], object] = {}  # input shape -> infer request (recent first)
+        self._dynamic = None  # the dynamic model's infer request, compiled on the first small call
         try:
             self._model = self._core.read_model(str(onnx_path))
             names = {t.get_any_name() for t in (*self._model.inputs, *self._model.outputs)}
+            self.weights = sum(int(np.prod(list(op.get_output_shape(0)))) for op in self._model.get_ordered_ops()
+                               if op.get_type_name() == "Constant")
             if sidecar["tile_lr"] is not None:  # one static shape: compiled once, through the disk cache
                 self._requests[()] = self._core.compile_model(self._model, device, config).create_infer_request()
         except RuntimeError as err:
@@ -95,10 +111,15 @@ class OpenVinoEngine(Engine):
         self.path = onnx_path
 
     def _request_for(self, lq: np.ndarray):
-        """The infer request for this input shape: a static graph's one, or one compiled for the shape."""
+        """The infer request for this input shape: a static graph's one, the dynamic model's (small
+        calls), or one compiled for the shape (large calls, :func:`static_pays`)."""
         if () in self._requests:
             return self._requests[()]
         n, _, h, w = lq.shape
+        if not static_pays(n * h * w, self.weights):
+            if self._dynamic is None:  # through the disk cache: compiled once per graph and settings
+                self._dynamic = self._core.compile_model(self._model, self._device, self._config).create_infer_request()
+            return self._dynamic
         key = (n, h, w)
         request = self._requests.pop(key, None)
         if request is None:
@@ -122,4 +143,5 @@ class OpenVinoEngine(Engine):
 
     def close(self) -> None:
         self._requests.clear()
+        self._dynamic = None
         self._model = None

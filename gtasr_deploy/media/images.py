@@ -45,6 +45,9 @@ _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error,
                   PILImage.DecompressionBombError, cv2.error)
 WRITE_FORMATS = ("png", "jpg", "webp", "bmp", "tiff")
+# zlib level of PNG output: 1, what OpenCV (and so Real-ESRGAN and chaiNNer) writes by default: a x4 output
+# encodes about 4x faster than at level 6 (0.10 s vs 0.39 s at 1200x800) for files about 15% larger.
+PNG_LEVEL = 1
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -335,6 +338,8 @@ def _encode_8bit(pixels: np.ndarray, fmt: str, icc: bytes | None, quality: int,
     options: dict = {"icc_profile": icc} if icc else {}
     if fmt in ("jpg", "webp"):
         options["quality"] = quality
+    if fmt == "png":
+        options["compress_level"] = PNG_LEVEL
     if fmt == "tiff":
         options["compression"] = "tiff_adobe_deflate"  # uncompressed x4 outputs are huge
     options.update(pillow_save_options(meta, fmt))  # may turn TIFF compression off (metadata.py)
@@ -357,7 +362,7 @@ def _encode_png16(pixels: np.ndarray, icc: bytes | None, meta: Metadata | None =
     if icc:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     chunks += [_png_chunk(kind, payload) for kind, payload in png_chunks(meta)]
-    chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_LEVEL)))
     chunks.append(_png_chunk(b"IEND", b""))
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
