@@ -68,6 +68,11 @@ def test_chunks_stopped_at_any_step_resume_to_the_uninterrupted_run(tmp_path):
     with pytest.raises(StopRequested, match="stage 1 step 5"):  # chunk 2 crosses the periodic checkpoint at 4
         train(cfg, resume=True, perceptual=TinyPerceptual(), stop=_stop_after(2))
     assert [p.name for p in folder.iterdir()] == [ckpt.checkpoint_name(1, 5)]  # keep_checkpoints = 1
+    # a stopped chunk also exports that step's EMA weights, to evaluate between chunks
+    weights, meta = read_checkpoint(cfg.run.export_path)
+    assert meta["stopped_at"] == "stage 1 step 5"
+    step5 = ckpt.load_training_checkpoint(folder / ckpt.checkpoint_name(1, 5))["params_ema"]
+    assert weights.keys() == step5.keys() and all(torch.equal(weights[k], step5[k]) for k in weights)
     assert train(cfg, resume=True, perceptual=TinyPerceptual(), stop=_stop_after(99)) is not None  # the last chunk
 
     a, b = _final(tmp_path / "a" / "run"), _final(tmp_path / "b" / "run")

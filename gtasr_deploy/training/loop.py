@@ -435,14 +435,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, perceptual: nn.Module | Non
                 logger.log(stage.stage, 0, validate(tr.ema, val, env.device, _val_png(cfg, stage.stage, 0)))
             try:
                 run_stage(tr, files, val, logger, stop)
-            except StopRequested:
+            except StopRequested as stopped:
                 logger.close()  # the chunk ends here; the checkpoint is written
+                if env.main:  # the weights as of this step, to try or evaluate between chunks
+                    path = _export(tr, cfg, {"stopped_at": f"stage {stage.stage} step {tr.step}"})
+                    raise StopRequested(f"{stopped}; EMA weights of this step: {path}") from None
                 raise
     logger.close()
     if not env.main or tr is None:
         return None
-    meta = {"recipe": cfg.recipe, "notes": cfg.notes, "data": json.dumps(list(cfg.data.roots)),
-            "steps": json.dumps({f"stage{s.stage}": s.steps for s in cfg.stages}), "training_config": cfg.to_json()}
-    path = save_model(tr.ema.eval(), cfg.run.export_path, metadata=meta)
+    path = _export(tr, cfg)
     logger.info(f"exported EMA weights to {path}")
     return path
+
+
+def _export(tr: Trainer, cfg, extra: dict | None = None) -> Path:
+    """The EMA weights as safetensors at ``run.export``, the recipe in their metadata."""
+    meta = {"recipe": cfg.recipe, "notes": cfg.notes, "data": json.dumps(list(cfg.data.roots)),
+            "steps": json.dumps({f"stage{s.stage}": s.steps for s in cfg.stages}), "training_config": cfg.to_json(),
+            **(extra or {})}
+    return save_model(tr.ema.eval(), cfg.run.export_path, metadata=meta)
