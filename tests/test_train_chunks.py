@@ -143,14 +143,16 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_photos_recipe_resolves_and_fine_tunes_the_embedded_weights():
+def test_photos_recipe_resolves_and_fine_tunes_the_demo_runs_weights():
     from gtasr_deploy.training.photo_manifest import PHOTOS
     from gtasr_deploy.upscaler import EMBEDDED_WEIGHTS
 
     cfg = load_config(REPO / "training" / "photos.toml")
     stage = cfg.stage(1)
-    assert Path(REPO / stage.init).resolve() == EMBEDDED_WEIGHTS.resolve()
-    assert load_model(EMBEDDED_WEIGHTS).config.to_dict() == cfg.model.to_dict()  # the init fits the network
+    init = REPO / stage.init  # the demo run's weights, kept since this recipe's export replaced the embedded file
+    assert init.is_file() and init.resolve() != EMBEDDED_WEIGHTS.resolve()
+    assert load_model(init).config.to_dict() == cfg.model.to_dict()  # the init fits the network
+    assert load_model(EMBEDDED_WEIGHTS).config.to_dict() == cfg.model.to_dict()  # and so does its export
     assert cfg.data.roots == ("data/photos/train",) and cfg.data.val_roots == ("data/photos/heldout",)
     assert cfg.data.num_workers == 0 and cfg.run.amp == "none" and cfg.run.keep_checkpoints == 1
     assert cfg.stage(2) is None and stage.loss.lpips_start > stage.steps  # Charbonnier only, for now

@@ -511,16 +511,16 @@ def test_recipe_options_reach_the_batches_and_are_validated(tmp_path):
         config_from_dict(bad)
 
 
-def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
-    """The model card's reproduce command is `gtasr-train training/demo.toml`: the embedded weights
-    must carry exactly that recipe (the trainer writes it into the safetensors metadata)."""
+def test_the_demo_runs_weights_were_trained_by_the_committed_demo_recipe():
+    """The model card's reproduce command for run 1 is `gtasr-train training/demo.toml`: the demo run's
+    weights (embedded until run 2 replaced them; run 2's stage1.init) must carry exactly that recipe
+    (the trainer writes it into the safetensors metadata)."""
     import json
 
     from safetensors import safe_open
 
-    from gtasr_deploy.upscaler import EMBEDDED_WEIGHTS
-
-    with safe_open(str(EMBEDDED_WEIGHTS), "pt") as f:
+    run1 = REPO / "training" / "init" / "gtasr_demo_run1.safetensors"
+    with safe_open(str(run1), "pt") as f:
         meta = f.metadata()
     stored = json.loads(meta["training_config"])
     recipe = json.loads(load_config(REPO / "training" / "demo.toml").to_json())
@@ -539,4 +539,29 @@ def test_embedded_weights_were_trained_by_the_committed_demo_recipe():
     steps = json.loads(meta["steps"])
     card = (REPO / "gtasr_deploy" / "weights" / "MODEL_CARD.md").read_text()
     assert f"stage I {steps['stage1']} + stage II {steps['stage2']} optimizer steps" in card
-    assert file_sha256(EMBEDDED_WEIGHTS) in card
+    assert file_sha256(run1) in card
+
+
+def test_embedded_weights_are_the_committed_photos_checkpoints_ema():
+    """The embedded weights are the EMA of the committed photos-run checkpoint, with that recipe and
+    the step it stopped at in their metadata, and the model card names their checksum and step."""
+    import json
+
+    from safetensors import safe_open
+
+    from gtasr_deploy.model.checkpoint import read_checkpoint
+    from gtasr_deploy.upscaler import EMBEDDED_WEIGHTS
+
+    with safe_open(str(EMBEDDED_WEIGHTS), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["training_config"]) == json.loads(load_config(REPO / "training" / "photos.toml").to_json())
+    step = int(meta["stopped_at"].removeprefix("stage 1 step "))
+    (checkpoint,) = sorted((REPO / "training" / "runs" / "photos" / "checkpoints").glob("ckpt_s1_*.pt"))
+    committed = int(checkpoint.stem.rsplit("_", 1)[1])
+    assert committed >= step  # later chunks may go on without replacing the embedded weights
+    if committed == step:
+        ema, _ = read_checkpoint(checkpoint, param_key="params_ema")
+        weights, _ = read_checkpoint(EMBEDDED_WEIGHTS)
+        assert weights.keys() == ema.keys() and all(torch.equal(weights[k], ema[k]) for k in weights)
+    card = (REPO / "gtasr_deploy" / "weights" / "MODEL_CARD.md").read_text()
+    assert file_sha256(EMBEDDED_WEIGHTS) in card and f"step {step}" in card
