@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import subprocess
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -137,6 +139,35 @@ def graph_factory(tmp_path_factory) -> GraphFactory:
     return GraphFactory(tmp_path_factory.mktemp("graphs"))
 
 
+class CliExports:
+    """``gtasr-export`` run as a command (a fresh process, in a fresh folder), once per session for each
+    distinct argument list: the README's demo export and the parity test's "export, then ONNX Runtime"
+    are the same command (about a minute on 2 CPU cores). Returns the folder the command ran in (its
+    relative ``--out``, ``export/`` by default, is inside); a test that changes a file copies it first."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._runs: dict = {}
+
+    def __call__(self, *args: str) -> Path:
+        if args not in self._runs:
+            pytest.importorskip("onnxruntime", reason="gtasr-export needs the onnx extra")
+            folder = self.root / f"run{len(self._runs)}"
+            folder.mkdir()
+            done = subprocess.run([sys.executable, "-m", "gtasr_deploy.cli.export", *args], cwd=folder,
+                                  capture_output=True, text=True)
+            self._runs[args] = (folder, done)
+        folder, done = self._runs[args]
+        assert done.returncode == 0, f"gtasr-export {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        return folder
+
+
+@pytest.fixture(scope="session")
+def cli_export(tmp_path_factory) -> CliExports:
+    """The gtasr-export command's output folders, each distinct command run once (see :class:`CliExports`)."""
+    return CliExports(tmp_path_factory.mktemp("cli-exports"))
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     return FIXTURE
@@ -183,6 +214,7 @@ def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 _SLOW_FIXTURES = {
     "graph_factory": "exports ONNX graphs",
     "filled_cache": "fills a graph cache (export + verification)",
+    "cli_export": "runs gtasr-export",
 }
 _SLOW_MODULE_FIXTURES = {("test_serve", "service"): "starts Ray Serve"}
 
