@@ -336,10 +336,9 @@ def test_interrupted_run_then_resume_completes_the_set(tmp_path, how):
     last_line = "interrupted: 2 written, 0 skipped (done), 0 failed"
 
     if how == "sigterm":
-        repo = Path(__file__).resolve().parents[1]
+        path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
         result = subprocess.run([sys.executable, "-c", _SIGTERM_RUN, str(src), str(out), str(report)],
-                                capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])})
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.splitlines() == ["KeyboardInterrupt", "handler restored", last_line], result.stderr[-2000:]
     else:
