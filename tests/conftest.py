@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import io
 import os
@@ -225,3 +226,25 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         if names & set(_SLOW_FIXTURES) or any(m == module and f in names for m, f in _SLOW_MODULE_FIXTURES):
             item.add_marker(pytest.mark.slow)
+
+
+# ray.init puts Ray's own handler on SIGSEGV and ray.shutdown() leaves the signal at its default action
+# (tests/test_cluster.py and tests/test_serve.py run Ray in the pytest process), so a later crash would
+# end the run with exit 139 and no traceback. After every test, faulthandler gets the signals back,
+# writing to pytest's copy of stderr.
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+    except ImportError:  # another pytest: its faulthandler plugin is left as it is
+        return
+    fd = _CONFIG[0].stash.get(fault_handler_stderr_fd_key, None) if _CONFIG else None
+    if fd is not None:
+        faulthandler.disable()  # enable() alone keeps the handlers it believes are still in place
+        faulthandler.enable(file=fd, all_threads=True)
