@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import io
 import os
+import subprocess
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -137,6 +140,35 @@ def graph_factory(tmp_path_factory) -> GraphFactory:
     return GraphFactory(tmp_path_factory.mktemp("graphs"))
 
 
+class CliExports:
+    """``gtasr-export`` run as a command (a fresh process, in a fresh folder), once per session for each
+    distinct argument list: the README's demo export and the parity test's "export, then ONNX Runtime"
+    are the same command (about a minute on 2 CPU cores). Returns the folder the command ran in (its
+    relative ``--out``, ``export/`` by default, is inside); a test that changes a file copies it first."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._runs: dict = {}
+
+    def __call__(self, *args: str) -> Path:
+        if args not in self._runs:
+            pytest.importorskip("onnxruntime", reason="gtasr-export needs the onnx extra")
+            folder = self.root / f"run{len(self._runs)}"
+            folder.mkdir()
+            done = subprocess.run([sys.executable, "-m", "gtasr_deploy.cli.export", *args], cwd=folder,
+                                  capture_output=True, text=True)
+            self._runs[args] = (folder, done)
+        folder, done = self._runs[args]
+        assert done.returncode == 0, f"gtasr-export {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        return folder
+
+
+@pytest.fixture(scope="session")
+def cli_export(tmp_path_factory) -> CliExports:
+    """The gtasr-export command's output folders, each distinct command run once (see :class:`CliExports`)."""
+    return CliExports(tmp_path_factory.mktemp("cli-exports"))
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     return FIXTURE
@@ -183,6 +215,7 @@ def tid_pairs(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 _SLOW_FIXTURES = {
     "graph_factory": "exports ONNX graphs",
     "filled_cache": "fills a graph cache (export + verification)",
+    "cli_export": "runs gtasr-export",
 }
 _SLOW_MODULE_FIXTURES = {("test_serve", "service"): "starts Ray Serve"}
 
@@ -193,3 +226,25 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         if names & set(_SLOW_FIXTURES) or any(m == module and f in names for m, f in _SLOW_MODULE_FIXTURES):
             item.add_marker(pytest.mark.slow)
+
+
+# ray.init puts Ray's own handler on SIGSEGV and ray.shutdown() leaves the signal at its default action
+# (tests/test_cluster.py and tests/test_serve.py run Ray in the pytest process), so a later crash would
+# end the run with exit 139 and no traceback. After every test, faulthandler gets the signals back,
+# writing to pytest's copy of stderr.
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+    except ImportError:  # another pytest: its faulthandler plugin is left as it is
+        return
+    fd = _CONFIG[0].stash.get(fault_handler_stderr_fd_key, None) if _CONFIG else None
+    if fd is not None:
+        faulthandler.disable()  # enable() alone keeps the handlers it believes are still in place
+        faulthandler.enable(file=fd, all_threads=True)

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -297,6 +299,33 @@ def test_existing_outputs_skipped_unless_overwrite(tmp_path):
     assert (summary.written, sr.calls) == (3, 3)
 
 
+# The SIGTERM case runs its interrupted batch in a fresh process: a real SIGTERM sent to the pytest
+# process itself, with the native libraries of earlier tests loaded, is how the fast tier once died with
+# SIGSEGV (tests/test_train_chunks.py did the same).
+_SIGTERM_RUN = """
+import io, os, signal, sys
+from pathlib import Path
+import numpy as np
+from gtasr_deploy.batch.runner import collect_inputs, plan_outputs, run_batch
+src, out, report = (Path(a) for a in sys.argv[1:4])
+calls = []
+def interrupt_on_third(rgb):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises on the next bytecode
+        raise AssertionError("SIGTERM did not interrupt the batch")
+    return np.repeat(np.repeat(rgb, 4, axis=0), 4, axis=1)
+previous = signal.getsignal(signal.SIGTERM)
+err = io.StringIO()
+try:
+    run_batch(plan_outputs(collect_inputs(src), out), interrupt_on_third, progress=False, json_report=report, err=err)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+print("handler restored" if signal.getsignal(signal.SIGTERM) is previous else "handler not restored")
+print(err.getvalue().splitlines()[-1])
+"""
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_run_then_resume_completes_the_set(tmp_path, how):
     src, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
@@ -304,23 +333,28 @@ def test_interrupted_run_then_resume_completes_the_set(tmp_path, how):
     for name in names:
         image(src / name)
     jobs = plan(src, out)
+    last_line = "interrupted: 2 written, 0 skipped (done), 0 failed"
 
-    def interrupt_on_third(rgb, calls=[]):
-        calls.append(1)
-        if len(calls) == 3:
-            if how == "ctrl-c":
+    if how == "sigterm":
+        path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+        result = subprocess.run([sys.executable, "-c", _SIGTERM_RUN, str(src), str(out), str(report)],
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines() == ["KeyboardInterrupt", "handler restored", last_line], result.stderr[-2000:]
+    else:
+        def interrupt_on_third(rgb, calls=[]):
+            calls.append(1)
+            if len(calls) == 3:
                 raise KeyboardInterrupt
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises on the next bytecode
-            raise AssertionError("SIGTERM did not interrupt the batch")
-        return nearest_x4(rgb)
+            return nearest_x4(rgb)
 
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    err = io.StringIO()
-    with pytest.raises(KeyboardInterrupt):
-        run_batch(jobs, interrupt_on_third, progress=False, json_report=report, err=err)
-    assert signal.getsignal(signal.SIGTERM) is previous_handler
+        previous_handler = signal.getsignal(signal.SIGTERM)
+        err = io.StringIO()
+        with pytest.raises(KeyboardInterrupt):
+            run_batch(jobs, interrupt_on_third, progress=False, json_report=report, err=err)
+        assert signal.getsignal(signal.SIGTERM) is previous_handler
+        assert err.getvalue().splitlines()[-1] == last_line
     assert outputs(out) == names[:2]  # complete files only, no temp files
-    assert err.getvalue().splitlines()[-1] == "interrupted: 2 written, 0 skipped (done), 0 failed"
     assert json.loads(report.read_text())["summary"]["interrupted"] is True
 
     resumed = CountingSr()

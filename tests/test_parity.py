@@ -142,9 +142,10 @@ def test_shared_statistics_bring_tiles_closer_to_the_whole_image_on_onnxruntime(
 
 
 @pytest.mark.slow
-def test_cli_export_then_onnxruntime_upscale_gives_the_default_files(tmp_path):
+def test_cli_export_then_onnxruntime_upscale_gives_the_default_files(tmp_path, cli_export):
     """The issue's promise from a clean state: default export, then the ORT backend, same PNGs as the
-    default gtasr-upscale on a folder of photos of mixed sizes (smaller than, equal to, larger than the tile)."""
+    default gtasr-upscale on a folder of photos of mixed sizes (smaller than, equal to, larger than the tile).
+    The export is the README's ``gtasr-export`` (no options), run once per session in a fresh process."""
     from PIL import Image
 
     photos = tmp_path / "photos"
@@ -153,9 +154,7 @@ def test_cli_export_then_onnxruntime_upscale_gives_the_default_files(tmp_path):
         Image.fromarray(_photo(h, w)).save(photos / f"p{h}x{w}.png")
     run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,  # noqa: E731
                                        cwd=tmp_path)
-    exported = run("gtasr_deploy.cli.export", "--out", str(tmp_path / "export"))
-    assert exported.returncode == 0, exported.stderr
-    graph = tmp_path / "export" / "gtasr_demo_fp32.onnx"
+    graph = cli_export() / "export" / "gtasr_demo_fp32.onnx"  # its default --out: export/
     assert graph.is_file()
     default = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "torch"), "--precision", "fp32")
     ort = run("gtasr_deploy.cli.upscale", str(photos), str(tmp_path / "ort"), "--backend", "onnxruntime",

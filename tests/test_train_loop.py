@@ -102,7 +102,7 @@ def _eval_loss(tr: Trainer, hr: torch.Tensor, lq: torch.Tensor) -> float:
     return total / 4
 
 
-@pytest.mark.parametrize("stage_number", [1, 2])
+@pytest.mark.parametrize("stage_number", [1, pytest.param(2, marks=pytest.mark.slow)])  # II: ~11 s, 2 busy cores
 def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, stage_number):
     raw = _raw(tmp_path)
     raw[f"stage{stage_number}"]["optim"]["lr"] = 5e-4
@@ -179,6 +179,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
 
 
+@pytest.mark.slow  # ~8 s on 2 busy cores
 def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
     ref = train(config_from_dict(_raw(tmp_path / "a")), perceptual=TinyPerceptual())
     assert ref is not None and load_model(ref).config.model_channels == 8  # loads like any weights file
