@@ -124,16 +124,21 @@ class Upscaler:
                                          device=device) if needs_model else None)
         self.model = None if self.loaded is None else self.loaded.model
         self.precision_choice = resolve_precision(opts.precision, device=device, backend=backend, onnx=onnx)
-        cache_dir = "engines"
+        cache_dir, small_calls = "engines", None
         self.cache_filled_s: float | None = None
         if backend == "openvino" and onnx is None:
             entry = cached_graph(self.model, name=self.loaded.name, runtime="openvino", root=opts.graph_cache, log=log)
             onnx, cache_dir, self.cache_filled_s = entry.onnx_path, entry.folder, entry.filled_s
             if entry.filled_s is not None:
                 log(f"graph cache filled in {entry.filled_s:.0f} s; later runs start at once")
+            if opts.backend == "auto":  # calls too small to compile a shape for run on torch (engines/openvino.py)
+                small_calls = open_engine("torch", model=self.model, device=device,
+                                          precision=self.precision_choice.precision, threads=opts.threads)
+                self.backend_choice = replace(self.backend_choice, reason=self.backend_choice.reason +
+                                              "; images too small to compile a shape for run on torch")
         engine = open_engine(backend, model=self.model, onnx_path=onnx, device=device,
                              precision=self.precision_choice.precision, threads=opts.threads, compile=opts.compile,
-                             channels_last=opts.channels_last, cache_dir=cache_dir)
+                             channels_last=opts.channels_last, cache_dir=cache_dir, small_calls=small_calls)
         preset = self.loaded.preset if self.loaded is not None else sidecar.get("preset")
         self._attach(engine, preset, log)
 

@@ -312,9 +312,9 @@ def test_openvino_compiles_a_shape_of_its_own_only_where_the_call_is_long_enough
     from gtasr_deploy.engines.openvino import OpenVinoEngine, static_pays
 
     # the measured break-evens (engines/openvino.py): the paper network (172M weights) compiles its own
-    # shape for a 320x256 photo but not for a 64x64 tile; the demo network (1.8M) not for the samples
-    assert static_pays(320 * 256, 172_000_000) and not static_pays(64 * 64, 172_000_000)
-    assert not static_pays(160 * 256, 1_770_000) and static_pays(1024 * 1024, 1_770_000)
+    # shape for a 320x256 photo but not for a 128x128 one; the demo network (1.8M) not for the samples
+    assert static_pays(320 * 256, 172_000_000) and not static_pays(128 * 128, 172_000_000)
+    assert not static_pays(256 * 384, 1_770_000) and static_pays(1024 * 1024, 1_770_000)
     _, entry = filled_cache
     ov = OpenVinoEngine(entry.onnx_path, precision="fp32", cache_dir=entry.folder)
     assert ov.weights > 0
@@ -327,6 +327,34 @@ def test_openvino_compiles_a_shape_of_its_own_only_where_the_call_is_long_enough
     static = Pipeline(ov, TilePolicy(tile=None), seed=3)(lq)
     assert list(ov._requests) == [(1, 2 * m, 3 * m)]
     assert np.abs(dynamic - static).max() <= 1e-4
+
+
+def test_auto_runs_calls_too_small_to_compile_for_on_torch(filled_cache, tiny_model, monkeypatch):
+    """Under --backend auto, OpenVINO hands the calls too small to compile a shape for to torch (one-off
+    calls are faster there than the dynamic model's first call); large calls stay on OpenVINO."""
+    from gtasr_deploy.engines import openvino
+    from gtasr_deploy.engines.openvino import OpenVinoEngine
+    from gtasr_deploy.engines.torch_engine import TorchEngine
+
+    class Counting(TorchEngine):
+        calls = 0
+
+        def _run(self, *args):
+            Counting.calls += 1
+            return super()._run(*args)
+
+    _, entry = filled_cache
+    ov = OpenVinoEngine(entry.onnx_path, precision="fp32", cache_dir=entry.folder,
+                        small_calls=Counting(tiny_model, precision="fp32"))
+    m = ov.info.size_multiple
+    lq = _lq(2 * m, 3 * m, seed=6)
+    monkeypatch.setattr(openvino, "STATIC_WORK", float("inf"))
+    small = Pipeline(ov, TilePolicy(tile=None), seed=3)(lq)
+    assert Counting.calls == 1 and ov._dynamic is None and not ov._requests
+    monkeypatch.setattr(openvino, "STATIC_WORK", 0.0)
+    large = Pipeline(ov, TilePolicy(tile=None), seed=3)(lq)
+    assert Counting.calls == 1 and list(ov._requests) == [(1, 2 * m, 3 * m)]
+    assert np.abs(small - large).max() <= 1 / 255
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):

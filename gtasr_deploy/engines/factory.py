@@ -45,9 +45,9 @@ def _open_onnxruntime(*, onnx_path, device, threads, **_) -> Engine:
     return OrtEngine(_need(onnx_path, GRAPH_NEED, OrtEngine.facts.name), providers=providers, threads=threads)
 
 
-def _open_openvino(*, onnx_path, precision, threads, cache_dir="engines", **_) -> Engine:
+def _open_openvino(*, onnx_path, precision, threads, cache_dir="engines", small_calls=None, **_) -> Engine:
     return OpenVinoEngine(_need(onnx_path, GRAPH_NEED, OpenVinoEngine.facts.name), precision=precision,
-                          threads=threads, cache_dir=cache_dir)
+                          threads=threads, cache_dir=cache_dir, small_calls=small_calls)
 
 
 def _open_tensorrt(*, onnx_path, **_) -> Engine:
@@ -119,13 +119,14 @@ _OPENERS: dict[str, Callable[..., Engine]] = {
 
 def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None, device: str = "cpu",
                 precision: str = "fp32", threads: int | None = None, compile: bool = False,
-                channels_last: bool = False, cache_dir: str | Path = "engines") -> Engine:
+                channels_last: bool = False, cache_dir: str | Path = "engines", small_calls: Engine | None = None) -> Engine:
     """An :class:`~gtasr_deploy.engines.base.Engine` for ``backend``: auto or a name of :data:`.backends.NAMES`.
 
     ``model``: a Denoiser (torch). ``onnx_path``: a graph from gtasr-export (the backends whose facts
     say ``graph``; ONNX Runtime and TensorRT run the graph's own precision, so ``precision`` applies
     to torch and OpenVINO only). ``device``: "cpu" keeps onnxruntime on its CPU provider; anything
-    else lets it use CUDA/TensorRT providers."""
+    else lets it use CUDA/TensorRT providers. ``small_calls``: OpenVINO's engine for the calls too
+    small to compile a shape for (see :mod:`.openvino`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -137,4 +138,4 @@ def open_engine(backend: str, *, model=None, onnx_path: str | Path | None = None
         if FACTS[backend].graph and onnx_path is None:
             backend = TorchEngine.facts.name  # no graph here to run; the Upscaler exports one into its cache
     return _OPENERS[backend](model=model, onnx_path=onnx_path, device=device, precision=precision, threads=threads,
-                             compile=compile, channels_last=channels_last, cache_dir=cache_dir)
+                             compile=compile, channels_last=channels_last, cache_dir=cache_dir, small_calls=small_calls)

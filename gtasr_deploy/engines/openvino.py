@@ -7,14 +7,16 @@ OpenVINO keeps its own fp32 islands; ``fp32`` is exact fp32. Compiled models are
 ``<cache_dir>/openvino`` (OpenVINO's model cache, keyed by the graph's content, the device, the
 compile settings and the OpenVINO version — like the TensorRT engine cache, a second run does not
 compile again). A graph with dynamic height and width runs any LR size in one call (the whole
-image). Small calls run on the dynamic model, compiled once and kept in the disk cache (0.2 s to
-load again); a large call gets a model compiled for its exact shape, because OpenVINO's CPU plugin
-runs a static shape faster than the first call of a new shape on the dynamic model (measured on a
-2-core Xeon, fp32, one process per row: paper network at 320x256 LR 27 s static + 5 s compile
-against 41 s; demo network at 256x384 LR 1.05 s static + 1.1 s compile against 1.3 s + 0.2 s),
-so compiling pays only when the call is long compared with the compilation. :func:`static_pays`
-draws that line from the two measured break-evens; per-shape models are not written to the disk
-cache (which would hold a copy of the weights per shape), and a few recent ones are kept in memory.
+image). A large call gets a model compiled for its exact shape; a small call runs on the graph's
+dynamic-shape model, compiled once and kept in the disk cache (0.2 s to load again) — or, under
+``--backend auto``, on torch (``small_calls``), which is faster there for a one-off call. Measured
+on a 2-core Xeon, fp32, the first call of a shape in a fresh process (one process per number):
+paper network at 128² LR: torch 9.0 s, static 5.7 s + 4-5 s compile, dynamic 12.0 s; at 64²:
+torch 1.9 s, dynamic 2.4 s; at 320x256: static 27 s + 5 s compile, dynamic 41 s, torch 43.5 s;
+demo network at 256x384: torch 1.44 s, static 1.05 s + 1.1 s compile, dynamic 1.3 s + 0.2 s.
+Compiling a shape pays where the call is long next to the compilation; :func:`static_pays` draws
+that line from the measured torch-vs-static break-evens. Per-shape models are not written to the
+disk cache (which would hold a copy of the weights per shape); a few recent ones stay in memory.
 This is the only module that imports ``openvino``.
 """
 
@@ -39,10 +41,10 @@ FACTS = BackendFacts(name="openvino", precisions=tuple(PRECISION_HINTS), devices
 INSTALL_HINT = FACTS.install_hint
 SHAPES_KEPT = 4  # compiled shapes of a dynamic graph kept in memory (tiles, whole images, statistics pass)
 # A call compiles its own static shape when LR px (batch included) x sqrt(weights) reaches this: the
-# break-evens measured on the 2-core Xeon (module docstring) are ~30k LR px for the paper network (172M
-# weights: 3.8e8) and ~400k for the demo network (1.8M: 5.3e8); compile time grows more slowly than the
-# weights, call time about as fast, hence the square root.
-STATIC_WORK = 5e8
+# one-off break-evens against torch measured on the 2-core Xeon (module docstring) are ~25k LR px for the
+# paper network (172M weights: 3.3e8) and ~265k for the demo network (1.8M: 3.5e8); compile time grows
+# more slowly than the weights, call time about as fast, hence the square root.
+STATIC_WORK = 3.4e8
 
 
 def static_pays(lr_px: int, weights: int) -> bool:
@@ -63,12 +65,14 @@ def import_openvino():
 class OpenVinoEngine(Engine):
     """D through an OpenVINO compiled model of one exported graph (dynamic batch; dynamic or static LR size).
 
-    ``cache_dir`` None: no compiled-model cache (a graph compiled once, e.g. to verify it)."""
+    ``cache_dir`` None: no compiled-model cache (a graph compiled once, e.g. to verify it).
+    ``small_calls``: an engine of the same network (torch) that runs the calls of a dynamic graph too
+    small for a shape of their own to pay (:func:`static_pays`), instead of the dynamic model."""
 
     facts = FACTS
 
     def __init__(self, onnx_path: str | Path, *, precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | Path | None = "engines", device: str = "CPU") -> None:
+                 cache_dir: str | Path | None = "engines", device: str = "CPU", small_calls: Engine | None = None) -> None:
         ov = import_openvino()
         onnx_path = Path(onnx_path)
         if precision not in PRECISION_HINTS:
@@ -89,6 +93,7 @@ class OpenVinoEngine(Engine):
         self._core, self._device, self._config = ov.Core(), device, config
         self._requests: dict[tuple[int, ...], object] = {}  # input shape -> infer request (recent first)
         self._dynamic = None  # the dynamic model's infer request, compiled on the first small call
+        self._small = small_calls
         try:
             self._model = self._core.read_model(str(onnx_path))
             names = {t.get_any_name() for t in (*self._model.inputs, *self._model.outputs)}
@@ -134,6 +139,9 @@ class OpenVinoEngine(Engine):
         return request
 
     def _run(self, x_t, lq, sigma, norm_stats, want_stats):
+        n, _, h, w = lq.shape
+        if self._small is not None and () not in self._requests and not static_pays(n * h * w, self.weights):
+            return self._small._run(x_t, lq, sigma, norm_stats, want_stats)
         request = self._request_for(lq)
         result = request.infer(graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups))
         outputs = {key.get_any_name(): value for key, value in result.items()}
