@@ -12,8 +12,9 @@ dynamic-shape model, compiled once and kept in the disk cache (0.2 s to load aga
 ``--backend auto``, on torch (``small_calls``), which is faster there for a one-off call. Measured
 on a 2-core Xeon, fp32, the first call of a shape in a fresh process (one process per number):
 paper network at 128² LR: torch 9.0 s, static 5.7 s + 4-5 s compile, dynamic 12.0 s; at 64²:
-torch 1.9 s, dynamic 2.4 s; at 320x256: static 27 s + 5 s compile, dynamic 41 s, torch 43.5 s;
-demo network at 256x384: torch 1.44 s, static 1.05 s + 1.1 s compile, dynamic 1.3 s + 0.2 s.
+torch 1.9 s, dynamic 2.4 s; at 320x256: static 33.4 s + 4.2 s compile (an earlier session on the
+same machine type: static 27 s + 5 s, dynamic 41 s, torch 43.5 s); demo network at 256x384: torch
+1.44 s, static 1.05 s + 1.1 s compile, dynamic 1.3 s + 0.2 s.
 Compiling a shape pays where the call is long next to the compilation; :func:`static_pays` draws
 that line from the measured torch-vs-static break-evens. Per-shape models are not written to the
 disk cache (which would hold a copy of the weights per shape); a few recent ones stay in memory.
@@ -116,15 +117,10 @@ class OpenVinoEngine(Engine):
         self.path = onnx_path
 
     def _request_for(self, lq: np.ndarray):
-        """The infer request for this input shape: a static graph's one, the dynamic model's (small
-        calls), or one compiled for the shape (large calls, :func:`static_pays`)."""
+        """The infer request for this input shape: one compiled for the shape (static graphs, large calls)."""
         if () in self._requests:
             return self._requests[()]
         n, _, h, w = lq.shape
-        if not static_pays(n * h * w, self.weights):
-            if self._dynamic is None:  # through the disk cache: compiled once per graph and settings
-                self._dynamic = self._core.compile_model(self._model, self._device, self._config).create_infer_request()
-            return self._dynamic
         key = (n, h, w)
         request = self._requests.pop(key, None)
         if request is None:
@@ -140,9 +136,14 @@ class OpenVinoEngine(Engine):
 
     def _run(self, x_t, lq, sigma, norm_stats, want_stats):
         n, _, h, w = lq.shape
-        if self._small is not None and () not in self._requests and not static_pays(n * h * w, self.weights):
-            return self._small._run(x_t, lq, sigma, norm_stats, want_stats)
-        request = self._request_for(lq)
+        if () not in self._requests and not static_pays(n * h * w, self.weights):  # a small call
+            if self._small is not None:
+                return self._small._run(x_t, lq, sigma, norm_stats, want_stats)
+            if self._dynamic is None:  # through the disk cache: compiled once per graph and settings
+                self._dynamic = self._core.compile_model(self._model, self._device, self._config).create_infer_request()
+            request = self._dynamic
+        else:
+            request = self._request_for(lq)
         result = request.infer(graph_feeds(x_t, lq, sigma, norm_stats, self.info.norm_groups))
         outputs = {key.get_any_name(): value for key, value in result.items()}
         if want_stats:
